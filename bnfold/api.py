@@ -1,0 +1,115 @@
+"""The Python API: fold a model in memory, or fold a file into another file."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from bnfold.errors import CheckFailedError, InputError
+from bnfold.fold_pass import BatchNormFoldPass
+from bnfold.model_io import (
+    StagedOutput,
+    external_data_files,
+    load_model,
+    relist_initializer_inputs,
+    to_ir,
+    unlist_initializer_inputs,
+    validate_proto,
+    wants_external_data,
+)
+from bnfold.report import BnRecord, FoldReport
+from bnfold.verify import verify
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FoldResult:
+    """The folded model (same kind as given: ModelProto in, ModelProto out) and a record per BN."""
+
+    model: onnx.ModelProto | ir.Model
+    records: list[BnRecord] = field(default_factory=list)
+
+    @property
+    def report(self) -> FoldReport:
+        return FoldReport(records=list(self.records))
+
+
+def fold(model, *, keep_standalone: bool = False) -> FoldResult:
+    """Fold every BatchNormalization that can be folded.
+
+    `model` is an onnx.ModelProto (an onnx.ModelProto comes back), an onnx_ir.Model
+    (a new onnx_ir.Model comes back; the one given is not changed) or a path (an
+    onnx_ir.Model comes back). Nothing is verified here: see `verify` and `fold_file`.
+    """
+    if isinstance(model, onnx.ModelProto):
+        validate_proto(model, "model")
+        folded, records = _run_pass(to_ir(model, "model"), keep_standalone)
+        relist_initializer_inputs(folded)
+        return FoldResult(ir.serde.serialize_model(folded), records)
+    if isinstance(model, ir.Model):
+        clone = model.clone()
+        unlist_initializer_inputs(clone)
+        folded, records = _run_pass(clone, keep_standalone)
+        relist_initializer_inputs(folded)
+        return FoldResult(folded, records)
+    if isinstance(model, (str, os.PathLike)):
+        return FoldResult(*_run_pass(load_model(model), keep_standalone))
+    raise InputError(f"cannot fold a {type(model).__name__}; pass an onnx.ModelProto, onnx_ir.Model or path")
+
+
+def _run_pass(model: ir.Model, keep_standalone: bool) -> tuple[ir.Model, list[BnRecord]]:
+    fold_pass = BatchNormFoldPass(keep_standalone=keep_standalone)
+    result = fold_pass(model)
+    return result.model, fold_pass.records
+
+
+def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: bool = True,
+              keep_standalone: bool = False, external_data: str = "auto", dry_run: bool = False,
+              inputs: Mapping[str, np.ndarray] | None = None,
+              shapes: Mapping[str, tuple[int, ...]] | None = None,
+              rtol: float | None = None, atol: float | None = None) -> FoldReport:
+    """Fold `src`, check it against the original (unless `check=False`), write `dst`.
+
+    The output is staged beside `dst` and renamed into place only after the check
+    passed; on CheckFailedError nothing is written. `dry_run` folds in memory and
+    writes nothing (and does not check).
+    """
+    model = load_model(src)
+    use_external = wants_external_data(model, external_data)
+    input_data = external_data_files(model)
+    report = FoldReport(model=os.fspath(src))
+    report.records = _run_pass(model, keep_standalone)[1]
+    if dry_run:
+        return report
+    if dst is None:
+        raise InputError("an output path is needed (or use dry_run)")
+    _refuse_overwriting_input_data(Path(src), Path(dst), input_data)
+    with StagedOutput(dst) as staged:
+        staged.write(model, use_external)
+        if check:
+            report.check = verify(src, staged.path, inputs=inputs, shapes=shapes, rtol=rtol, atol=atol)
+            if not report.check.passed:
+                worst = report.check.worst()
+                raise CheckFailedError(
+                    f"check failed: output '{worst.name}' differs (max abs err {worst.max_abs_err:.3e}, "
+                    f"max rel err {worst.max_rel_err:.3e}); nothing written", report)
+        staged.commit()
+    logger.info("wrote %s", dst)
+    return report
+
+
+def _refuse_overwriting_input_data(src: Path, dst: Path, input_data: set[Path]) -> None:
+    """The output's data file must not replace a data file the (different) input still needs."""
+    if dst.exists() and src.resolve() == dst.resolve():
+        return
+    data = (dst.parent / f"{dst.name}.data").resolve()
+    if data in input_data:
+        raise InputError(f"{dst}: its data file would overwrite '{data.name}', which the input still uses")

@@ -1,0 +1,97 @@
+"""Reading a BatchNormalization node: its mode, its constant parameters, its (s, t)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from bnfold import fold_math
+from bnfold.graph import ConstantResolver, TypeHints, float_attr, int_attr, values_in_use
+
+PARAMETER_NAMES = ("scale", "B", "input_mean", "input_var")
+
+
+class Skip(Exception):
+    """A fold (or a rewrite) is refused; the message is the reason shown in the report."""
+
+    @property
+    def reason(self) -> str:
+        return str(self)
+
+
+@dataclass(frozen=True)
+class BnParams:
+    """Inference-mode BN as y = scale·x + shift (float64), per channel on axis 1."""
+
+    scale: np.ndarray
+    shift: np.ndarray
+    epsilon: float
+    per_element: bool  # spatial=0 (opset < 9): parameters shaped [C, D1, …]
+
+    @property
+    def channels(self) -> int:
+        return int(self.scale.shape[0])
+
+
+def training_reason(bn: ir.Node, opset: int) -> str | None:
+    """Why this BN does not compute the frozen inference map, or None if it does."""
+    if int_attr(bn, "training_mode", 0) == 1:
+        return "training_mode=1 (uses batch statistics)"
+    if opset < 7 and int_attr(bn, "is_test", 0) == 0:
+        return "is_test=0 (training mode, opset < 7)"
+    optional_outputs = [v for v in bn.outputs[1:] if v is not None and v.name]
+    if values_in_use(optional_outputs):
+        return "optional outputs (running/saved mean or variance) are in use"
+    if opset < 14 and optional_outputs:
+        return "declares optional outputs (training mode before opset 14)"
+    return None
+
+
+def read_params(bn: ir.Node, opset: int, resolver: ConstantResolver, hints: TypeHints) -> BnParams:
+    """The constant parameters of `bn` as (s, t); raises Skip with the reason otherwise."""
+    arrays = [_parameter(bn, index, resolver) for index in range(1, 5)]
+    per_element = opset < 9 and int_attr(bn, "spatial", 1) == 0
+    _check_shapes(hints.shape(bn.inputs[0]), arrays, per_element)
+    gamma, beta, mean, var = arrays
+    epsilon = float_attr(bn, "epsilon", 1e-5)
+    for name, array in zip(PARAMETER_NAMES, arrays):
+        if not np.all(np.isfinite(array.astype(np.float64))):
+            raise Skip(f"parameter '{name}' contains NaN or Inf")
+    denominator = var.astype(np.float64) + epsilon
+    if np.any(denominator <= 0):
+        channel = int(np.flatnonzero(denominator.reshape(-1) <= 0)[0])
+        raise Skip(f"input_var + epsilon <= 0 (at flat index {channel})")
+    scale, shift = fold_math.bn_scale_shift(gamma, beta, mean, var, epsilon)
+    return BnParams(scale=scale, shift=shift, epsilon=epsilon, per_element=per_element)
+
+
+def _parameter(bn: ir.Node, index: int, resolver: ConstantResolver) -> np.ndarray:
+    name = PARAMETER_NAMES[index - 1]
+    value = bn.inputs[index] if index < len(bn.inputs) else None
+    if value is None:
+        raise Skip(f"parameter '{name}' is missing")
+    if resolver.is_overridable_initializer(value):
+        raise Skip(f"parameter '{name}' is a graph input (can be overridden at run time)")
+    array = resolver.value_of(value)
+    if array is None:
+        raise Skip(f"parameter '{name}' is not constant (computed at run time)")
+    return array
+
+
+def _check_shapes(data_shape: tuple | None, arrays: list[np.ndarray], per_element: bool) -> None:
+    shapes = [tuple(a.shape) for a in arrays]
+    if len(set(shapes)) != 1:
+        raise Skip(f"parameter shapes differ: {', '.join(str(s) for s in shapes)}")
+    shape = shapes[0]
+    if per_element:
+        expected = None if data_shape is None else data_shape[1:]
+        if expected is not None and None not in expected and shape != expected:
+            raise Skip(f"parameter shape {shape} does not match the input's per-element shape {expected}")
+        return
+    if len(shape) != 1:
+        raise Skip(f"parameter shape {shape} is not a per-channel vector")
+    channels = None if data_shape is None or len(data_shape) < 2 else data_shape[1]
+    if channels is not None and channels != shape[0]:
+        raise Skip(f"parameter shape {shape} does not match channel count {channels}")

@@ -1,0 +1,90 @@
+"""Folding arithmetic as small pure functions.
+
+Every function takes numpy arrays, computes in float64 and leaves the rounding to
+the caller's dtype to `round_to`, so each folded value is rounded exactly once.
+
+Notation (per channel c):  s = γ / sqrt(σ² + ε),  t = β − μ·s,  so BN(x) = s·x + t.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class FoldOverflowError(ValueError):
+    """A folded value does not fit the target dtype (e.g. float16 overflow)."""
+
+
+def _f64(array) -> np.ndarray:
+    return np.asarray(array, dtype=np.float64)
+
+
+def bn_scale_shift(gamma, beta, mean, var, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
+    """The per-channel affine map (s, t) that inference-mode BN applies."""
+    denominator = np.sqrt(_f64(var) + float(epsilon))
+    scale = _f64(gamma) / denominator
+    shift = _f64(beta) - _f64(mean) * scale
+    return scale, shift
+
+
+def round_to(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Round float64 `values` once to `dtype`; refuse values the dtype cannot hold."""
+    with np.errstate(over="ignore"):  # overflow is detected and reported below
+        rounded = np.asarray(values).astype(dtype)
+    finite_before = np.isfinite(values)
+    if not np.all(np.isfinite(rounded.astype(np.float64))[finite_before]):
+        raise FoldOverflowError(f"folded values overflow {np.dtype(dtype).name}")
+    return rounded
+
+
+def _per_axis(vector: np.ndarray, rank: int, axis: int) -> np.ndarray:
+    shape = [1] * rank
+    shape[axis] = -1
+    return vector.reshape(shape)
+
+
+def fold_output_channels(weight, bias, scale, shift, *, channel_axis: int = 0):
+    """Conv-style fold: output channel o of `weight` lies on `channel_axis`.
+
+    Returns (W', b') with W'[o] = W[o]·s[o] and b' = b·s + t (b = 0 when absent).
+    """
+    weight64 = _f64(weight)
+    new_weight = weight64 * _per_axis(scale, weight64.ndim, channel_axis)
+    bias64 = np.zeros_like(scale) if bias is None else _f64(bias)
+    return new_weight, bias64 * scale + shift
+
+
+def conv_transpose_weight_scale(weight, scale, group: int) -> np.ndarray:
+    """ConvTranspose weight [Cin, Cout/g, k…]: output channel o = gi·(Cout/g) + j.
+
+    Scales W[gi·(Cin/g):(gi+1)·(Cin/g), j] by s[o].
+    """
+    weight64 = _f64(weight)
+    cin, cout_per_group = weight64.shape[:2]
+    kernel = weight64.shape[2:]
+    grouped = weight64.reshape((group, cin // group, cout_per_group, *kernel))
+    per_group_scale = scale.reshape((group, 1, cout_per_group) + (1,) * len(kernel))
+    return (grouped * per_group_scale).reshape(weight64.shape)
+
+
+def fold_conv_transpose(weight, bias, scale, shift, group: int):
+    new_weight = conv_transpose_weight_scale(weight, scale, group)
+    bias64 = np.zeros_like(scale) if bias is None else _f64(bias)
+    return new_weight, bias64 * scale + shift
+
+
+def fold_gemm(b_matrix, c_bias, scale, shift, *, trans_b: bool, beta: float):
+    """Gemm Y = α·A'·B' + β·C followed by BN over the N columns of Y.
+
+    Column n of B' (row n of B when transB) is scaled by s[n]; the new C (used with
+    β = 1) is β·C·s + t, with C broadcast against [N] first. α is unchanged.
+    """
+    b64 = _f64(b_matrix)
+    new_b = b64 * (scale[:, None] if trans_b else scale[None, :])
+    c64 = np.zeros(1) if c_bias is None else _f64(c_bias)
+    return new_b, float(beta) * c64 * scale + shift
+
+
+def per_channel_broadcast(vector: np.ndarray, rank: int) -> np.ndarray:
+    """Shape a per-channel vector [C] as [C, 1, …, 1] to broadcast on axis 1 of a rank-`rank` tensor."""
+    return vector.reshape((vector.shape[0],) + (1,) * (rank - 2))

@@ -1,0 +1,329 @@
+"""Small helpers over the onnx-ir graph: constant values, unique names, rewiring.
+
+Nothing here knows about BatchNormalization; the rules and the pass build on it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx.reference import ReferenceEvaluator
+
+logger = logging.getLogger(__name__)
+
+# Ops whose output is not a function of their inputs alone.
+_NONDETERMINISTIC_OPS = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+)
+# Inputs that an op reads only for their type ("type") or type and shape ("shape"),
+# never their values: a placeholder of that type/shape evaluates the op exactly.
+_METADATA_ONLY_INPUTS = {("CastLike", 1): "type", ("Shape", 0): "shape", ("Size", 0): "shape"}
+# Evaluating a constant subgraph bigger than this would copy large tensors through Python.
+_MAX_EVALUATED_ELEMENTS = 1 << 26
+
+
+class ConstantResolver:
+    """Finds the value of a tensor when it depends on constants only.
+
+    A value is constant when it is an initializer (that a caller cannot override)
+    or when it is computed by deterministic default-domain nodes from constants:
+    Constant, Identity, Cast, CastLike, Expand, Reshape, Unsqueeze, Transpose,
+    Shape of an initializer and so on. The constant-only subgraph is evaluated with
+    onnx's reference implementation, so no operator needs a special case.
+    """
+
+    def __init__(self, model: ir.Model) -> None:
+        self._opsets = dict(model.opset_imports)
+        self._cache: dict[ir.Value, np.ndarray | None] = {}
+
+    def value_of(self, value: ir.Value | None) -> np.ndarray | None:
+        """The constant array behind `value`, or None when it is computed at run time."""
+        if value is None:
+            return None
+        if value not in self._cache:
+            self._cache[value] = self._evaluate(value)
+        return self._cache[value]
+
+    def forget(self, value: ir.Value) -> None:
+        self._cache.pop(value, None)
+
+    @staticmethod
+    def is_overridable_initializer(value: ir.Value) -> bool:
+        """An initializer that is also a graph input is only a default value.
+
+        (IR < 4 models, where the listing was mandatory, are unlisted on load.)
+        """
+        return value.is_initializer() and value.is_graph_input()
+
+    def ops_behind(self, value: ir.Value | None) -> set[str]:
+        """Op types of the nodes that (transitively) produce `value`."""
+        ops: set[str] = set()
+        for node in _producers_upstream(value):
+            ops.add(node.op_type)
+        return ops
+
+    def _evaluate(self, value: ir.Value) -> np.ndarray | None:
+        if value.is_graph_input():
+            return None
+        if value.const_value is not None:
+            return value.const_value.numpy()
+        node = value.producer()
+        if node is None or not self._evaluable(node):
+            return None
+        arrays = []
+        for index, input_value in enumerate(node.inputs):
+            array = self._input_array(node, index, input_value)
+            if input_value is not None and array is None:
+                return None
+            arrays.append(array)
+        return self._run_node(node, arrays, value)
+
+    def _input_array(self, node: ir.Node, index: int, value: ir.Value | None) -> np.ndarray | None:
+        if value is None:
+            return None
+        array = self.value_of(value)
+        needs = _METADATA_ONLY_INPUTS.get((node.op_type, index))
+        if array is None and needs is not None:
+            return _placeholder(value, with_shape=needs == "shape")
+        return array
+
+    def _evaluable(self, node: ir.Node) -> bool:
+        if node.domain not in ("", "ai.onnx") or node.op_type in _NONDETERMINISTIC_OPS:
+            return False
+        return not any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+                       for attr in node.attributes.values())
+
+    def _run_node(self, node: ir.Node, arrays: list, wanted: ir.Value) -> np.ndarray | None:
+        if sum(a.size for a in arrays if a is not None) > _MAX_EVALUATED_ELEMENTS:
+            return None
+        proto = ir.serde.serialize_node(node)
+        feeds = {}
+        for index, array in enumerate(arrays):
+            if array is not None:
+                feeds[proto.input[index]] = array
+        try:
+            evaluator = ReferenceEvaluator(proto, opsets={"": self._opsets.get("", 1)})
+            results = evaluator.run(None, feeds)
+        except Exception as error:  # noqa: BLE001 - any failure means "not a known constant"
+            logger.debug("cannot evaluate %s %r as a constant: %s", node.op_type, node.name, error)
+            return None
+        for output, result in zip(node.outputs, results):
+            if output is wanted:
+                return np.asarray(result)
+        return None
+
+
+def _placeholder(value: ir.Value, with_shape: bool) -> np.ndarray | None:
+    """Zeros of `value`'s static dtype (and shape), or None when that is unknown."""
+    if value.dtype is None:
+        return None
+    if not with_shape:
+        return np.zeros((), dtype=value.dtype.numpy())
+    if value.shape is None or not all(isinstance(d, int) for d in value.shape):
+        return None
+    return np.zeros(tuple(value.shape), dtype=value.dtype.numpy())
+
+
+def _producers_upstream(value: ir.Value | None) -> Iterator[ir.Node]:
+    seen: set[ir.Node] = set()
+    stack = [value]
+    while stack:
+        current = stack.pop()
+        node = None if current is None else current.producer()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        yield node
+        stack.extend(node.inputs)
+
+
+class TypeHints:
+    """Element type and shape of values, from the model or, failing that, from ONNX shape inference.
+
+    Exporters often leave intermediate values untyped. Inference runs at most once,
+    on a serialized copy, only when a value's own type is missing; its results are
+    used to decide, never written into the model.
+    """
+
+    def __init__(self, model: ir.Model) -> None:
+        self._model = model
+        self._inferred: dict[str, onnx.TypeProto] | None = None
+
+    def dtype(self, value: ir.Value | None) -> ir.DataType | None:
+        if value is None:
+            return None
+        if value.dtype is not None:
+            return value.dtype
+        tensor_type = self._tensor_type(value)
+        return None if tensor_type is None or not tensor_type.elem_type else ir.DataType(tensor_type.elem_type)
+
+    def shape(self, value: ir.Value | None) -> tuple | None:
+        """Dims as ints (static) or None (free); None when even the rank is unknown."""
+        if value is None:
+            return None
+        if value.shape is not None:
+            return tuple(d if isinstance(d, int) else None for d in value.shape)
+        tensor_type = self._tensor_type(value)
+        if tensor_type is None or not tensor_type.HasField("shape"):
+            return None
+        return tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
+
+    def rank(self, value: ir.Value | None) -> int | None:
+        shape = self.shape(value)
+        return None if shape is None else len(shape)
+
+    def dim(self, value: ir.Value | None, axis: int) -> int | None:
+        shape = self.shape(value)
+        return None if shape is None or len(shape) <= axis else shape[axis]
+
+    def _tensor_type(self, value: ir.Value):
+        if self._inferred is None:
+            self._inferred = self._infer()
+        found = self._inferred.get(value.name or "")
+        return found.tensor_type if found is not None and found.HasField("tensor_type") else None
+
+    def _infer(self) -> dict[str, onnx.TypeProto]:
+        try:
+            proto = onnx.shape_inference.infer_shapes(ir.serde.serialize_model(self._model))
+        except Exception as error:  # noqa: BLE001 - no hints is a valid answer
+            logger.debug("shape inference failed: %s", error)
+            return {}
+        infos = [*proto.graph.value_info, *proto.graph.input, *proto.graph.output]
+        return {info.name: info.type for info in infos}
+
+
+class NameAuthority:
+    """Hands out names no value or node of the model uses yet."""
+
+    def __init__(self, model: ir.Model) -> None:
+        self._taken: set[str] = set()
+        for graph in _all_graphs(model):
+            self._taken.update(v.name for v in graph.inputs if v.name)
+            self._taken.update(v.name for v in graph.initializers.values() if v.name)
+            for node in graph:
+                if node.name:
+                    self._taken.add(node.name)
+                self._taken.update(v.name for v in node.outputs if v.name)
+
+    def fresh(self, hint: str) -> str:
+        name, counter = hint, 1
+        while name in self._taken:
+            name = f"{hint}_{counter}"
+            counter += 1
+        self._taken.add(name)
+        return name
+
+
+def _all_graphs(model: ir.Model) -> Iterator[ir.Graph]:
+    yield model.graph
+    yield from model.graph.subgraphs()
+    for function in model.functions.values():
+        yield function.graph if hasattr(function, "graph") else function
+        for node in function:
+            for attr in node.attributes.values():
+                if attr.type == ir.AttributeType.GRAPH:
+                    yield attr.value
+                elif attr.type == ir.AttributeType.GRAPHS:
+                    yield from attr.value
+
+
+def is_used_elsewhere(value: ir.Value, consumer: ir.Node) -> bool:
+    """Whether `value` feeds anything besides `consumer` (other nodes, a graph output)."""
+    return value.is_graph_output() or any(use.node is not consumer for use in value.uses())
+
+
+def values_in_use(values: Iterable[ir.Value | None]) -> list[ir.Value]:
+    return [v for v in values if v is not None and (v.is_graph_output() or len(v.uses()) > 0)]
+
+
+def take_over_output(old: ir.Value, new: ir.Value) -> None:
+    """Make `new` stand where `old` was: its consumers, its graph-output slot and its name."""
+    old.replace_all_uses_with(new, replace_graph_outputs=True)
+    name = old.name
+    old.name = None
+    new.name = name
+    if old.type is not None:
+        new.type = old.type
+    if old.shape is not None:
+        new.shape = old.shape
+
+
+def retire_node(node: ir.Node, replacement: ir.Value) -> None:
+    """Remove single-output `node`, `replacement` taking over its output, then its dead inputs."""
+    graph = node.graph
+    inputs = list(node.inputs)
+    take_over_output(node.outputs[0], replacement)
+    graph.remove(node, safe=True)
+    for value in inputs:
+        remove_if_dead(graph, value)
+
+
+def remove_if_dead(graph: ir.Graph, value: ir.Value | None) -> None:
+    """Remove `value` and the nodes/initializers behind it that nothing uses any more.
+
+    Only what became dead through `value` is removed; unrelated dead code stays.
+    """
+    stack = [value]
+    while stack:
+        current = stack.pop()
+        if current is None or current.is_graph_output() or current.uses():
+            continue
+        if current.is_initializer() and not current.is_graph_input():
+            owner = current.graph
+            if owner is not None and owner.initializers.get(current.name) is current:
+                del owner.initializers[current.name]
+            continue
+        node = current.producer()
+        if node is None or node.graph is None or any(values_in_use(node.outputs)):
+            continue
+        inputs = list(node.inputs)
+        node.graph.remove(node, safe=True)
+        stack.extend(inputs)
+
+
+def constant_value(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    """Register `array` as a new initializer of `graph` called `name`."""
+    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+    # The tensor carries dtype and shape; a value_info entry would only repeat them.
+    value.type = None
+    value.shape = None
+    graph.register_initializer(value)
+    return value
+
+
+def replace_input(graph: ir.Graph, node: ir.Node, index: int, value: ir.Value) -> None:
+    """Point input `index` of `node` at `value` (growing the input list if needed)."""
+    if index >= len(node.inputs):
+        node.resize_inputs(index + 1)
+    old = node.inputs[index]
+    node.replace_input_with(index, value)
+    remove_if_dead(graph, old)
+
+
+def int_attr(node: ir.Node, name: str, default: int) -> int:
+    attr = node.attributes.get(name)
+    return default if attr is None else int(attr.value)
+
+
+def float_attr(node: ir.Node, name: str, default: float) -> float:
+    attr = node.attributes.get(name)
+    return default if attr is None else float(attr.value)
+
+
+def str_attr(node: ir.Node, name: str, default: str) -> str:
+    attr = node.attributes.get(name)
+    if attr is None:
+        return default
+    value = attr.value
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def opset_of(node: ir.Node, graph_opsets: dict[str, int]) -> int:
+    if node.version is not None:
+        return node.version
+    return graph_opsets.get(node.domain or "", graph_opsets.get("ai.onnx", 1))
+

@@ -1,0 +1,91 @@
+"""What every rule shares: reading constant weights and writing folded ones back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from bnfold import fold_math
+from bnfold.batchnorm import Skip
+from bnfold.graph import ConstantResolver, NameAuthority, TypeHints, constant_value, replace_input
+
+QUANTIZATION_OPS = frozenset({"DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear"})
+
+
+def describe(node: ir.Node) -> str:
+    return f"{node.op_type} '{node.name}'" if node.name else f"{node.op_type} (unnamed)"
+
+
+@dataclass
+class FoldContext:
+    """The state one run of the pass shares across rules."""
+
+    resolver: ConstantResolver
+    names: NameAuthority
+    hints: TypeHints
+    opset: int  # the model's default-domain opset
+
+    def weight(self, node: ir.Node, index: int, role: str) -> np.ndarray:
+        """The constant array at input `index` of `node`; Skip when it is not one."""
+        value = node.inputs[index] if index < len(node.inputs) else None
+        if value is None:
+            raise Skip(f"{role} of {describe(node)} is missing")
+        if self.resolver.is_overridable_initializer(value):
+            raise Skip(f"{role} of {describe(node)} is a graph input (can be overridden at run time)")
+        quantization = sorted(self.resolver.ops_behind(value) & QUANTIZATION_OPS)
+        if quantization:
+            raise Skip(f"{role} of {describe(node)} is quantized ({quantization[0]}); fold before quantizing")
+        array = self.resolver.value_of(value)
+        if array is None:
+            raise Skip(f"{role} of {describe(node)} is not constant (computed at run time)")
+        return array
+
+    def optional_weight(self, node: ir.Node, index: int, role: str) -> np.ndarray | None:
+        if index >= len(node.inputs) or node.inputs[index] is None:
+            return None
+        return self.weight(node, index, role)
+
+    def write_input(self, node: ir.Node, index: int, array: np.ndarray, role: str) -> None:
+        """Make input `index` of `node` the constant `array`.
+
+        An initializer that only this input uses is updated in place (it keeps its
+        name and position); anything shared or computed gets a new, uniquely named
+        initializer, so other users keep the original value.
+        """
+        old = node.inputs[index] if index < len(node.inputs) else None
+        if old is not None and _exclusively_ours(old):
+            old.const_value = ir.tensor(array, name=old.name)
+            if old.shape is not None:
+                old.shape = ir.Shape(array.shape)
+            self.resolver.forget(old)
+            return
+        hint = f"{old.name}_bnfolded" if old is not None and old.name else f"{node.name or node.op_type}_{role}"
+        graph = node.graph
+        new_value = constant_value(graph, self.names.fresh(hint), array)
+        replace_input(graph, node, index, new_value)
+
+
+def _exclusively_ours(value: ir.Value) -> bool:
+    return (value.is_initializer() and not value.is_graph_input() and not value.is_graph_output()
+            and len(value.uses()) == 1 and value.graph is not None)
+
+
+def rounded(values: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """Round a float64 fold result once to the dtype of the tensor it replaces."""
+    try:
+        return fold_math.round_to(values, like.dtype)
+    except fold_math.FoldOverflowError as error:
+        raise Skip(str(error)) from None
+
+
+def require_channels(node: ir.Node, found: int, expected: int) -> None:
+    if found != expected:
+        raise Skip(f"{describe(node)} has {found} output channels, BN has {expected}")
+
+
+def mark_gemm_broadcast(ctx: FoldContext, gemm: ir.Node) -> None:
+    """Gemm before opset 7 broadcasts C only when told to."""
+    if ctx.opset < 7:
+        gemm.attributes["broadcast"] = ir.AttrInt64("broadcast", 1)

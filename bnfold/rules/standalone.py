@@ -1,0 +1,54 @@
+"""Standalone BN → Mul + Add.
+
+Before:  Y = BN(X)                      X: [N, C, D1, …]
+After:   Y = Add(Mul(X, s'), t')        s', t': [C, 1, …, 1] in X's dtype
+
+For a per-element BN (spatial=0, opset < 9) s' and t' keep the full parameter
+shape [C, D1, …], which broadcasts onto X from the right just as BN does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from bnfold import fold_math
+from bnfold.batchnorm import BnParams, Skip
+from bnfold.graph import constant_value, retire_node
+from bnfold.rules.base import FoldContext, rounded
+
+
+def rewrite(ctx: FoldContext, bn: ir.Node, params: BnParams) -> None:
+    data = bn.inputs[0]
+    dtype = _data_dtype(ctx, bn)
+    if params.per_element:
+        scale, shift = params.scale, params.shift
+    else:
+        rank = ctx.hints.rank(data)
+        if rank is None:
+            raise Skip("rank of the input is unknown, so the channel axis cannot be broadcast")
+        scale = fold_math.per_channel_broadcast(params.scale, rank)
+        shift = fold_math.per_channel_broadcast(params.shift, rank)
+    like = np.empty(0, dtype=dtype)
+    scale, shift = rounded(scale, like), rounded(shift, like)
+    _replace_with_mul_add(ctx, bn, scale, shift)
+
+
+def _data_dtype(ctx: FoldContext, bn: ir.Node) -> np.dtype:
+    for value in (bn.inputs[0], bn.outputs[0]):
+        dtype = ctx.hints.dtype(value)
+        if dtype is not None:
+            return dtype.numpy()
+    raise Skip("element type of the input is unknown")
+
+
+def _replace_with_mul_add(ctx: FoldContext, bn: ir.Node, scale: np.ndarray, shift: np.ndarray) -> None:
+    graph = bn.graph
+    base = bn.name or "BatchNormalization"
+    scale_value = constant_value(graph, ctx.names.fresh(f"{base}_scale"), scale)
+    shift_value = constant_value(graph, ctx.names.fresh(f"{base}_shift"), shift)
+    mul = ir.node("Mul", [bn.inputs[0], scale_value], name=ctx.names.fresh(f"{base}_mul"))
+    mul.outputs[0].name = ctx.names.fresh(f"{base}_scaled")
+    add = ir.node("Add", [mul.outputs[0], shift_value], name=ctx.names.fresh(f"{base}_add"))
+    graph.insert_before(bn, [mul, add])
+    retire_node(bn, add.outputs[0])

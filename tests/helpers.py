@@ -1,0 +1,116 @@
+"""Tiny-graph builders and the reference check shared by the tests."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+import bnfold
+
+FP32_RTOL = 1e-5  # relative to the output's scale max|a|
+
+
+def tensor_type(dtype) -> int:
+    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+
+
+def make_model(nodes, inputs, outputs, initializers=(), opset=17, ir_version=8, functions=()):
+    """inputs/outputs: (name, dtype, shape) triples; initializers: {name: array}."""
+    graph = helper.make_graph(
+        nodes, "test",
+        [helper.make_tensor_value_info(n, tensor_type(d), s) for n, d, s in inputs],
+        [helper.make_tensor_value_info(n, tensor_type(d), s) for n, d, s in outputs],
+        [numpy_helper.from_array(np.asarray(a), n) for n, a in dict(initializers).items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], functions=list(functions))
+    model.ir_version = ir_version
+    _fill_output_shapes(model)
+    return model
+
+
+def _fill_output_shapes(model):
+    """Give graph outputs declared without a shape their inferred type (the full checker wants one).
+
+    Intermediate values stay untyped, as in many exporters' output.
+    """
+    if all(o.type.tensor_type.HasField("shape") for o in model.graph.output):
+        return
+    inferred = {o.name: o for o in onnx.shape_inference.infer_shapes(model).graph.output}
+    for output in model.graph.output:
+        if not output.type.tensor_type.HasField("shape") and output.name in inferred:
+            output.type.CopyFrom(inferred[output.name].type)
+
+
+def bn_arrays(rng, channels, prefix="bn", dtype=np.float32, shape=None):
+    """Random BN parameters {prefix.scale, .bias, .mean, .var}, var well above 0."""
+    shape = (channels,) if shape is None else shape
+    return {
+        f"{prefix}.scale": rng.uniform(0.5, 1.5, shape).astype(dtype),
+        f"{prefix}.bias": rng.normal(0, 0.3, shape).astype(dtype),
+        f"{prefix}.mean": rng.normal(0, 0.3, shape).astype(dtype),
+        f"{prefix}.var": rng.uniform(0.2, 1.5, shape).astype(dtype),
+    }
+
+
+def bn_node(x, y, prefix="bn", name=None, **attrs):
+    params = [f"{prefix}.{k}" for k in ("scale", "bias", "mean", "var")]
+    return helper.make_node("BatchNormalization", [x, *params], [y], name=name or prefix, **attrs)
+
+
+def session(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    return session(model).run(None, feeds)
+
+
+def random_feeds(model: onnx.ModelProto, seed=0, batch=3) -> dict:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    initializers = {i.name for i in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else batch for d in tensor.shape.dim]
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type)
+        feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+    return feeds
+
+
+def assert_same_outputs(original, folded, rtol=FP32_RTOL, feeds=None):
+    """Every output of `folded` equals `original`'s to rtol·max|original| on onnxruntime."""
+    feeds = random_feeds(original) if feeds is None else feeds
+    expected, actual = run(original, feeds), run(folded, feeds)
+    assert len(expected) == len(actual)
+    for a, b in zip(expected, actual):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        scale = np.max(np.abs(a64))
+        assert scale > 0
+        error = np.max(np.abs(a64 - b64)) / scale
+        assert error <= rtol, f"relative error {error:.3e} > {rtol:.1e}"
+
+
+def op_counts(model: onnx.ModelProto) -> Counter:
+    return Counter(node.op_type for node in model.graph.node)
+
+
+def fold_and_check(model, rtol=FP32_RTOL, **kwargs):
+    """Fold `model`, assert the checker passes and outputs match; return (folded, records)."""
+    result = bnfold.fold(model, **kwargs)
+    onnx.checker.check_model(result.model, full_check=True)
+    assert_same_outputs(model, result.model, rtol=rtol)
+    return result.model, result.records
+
+
+def only_record(records):
+    assert len(records) == 1, records
+    return records[0]

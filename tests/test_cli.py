@@ -1,0 +1,188 @@
+"""The command line: exit codes, messages, the report, and never a partial or wrong output."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from helpers import op_counts
+from typer.testing import CliRunner
+
+from bnfold import fold_math
+from bnfold.cli import app
+
+SAMPLE = Path(__file__).resolve().parent.parent / "models" / "sample_cnn.onnx"
+
+
+@pytest.fixture
+def sample(tmp_path):
+    path = tmp_path / "in.onnx"
+    shutil.copy(SAMPLE, path)
+    return path
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_error(result, code, message):
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("bnfold: error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_fold_writes_a_checked_model_and_report(sample, tmp_path):
+    out, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    result = invoke(sample, out, "--report", report)
+    assert result.exit_code == 0, result.output
+    assert "BatchNormalization" not in op_counts(onnx.load(out))
+    data = json.loads(report.read_text())
+    assert {r["action"] for r in data["nodes"]} == {"folded", "converted"}
+    for record in data["nodes"]:
+        assert set(record) >= {"name", "action", "into", "reason"}
+    assert data["check"]["passed"] is True
+    assert {o["name"] for o in data["check"]["outputs"]} == {"logits"}
+    assert set(data["check"]["outputs"][0]) >= {"name", "max_abs_err", "max_rel_err"}
+    assert "check: passed" in result.stderr and "8 BatchNormalization" in result.stderr
+
+
+def test_dry_run_writes_nothing(sample, tmp_path):
+    before = sorted(os.listdir(tmp_path))
+    result = invoke(sample, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(tmp_path)) == before
+    assert "converted bn3: output of Conv 'pw' has 2 consumers" in result.stderr
+
+
+def test_dry_run_with_output_still_writes_no_model(sample, tmp_path):
+    result = invoke(sample, tmp_path / "out.onnx", "--dry-run", "--report", tmp_path / "r.json")
+    assert result.exit_code == 0
+    assert not (tmp_path / "out.onnx").exists()
+    assert json.loads((tmp_path / "r.json").read_text())["check"] is None
+
+
+def test_no_check_skips_verification(sample, tmp_path):
+    result = invoke(sample, tmp_path / "out.onnx", "--no-check", "--report", tmp_path / "r.json")
+    assert result.exit_code == 0
+    assert json.loads((tmp_path / "r.json").read_text())["check"] is None
+    assert "check: not run" in result.stderr
+
+
+def test_a_wrong_fold_fails_the_check_and_writes_nothing(sample, tmp_path, monkeypatch):
+    original = fold_math.fold_output_channels
+
+    def wrong(weight, bias, scale, shift, **kwargs):
+        new_weight, new_bias = original(weight, bias, scale, shift, **kwargs)
+        return new_weight, new_bias + 0.5
+
+    monkeypatch.setattr(fold_math, "fold_output_channels", wrong)
+    before = sample.read_bytes()
+    out, report = tmp_path / "out.onnx", tmp_path / "r.json"
+    result = invoke(sample, out, "--report", report)
+    assert_error(result, 1, "check failed: output 'logits' differs")
+    assert not out.exists()
+    assert sample.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".bnfold")] == []
+    data = json.loads(report.read_text())
+    assert data["check"]["passed"] is False
+    assert data["check"]["outputs"][0]["name"] == "logits" and data["check"]["outputs"][0]["max_rel_err"] > 1e-3
+
+
+def test_output_required_without_dry_run(sample):
+    assert_error(invoke(sample), 2, "OUTPUT is required (or use --dry-run)")
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "no such file"),
+    (b"", "empty file, not an ONNX model"),
+    (b"\x00\xff\x13garbage\x99" * 50, "not an ONNX model"),
+    (b"this is a text file, not a model\n", "not an ONNX model"),
+])
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, content, message):
+    source = tmp_path / "bad.onnx"
+    if content is not None:
+        source.write_bytes(content)
+    out = tmp_path / "out.onnx"
+    assert_error(invoke(source, out), 2, message)
+    assert not out.exists()
+    if content is not None:
+        assert source.read_bytes() == content
+
+
+def test_directory_as_input(tmp_path):
+    assert_error(invoke(tmp_path, tmp_path / "out.onnx"), 2, "is a directory")
+
+
+def test_missing_output_folder(sample, tmp_path):
+    out = tmp_path / "no" / "such" / "out.onnx"
+    assert_error(invoke(sample, out), 2, "does not exist")
+    assert not (tmp_path / "no").exists()
+
+
+def test_shape_option_sets_the_check_inputs(sample, tmp_path):
+    result = invoke(sample, tmp_path / "o.onnx", "--shape", "image=5x3x16x16", "--report", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r.json").read_text())["check"]["inputs"] == {"image": [5, 3, 16, 16]}
+
+
+@pytest.mark.parametrize("spec,message", [("image=axb", "is not NAME=AxBxC"), ("nosuch=1x3x16x16", "no model input named 'nosuch'")])
+def test_bad_shape_option(sample, tmp_path, spec, message):
+    assert_error(invoke(sample, tmp_path / "o.onnx", "--shape", spec), 2, message)
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_inputs_npz_feeds_the_check(sample, tmp_path):
+    npz = tmp_path / "x.npz"
+    np.savez(npz, image=np.ones((4, 3, 16, 16), np.float32))
+    result = invoke(sample, tmp_path / "o.onnx", "--inputs", npz, "--report", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r.json").read_text())["check"]["inputs"] == {"image": [4, 3, 16, 16]}
+
+
+def test_model_onnxruntime_cannot_run(tmp_path):
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph([onnx.helper.make_node("Mystery", ["x"], ["y"], domain="com.example")], "g",
+                               [onnx.helper.make_tensor_value_info("x", 1, [1])],
+                               [onnx.helper.make_tensor_value_info("y", 1, [1])]),
+        opset_imports=[onnx.helper.make_opsetid("", 17), onnx.helper.make_opsetid("com.example", 1)])
+    source = tmp_path / "custom.onnx"
+    onnx.save(model, source)
+    result = invoke(source, tmp_path / "out.onnx")
+    assert_error(result, 2, "onnxruntime cannot run the original model")
+    assert "--no-check" in result.stderr
+    assert not (tmp_path / "out.onnx").exists()
+    assert invoke(source, tmp_path / "out.onnx", "--no-check").exit_code == 0
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = invoke(tmp_path / "missing.onnx", tmp_path / "o.onnx", "--debug")
+    assert result.exit_code == 2 and "Traceback" in result.stderr
+
+
+def test_unknown_option_is_a_usage_error(sample):
+    assert invoke(sample, "--frobnicate").exit_code == 2
+
+
+def test_same_file_in_and_out_is_replaced_atomically(sample):
+    result = invoke(sample, sample)
+    assert result.exit_code == 0, result.output
+    assert "BatchNormalization" not in op_counts(onnx.load(sample))
+
+
+def test_real_subprocess_entry_points(sample, tmp_path):
+    out = tmp_path / "out.onnx"
+    run = subprocess.run([sys.executable, "-m", "bnfold", str(sample), str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert out.exists() and "check: passed" in run.stderr
+    version = subprocess.run([sys.executable, "-m", "bnfold", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("bnfold ")
+    missing = subprocess.run([sys.executable, "-m", "bnfold", str(tmp_path / "nope.onnx"), str(out)],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().startswith("bnfold: error:")

@@ -1,0 +1,136 @@
+"""The sample models, the Python API, external data and the check itself."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from helpers import assert_same_outputs, op_counts, random_feeds, run
+
+import bnfold
+from bnfold.verify import compare_output
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+SAMPLES = sorted(MODELS.glob("*.onnx"))
+
+
+def test_there_are_sample_models():
+    assert SAMPLES and sum(p.stat().st_size for p in MODELS.iterdir()) < 4 * 2**20
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.name)
+def test_sample_model_folds_with_no_bn_left(path, tmp_path):
+    out = tmp_path / "out.onnx"
+    report = bnfold.fold_file(path, out)
+    assert report.check.passed
+    folded = onnx.load(out)
+    onnx.checker.check_model(folded, full_check=True)
+    assert "BatchNormalization" not in op_counts(folded)
+    assert_same_outputs(onnx.load(path), folded)
+    assert all(o.max_rel_err <= 1e-5 for o in report.check.outputs)
+
+
+def test_fold_accepts_proto_ir_model_and_path_without_changing_them():
+    proto = onnx.load(SAMPLES[0])
+    before = proto.SerializeToString()
+    from_proto = bnfold.fold(proto)
+    assert isinstance(from_proto.model, onnx.ModelProto)
+    assert proto.SerializeToString() == before
+
+    ir_model = ir.serde.deserialize_model(proto)
+    from_ir = bnfold.fold(ir_model)
+    assert isinstance(from_ir.model, ir.Model) and from_ir.model is not ir_model
+    assert any(n.op_type == "BatchNormalization" for n in ir_model.graph)
+
+    from_path = bnfold.fold(SAMPLES[0])
+    assert isinstance(from_path.model, ir.Model)
+    assert [r.action for r in from_path.records] == [r.action for r in from_proto.records]
+
+
+def test_verify_api_on_protos():
+    proto = onnx.load(SAMPLES[0])
+    check = bnfold.verify(proto, bnfold.fold(proto).model)
+    assert check.passed and check.outputs[0].name == "logits" and check.outputs[0].max_rel_err < 1e-5
+
+
+def _external_copy(folder: Path, location: str = "weights.bin") -> Path:
+    folder.mkdir()
+    path = folder / "model.onnx"
+    onnx.save(onnx.load(SAMPLES[0]), path, save_as_external_data=True, location=location, size_threshold=0)
+    return path
+
+
+def test_external_data_model_folds_into_another_folder_and_loads_from_there(tmp_path, monkeypatch):
+    source = _external_copy(tmp_path / "a")
+    before = {p.name: p.read_bytes() for p in source.parent.iterdir()}
+    (tmp_path / "b").mkdir()
+    out = tmp_path / "b" / "folded.onnx"
+    bnfold.fold_file(source, out)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["folded.onnx", "folded.onnx.data"]
+    locations = {e.value for t in onnx.load(out, load_external_data=False).graph.initializer
+                 for e in t.external_data if e.key == "location"}
+    assert locations == {"folded.onnx.data"}
+    assert {p.name: p.read_bytes() for p in source.parent.iterdir()} == before
+    monkeypatch.chdir(tmp_path)
+    loaded = onnx.load(str(out))
+    feeds = random_feeds(loaded)
+    np.testing.assert_allclose(run(loaded, feeds)[0], run(onnx.load(SAMPLES[0]), feeds)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_external_data_option_never_and_always(tmp_path):
+    source = _external_copy(tmp_path / "a")
+    inline = tmp_path / "inline.onnx"
+    bnfold.fold_file(source, inline, external_data="never")
+    assert not (tmp_path / "inline.onnx.data").exists()
+    external = tmp_path / "ext.onnx"
+    bnfold.fold_file(SAMPLES[0], external, external_data="always")
+    assert (tmp_path / "ext.onnx.data").exists()
+    with pytest.raises(bnfold.InputError, match="--external-data must be one of"):
+        bnfold.fold_file(SAMPLES[0], tmp_path / "x.onnx", external_data="sometimes")
+
+
+def test_stale_data_file_is_replaced_not_appended(tmp_path):
+    out = tmp_path / "out.onnx"
+    (tmp_path / "out.onnx.data").write_bytes(b"\x00" * 10_000_000)
+    bnfold.fold_file(_external_copy(tmp_path / "a"), out)
+    assert (tmp_path / "out.onnx.data").stat().st_size < 1_000_000
+    onnx.checker.check_model(str(out), full_check=True)
+
+
+def test_output_data_file_may_not_clobber_the_inputs_data(tmp_path):
+    source = _external_copy(tmp_path / "a", location="out.onnx.data")
+    before = (source.parent / "out.onnx.data").read_bytes()
+    with pytest.raises(bnfold.InputError, match="which the input still uses"):
+        bnfold.fold_file(source, source.parent / "out.onnx")
+    assert (source.parent / "out.onnx.data").read_bytes() == before
+    assert not (source.parent / "out.onnx").exists()
+
+
+def test_in_place_fold_of_an_external_data_model(tmp_path):
+    source = _external_copy(tmp_path / "a", location="model.onnx.data")
+    bnfold.fold_file(source, source)
+    assert sorted(p.name for p in source.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert "BatchNormalization" not in op_counts(onnx.load(source))
+
+
+def test_compare_output_nan_and_inf_must_match():
+    a = np.array([1.0, np.nan, np.inf], np.float32)
+    assert compare_output("y", a, a.copy()).passed
+    assert not compare_output("y", a, np.array([1.0, 0.0, np.inf], np.float32)).passed
+    assert compare_output("y", a, np.array([1.0, np.nan, -np.inf], np.float32)).note == "NaN/Inf positions differ"
+
+
+def test_compare_output_tolerance_is_relative_to_scale():
+    a = np.array([100.0, -50.0], np.float32)
+    close = compare_output("y", a, a + np.float32(1e-4))
+    assert close.passed and close.max_rel_err == pytest.approx(1e-6, rel=0.1)
+    far = compare_output("y", a, a + np.float32(1e-2))
+    assert not far.passed and far.tolerance == pytest.approx(1e-7 + 1e-5 * 100)
+    assert compare_output("y", a, a + np.float32(1e-2), rtol=1e-3).passed
+
+
+def test_compare_output_shape_and_integer_outputs():
+    assert compare_output("y", np.zeros((2, 3)), np.zeros((2, 4))).note == "shape (2, 4) instead of (2, 3)"
+    assert compare_output("i", np.array([1, 2]), np.array([1, 2])).passed
+    assert not compare_output("i", np.array([1, 2]), np.array([1, 3])).passed

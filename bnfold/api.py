@@ -20,10 +20,11 @@ from bnfold.model_io import (
     load_model,
     relist_initializer_inputs,
     to_ir,
+    to_proto,
     unlist_initializer_inputs,
-    validate_proto,
     wants_external_data,
 )
+from bnfold.validation import validate_proto
 from bnfold.report import BnRecord, FoldReport
 from bnfold.verify import verify
 
@@ -52,8 +53,7 @@ def fold(model, *, keep_standalone: bool = False) -> FoldResult:
     if isinstance(model, onnx.ModelProto):
         validate_proto(model, "model")
         folded, records = _run_pass(to_ir(model, "model"), keep_standalone)
-        relist_initializer_inputs(folded)
-        return FoldResult(ir.serde.serialize_model(folded), records)
+        return FoldResult(to_proto(folded), records)
     if isinstance(model, ir.Model):
         clone = model.clone()
         unlist_initializer_inputs(clone)

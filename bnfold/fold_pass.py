@@ -1,7 +1,8 @@
 """The BatchNormalization folding pass over an onnx-ir model.
 
-For every BatchNormalization, in topological order, in the main graph and every
-subgraph:
+For every BatchNormalization, in topological order, in the main graph, every
+subgraph (If/Loop/Scan bodies) and every model-local function body (folded in
+place, never inlined):
 
 1. A BN that does not compute its frozen inference map (training mode, optional
    outputs in use) is left exactly as it is.
@@ -18,6 +19,7 @@ a chain Conv → BN → BN folds completely in one sweep.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import onnx_ir as ir
@@ -42,14 +44,16 @@ class BatchNormFoldPass(ir.passes.InPlacePass):
         self.records: list[BnRecord] = []
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        opsets = dict(model.opset_imports)
-        context = FoldContext(ConstantResolver(model), NameAuthority(model), TypeHints(model), opsets.get("", 1))
+        scopes = list(_scopes(model))
+        shared = FoldContext(ConstantResolver(model), NameAuthority(model), TypeHints(model), opset=1,
+                             function_graphs=frozenset(s.graph for s in scopes if s.in_function))
         self.records = []
-        for graph, scope in _graphs(model):
-            for node in list(graph):
-                if node.graph is graph and _is_batch_norm(node):
-                    opset = opset_of(node, opsets)
-                    self.records.append(self._handle(context, node, opset, scope))
+        for scope in scopes:
+            context = dataclasses.replace(shared, opset=scope.opsets.get("", 1))
+            for node in list(scope.graph):
+                if node.graph is scope.graph and _is_batch_norm(node):
+                    opset = opset_of(node, scope.opsets)
+                    self.records.append(self._handle(context, node, opset, scope.label))
         modified = any(record.action != "skipped" for record in self.records)
         return ir.passes.PassResult(model, modified)
 
@@ -109,7 +113,23 @@ def _is_batch_norm(node: ir.Node) -> bool:
     return node.op_type == "BatchNormalization" and node.domain in ("", "ai.onnx")
 
 
-def _graphs(model: ir.Model):
-    yield model.graph, "main"
+@dataclasses.dataclass(frozen=True)
+class _Scope:
+    graph: ir.Graph
+    label: str  # shown in the report: "main", "subgraph body", "function local::ConvBn"
+    opsets: dict
+    in_function: bool
+
+
+def _scopes(model: ir.Model):
+    """The main graph, its subgraphs (If/Loop/Scan bodies), and every function body with its subgraphs."""
+    opsets = dict(model.opset_imports)
+    yield _Scope(model.graph, "main", opsets, False)
     for subgraph in model.graph.subgraphs():
-        yield subgraph, f"subgraph {subgraph.name or '(unnamed)'}"
+        yield _Scope(subgraph, f"subgraph {subgraph.name or '(unnamed)'}", opsets, False)
+    for function in model.functions.values():
+        function_opsets = dict(function.opset_imports) or opsets
+        label = f"function {function.domain}::{function.name}"
+        yield _Scope(function.graph, label, function_opsets, True)
+        for subgraph in function.graph.subgraphs():
+            yield _Scope(subgraph, f"{label} subgraph {subgraph.name or '(unnamed)'}", function_opsets, True)

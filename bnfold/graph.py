@@ -13,6 +13,8 @@ import onnx
 import onnx_ir as ir
 from onnx.reference import ReferenceEvaluator
 
+from bnfold.validation import all_graphs
+
 logger = logging.getLogger(__name__)
 
 # Ops whose output is not a function of their inputs alone.
@@ -192,8 +194,11 @@ class TypeHints:
         except Exception as error:  # noqa: BLE001 - no hints is a valid answer
             logger.debug("shape inference failed: %s", error)
             return {}
-        infos = [*proto.graph.value_info, *proto.graph.input, *proto.graph.output]
-        return {info.name: info.type for info in infos}
+        # Names are unique across the main graph and its subgraphs, so one map serves all.
+        # Function bodies get no inferred types: a function's input ranks can differ
+        # from one call to the next.
+        return {info.name: info.type for graph in all_graphs(proto)
+                for info in (*graph.value_info, *graph.input, *graph.output)}
 
 
 class NameAuthority:

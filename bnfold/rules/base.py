@@ -25,7 +25,20 @@ class FoldContext:
     resolver: ConstantResolver
     names: NameAuthority
     hints: TypeHints
-    opset: int  # the model's default-domain opset
+    opset: int  # the default-domain opset of the graph or function being folded
+    function_graphs: frozenset[ir.Graph] = frozenset()  # bodies that cannot hold initializers
+
+    def new_constant(self, user: ir.Node, hint: str, array: np.ndarray) -> ir.Value:
+        """A new uniquely named constant for `user`: an initializer, or a Constant node in a function."""
+        graph = user.graph
+        name = self.names.fresh(hint)
+        if graph not in self.function_graphs:
+            return constant_value(graph, name, array)
+        constant = ir.node("Constant", [], attributes={"value": ir.tensor(array, name=name)},
+                           name=self.names.fresh(f"{hint}_constant"))
+        constant.outputs[0].name = name
+        graph.insert_before(user, constant)
+        return constant.outputs[0]
 
     def weight(self, node: ir.Node, index: int, role: str) -> np.ndarray:
         """The constant array at input `index` of `node`; Skip when it is not one."""
@@ -62,9 +75,7 @@ class FoldContext:
             self.resolver.forget(old)
             return
         hint = f"{old.name}_bnfolded" if old is not None and old.name else f"{node.name or node.op_type}_{role}"
-        graph = node.graph
-        new_value = constant_value(graph, self.names.fresh(hint), array)
-        replace_input(graph, node, index, new_value)
+        replace_input(node.graph, node, index, self.new_constant(node, hint, array))
 
 
 def _exclusively_ours(value: ir.Value) -> bool:

@@ -14,13 +14,12 @@ import onnx_ir as ir
 
 from bnfold import fold_math
 from bnfold.batchnorm import BnParams, Skip
-from bnfold.graph import constant_value, retire_node
+from bnfold.graph import retire_node
 from bnfold.rules.base import FoldContext, rounded
 
 
 def rewrite(ctx: FoldContext, bn: ir.Node, params: BnParams) -> None:
     data = bn.inputs[0]
-    dtype = _data_dtype(ctx, bn)
     if params.per_element:
         scale, shift = params.scale, params.shift
     else:
@@ -29,6 +28,7 @@ def rewrite(ctx: FoldContext, bn: ir.Node, params: BnParams) -> None:
             raise Skip("rank of the input is unknown, so the channel axis cannot be broadcast")
         scale = fold_math.per_channel_broadcast(params.scale, rank)
         shift = fold_math.per_channel_broadcast(params.shift, rank)
+    dtype = _data_dtype(ctx, bn)
     like = np.empty(0, dtype=dtype)
     scale, shift = rounded(scale, like), rounded(shift, like)
     _replace_with_mul_add(ctx, bn, scale, shift)
@@ -43,12 +43,11 @@ def _data_dtype(ctx: FoldContext, bn: ir.Node) -> np.dtype:
 
 
 def _replace_with_mul_add(ctx: FoldContext, bn: ir.Node, scale: np.ndarray, shift: np.ndarray) -> None:
-    graph = bn.graph
     base = bn.name or "BatchNormalization"
-    scale_value = constant_value(graph, ctx.names.fresh(f"{base}_scale"), scale)
-    shift_value = constant_value(graph, ctx.names.fresh(f"{base}_shift"), shift)
+    scale_value = ctx.new_constant(bn, f"{base}_scale", scale)
+    shift_value = ctx.new_constant(bn, f"{base}_shift", shift)
     mul = ir.node("Mul", [bn.inputs[0], scale_value], name=ctx.names.fresh(f"{base}_mul"))
     mul.outputs[0].name = ctx.names.fresh(f"{base}_scaled")
     add = ir.node("Add", [mul.outputs[0], shift_value], name=ctx.names.fresh(f"{base}_add"))
-    graph.insert_before(bn, [mul, add])
+    bn.graph.insert_before(bn, [mul, add])
     retire_node(bn, add.outputs[0])

@@ -1,0 +1,211 @@
+"""Refusing input that is not a usable ONNX model, before anything else touches it.
+
+Everything here reads only the ModelProto's structure (external data is not
+loaded), so a hostile file is refused with an InputError that names the problem
+before a byte of its external data is read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from bnfold.errors import InputError
+
+# Types packed several elements to a byte: their element counts are not field lengths.
+_SUB_BYTE_TYPES = frozenset(
+    getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+    if hasattr(onnx.TensorProto, name)
+)
+_TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+_COMPLEX_TYPES = frozenset({onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128})
+
+
+def validate_proto(proto: onnx.ModelProto, label: str) -> None:
+    """Refuse a ModelProto that parses but cannot be a model."""
+    if not proto.HasField("graph"):
+        raise InputError(f"{label}: not an ONNX model (no graph)")
+    default_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if proto.ir_version >= 3 and default_opset is None:
+        raise InputError(f"{label}: the model imports no default-domain opset")
+    newest = onnx.defs.onnx_opset_version()
+    if default_opset is not None and not 1 <= default_opset <= newest:
+        raise InputError(f"{label}: unknown default-domain opset {default_opset} (this onnx knows 1..{newest})")
+    for tensor in all_tensors(proto):
+        _check_inline_size(tensor, label)
+    _check_graph_structure(proto.graph, set(), label)
+    for function in proto.functions:
+        _check_node_order(function.node, set(function.input), function.output, f"{label}: function {function.name}")
+
+
+def _check_graph_structure(graph: onnx.GraphProto, outer: set[str], label: str) -> None:
+    defined = set(outer)
+    defined.update(value.name for value in graph.input)
+    defined.update(tensor.name for tensor in graph.initializer)
+    defined.update(sparse.values.name for sparse in graph.sparse_initializer)
+    _check_node_order(graph.node, defined, [o.name for o in graph.output], label)
+
+
+def _check_node_order(nodes, defined: set[str], outputs: Iterable[str], label: str) -> None:
+    """Every input must be defined before use (or later, if the graph is merely unsorted)."""
+    defined = set(defined)
+    produced = {name for node in nodes for name in node.output if name}
+    unsorted = False
+    for node in nodes:
+        for name in node.input:
+            if name and name not in defined:
+                if name not in produced:
+                    raise InputError(f"{label}: input '{name}' of node '{_node_label(node)}' is not defined anywhere")
+                unsorted = True
+        for subgraph in _node_graphs(node):
+            _check_graph_structure(subgraph, defined | produced if unsorted else defined, label)
+        defined.update(name for name in node.output if name)
+    for name in outputs:
+        if name not in defined:
+            raise InputError(f"{label}: graph output '{name}' is not produced by any node")
+    if unsorted:
+        _refuse_cycles(nodes, label)
+
+
+def _refuse_cycles(nodes, label: str) -> None:
+    """Kahn's algorithm over the node list; what cannot be ordered lies on a cycle."""
+    producer = {name: index for index, node in enumerate(nodes) for name in node.output if name}
+    waiting_on = [{producer[n] for n in node.input if n in producer} - {index} for index, node in enumerate(nodes)]
+    if any(index in {producer.get(n) for n in node.input} for index, node in enumerate(nodes)):
+        raise InputError(f"{label}: the graph has a cycle (a node consumes its own output)")
+    consumers: dict[int, list[int]] = {}
+    for index, needs in enumerate(waiting_on):
+        for need in needs:
+            consumers.setdefault(need, []).append(index)
+    ready = [index for index, needs in enumerate(waiting_on) if not needs]
+    ordered = 0
+    while ready:
+        index = ready.pop()
+        ordered += 1
+        for consumer in consumers.get(index, []):
+            waiting_on[consumer].discard(index)
+            if not waiting_on[consumer]:
+                ready.append(consumer)
+    if ordered != len(nodes):
+        stuck = next(nodes[i] for i, needs in enumerate(waiting_on) if needs)
+        raise InputError(f"{label}: the graph has a cycle through node '{_node_label(stuck)}'")
+
+
+def _node_label(node: onnx.NodeProto) -> str:
+    return node.name or node.op_type
+
+
+def _check_inline_size(tensor: onnx.TensorProto, label: str) -> None:
+    """An inline tensor must hold exactly as much data as its dims claim."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.data_type in _SUB_BYTE_TYPES:
+        return
+    elements = int(np.prod(tensor.dims, dtype=np.float64))
+    if tensor.HasField("raw_data"):
+        itemsize = itemsize_of(tensor.data_type)
+        if itemsize is not None and elements * itemsize != len(tensor.raw_data):
+            raise InputError(f"{label}: tensor '{tensor.name}' claims {elements * itemsize} bytes "
+                             f"but holds {len(tensor.raw_data)}")
+        return
+    held = sum(len(getattr(tensor, field)) for field in _TYPED_FIELDS)
+    expected = elements * (2 if tensor.data_type in _COMPLEX_TYPES else 1)
+    if held != expected:
+        raise InputError(f"{label}: tensor '{tensor.name}' claims {elements} elements but holds {held} values")
+
+
+def itemsize_of(data_type: int) -> int | None:
+    """Bytes per element of an ONNX data type, or None where that is not a fixed whole number."""
+    if data_type in _SUB_BYTE_TYPES or data_type == onnx.TensorProto.STRING:
+        return None
+    try:
+        return onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def check_external_data(proto: onnx.ModelProto, base_dir: Path) -> None:
+    """Refuse external-data references that could leave the model's folder or overrun a file.
+
+    Covers the cases behind onnx's CVE-2022-25882, CVE-2024-27318 and CVE-2025-51480:
+    absolute locations, '..', symlinks out of the folder, and out-of-range offsets.
+    """
+    base = base_dir.resolve()
+    for tensor in all_tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        where = f"external data of tensor '{tensor.name}'"
+        if not location:
+            raise InputError(f"{where} has no location")
+        if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location:
+            raise InputError(f"{where}: absolute location '{location}' is refused")
+        if ".." in location.replace("\\", "/").split("/"):
+            raise InputError(f"{where}: location '{location}' leaves the model's folder")
+        target = (base / location).resolve()
+        if base not in target.parents:
+            raise InputError(f"{where}: location '{location}' leads outside the model's folder")
+        if not target.is_file():
+            raise InputError(f"{where}: file '{location}' does not exist")
+        _check_extent(tensor, info, target, where)
+
+
+def _check_extent(tensor: onnx.TensorProto, info: dict[str, str], target: Path, where: str) -> None:
+    try:
+        offset = int(info.get("offset", "0"))
+        length = int(info["length"]) if "length" in info else None
+    except ValueError:
+        raise InputError(f"{where}: offset/length are not integers") from None
+    if length is None:
+        itemsize = itemsize_of(tensor.data_type) or 0
+        length = int(np.prod(tensor.dims, dtype=np.float64)) * itemsize
+    size = target.stat().st_size
+    if offset < 0 or length < 0 or offset + length > size:
+        raise InputError(f"{where}: bytes {offset}..{offset + length} lie past the end of "
+                         f"'{target.name}' ({size} bytes)")
+
+
+def all_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto of the model: initializers, sparse values, attributes, in all graphs and functions."""
+    graphs = [proto.graph]
+    for function in proto.functions:
+        yield from _attribute_tensors(function.node)
+        for node in function.node:
+            graphs.extend(_node_graphs(node))
+    while graphs:
+        graph = graphs.pop()
+        yield from graph.initializer
+        yield from (sparse.values for sparse in graph.sparse_initializer)
+        yield from _attribute_tensors(graph.node)
+        for node in graph.node:
+            graphs.extend(_node_graphs(node))
+
+
+def all_graphs(proto: onnx.ModelProto) -> Iterator[onnx.GraphProto]:
+    """The main graph and every subgraph below it (not function bodies)."""
+    graphs = [proto.graph]
+    while graphs:
+        graph = graphs.pop()
+        yield graph
+        for node in graph.node:
+            graphs.extend(_node_graphs(node))
+
+
+def _attribute_tensors(nodes) -> Iterator[onnx.TensorProto]:
+    for node in nodes:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+
+
+def _node_graphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    found = []
+    for attribute in node.attribute:
+        if attribute.HasField("g"):
+            found.append(attribute.g)
+        found.extend(attribute.graphs)
+    return found

@@ -5,6 +5,8 @@ After:   Y = Add(Mul(X, s'), t')        s', t': [C, 1, …, 1] in X's dtype
 
 For a per-element BN (spatial=0, opset < 9) s' and t' keep the full parameter
 shape [C, D1, …], which broadcasts onto X from the right just as BN does.
+Before opset 7 Mul/Add broadcast only with `broadcast=1, axis=1`, which aligns
+s' and t' (then shaped [C] or [C, D1, …]) with X's axis 1.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from bnfold.batchnorm import BnParams, Skip
 from bnfold.graph import retire_node
 from bnfold.rules.base import FoldContext, rounded
 
+LEGACY_BROADCAST_BEFORE = 7
+
 
 def rewrite(ctx: FoldContext, bn: ir.Node, params: BnParams) -> None:
     data = bn.inputs[0]
-    if params.per_element:
+    if params.per_element or ctx.opset < LEGACY_BROADCAST_BEFORE:
         scale, shift = params.scale, params.shift
     else:
         rank = ctx.hints.rank(data)
@@ -46,8 +50,10 @@ def _replace_with_mul_add(ctx: FoldContext, bn: ir.Node, scale: np.ndarray, shif
     base = bn.name or "BatchNormalization"
     scale_value = ctx.new_constant(bn, f"{base}_scale", scale)
     shift_value = ctx.new_constant(bn, f"{base}_shift", shift)
-    mul = ir.node("Mul", [bn.inputs[0], scale_value], name=ctx.names.fresh(f"{base}_mul"))
+    # Before opset 7, Mul/Add broadcast only when told so, aligning B at `axis`.
+    legacy = {"broadcast": 1, "axis": 1} if ctx.opset < LEGACY_BROADCAST_BEFORE else None
+    mul = ir.node("Mul", [bn.inputs[0], scale_value], attributes=legacy, name=ctx.names.fresh(f"{base}_mul"))
     mul.outputs[0].name = ctx.names.fresh(f"{base}_scaled")
-    add = ir.node("Add", [mul.outputs[0], shift_value], name=ctx.names.fresh(f"{base}_add"))
+    add = ir.node("Add", [mul.outputs[0], shift_value], attributes=legacy, name=ctx.names.fresh(f"{base}_add"))
     bn.graph.insert_before(bn, [mul, add])
     retire_node(bn, add.outputs[0])

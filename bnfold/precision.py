@@ -1,0 +1,69 @@
+"""Change a model's floating-point element type (float16/bfloat16/float64 <-> float32).
+
+The check uses it to run a half-precision model in float32: the fp32 run of the
+original is the reference that says how far the half-precision original itself
+is from the exact result, and so how far the folded model may be.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+HALF_TYPES = frozenset({TensorProto.FLOAT16, TensorProto.BFLOAT16})
+_TYPE_ATTRIBUTES = {("Cast", "to"), ("RandomNormal", "dtype"), ("RandomUniform", "dtype"),
+                    ("RandomNormalLike", "dtype"), ("RandomUniformLike", "dtype"), ("EyeLike", "dtype")}
+
+
+def convert_float_type(model: onnx.ModelProto, source: frozenset[int], target: int) -> onnx.ModelProto:
+    """A copy of `model` (with its data loaded) in which every `source`-typed float becomes `target`."""
+    converted = onnx.ModelProto.FromString(model.SerializeToString())
+    target_dtype = helper.tensor_dtype_to_np_dtype(target)
+    graphs = [converted.graph]
+    for function in converted.functions:
+        _convert_nodes(function.node, source, target, target_dtype, graphs)
+    while graphs:
+        graph = graphs.pop()
+        for tensor in graph.initializer:
+            _convert_tensor(tensor, source, target_dtype)
+        for sparse in graph.sparse_initializer:
+            _convert_tensor(sparse.values, source, target_dtype)
+        for info in (*graph.input, *graph.output, *graph.value_info):
+            if info.type.tensor_type.elem_type in source:
+                info.type.tensor_type.elem_type = target
+        _convert_nodes(graph.node, source, target, target_dtype, graphs)
+    return converted
+
+
+def _convert_nodes(nodes, source, target: int, target_dtype, graphs: list) -> None:
+    for node in nodes:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                _convert_tensor(attribute.t, source, target_dtype)
+            for tensor in attribute.tensors:
+                _convert_tensor(tensor, source, target_dtype)
+            if (node.op_type, attribute.name) in _TYPE_ATTRIBUTES and attribute.i in source:
+                attribute.i = target
+            if attribute.HasField("g"):
+                graphs.append(attribute.g)
+            graphs.extend(attribute.graphs)
+
+
+def _convert_tensor(tensor: TensorProto, source, target_dtype) -> None:
+    if tensor.data_type not in source:
+        return
+    array = numpy_helper.to_array(tensor).astype(np.float64).astype(target_dtype)
+    tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
+
+
+def has_half_precision(model: onnx.ModelProto) -> bool:
+    return any(has_float_type(model, t) for t in HALF_TYPES)
+
+
+def has_float_type(model: onnx.ModelProto, data_type: int) -> bool:
+    """Whether the main graph's inputs, outputs or initializers use `data_type`."""
+    graph = model.graph
+    infos = (*graph.input, *graph.output)
+    return any(i.type.tensor_type.elem_type == data_type for i in infos) or any(
+        t.data_type == data_type for t in graph.initializer)

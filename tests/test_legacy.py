@@ -1,0 +1,111 @@
+"""BatchNormalization from opset 1 to the newest: is_test, consumed_inputs, spatial."""
+
+import numpy as np
+import onnx
+import pytest
+from helpers import bn_arrays, fold_and_check, make_model, only_record, op_counts, random_feeds, run
+from onnx import helper, numpy_helper, version_converter
+
+import bnfold
+
+F32 = np.float32
+BN_INPUTS = ["bn.scale", "bn.bias", "bn.mean", "bn.var"]
+
+
+def legacy_model(nodes, params, opset, out_shape, x_shape=(2, 3, 5, 5), with_conv_weight=None):
+    """IR 3: every initializer is listed as a graph input too."""
+    inits = dict(params)
+    if with_conv_weight is not None:
+        inits["w"] = with_conv_weight
+    inputs = [("x", F32, list(x_shape))] + [(k, F32, list(v.shape)) for k, v in inits.items()]
+    return make_model(nodes, inputs, [("z", F32, list(out_shape))], inits, opset=opset, ir_version=3)
+
+
+def conv_bn_legacy(opset, **bn_attrs):
+    rng = np.random.default_rng(opset)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", kernel_shape=[3, 3]),
+             helper.make_node("BatchNormalization", ["y", *BN_INPUTS], ["z"], name="bn", **bn_attrs)]
+    return legacy_model(nodes, bn_arrays(rng, 4), opset, (2, 4, 3, 3),
+                        with_conv_weight=rng.normal(size=(4, 3, 3, 3)).astype(F32))
+
+
+@pytest.mark.parametrize("opset", [7, 9, 14, 15])
+def test_conv_bn_folds_at_each_opset_ort_runs(opset):
+    folded, records = fold_and_check(conv_bn_legacy(opset))
+    assert only_record(records).action == "folded"
+    assert op_counts(folded) == {"Conv": 1}
+    assert folded.ir_version == 3 and folded.opset_import[0].version == opset
+
+
+@pytest.mark.parametrize("opset,attrs", [(1, {"is_test": 1, "consumed_inputs": [0, 0, 0, 1, 1]}), (6, {"is_test": 1})])
+def test_conv_bn_folds_before_opset_7(opset, attrs):
+    model = conv_bn_legacy(opset, **attrs)
+    result = bnfold.fold(model)
+    onnx.checker.check_model(result.model, full_check=True)
+    assert only_record(result.records).action == "folded"
+    assert op_counts(result.model) == {"Conv": 1}
+    # onnxruntime has no kernels before opset 7: the reference is the original converted to opset 7,
+    # the folded Conv means the same at opset 7 as at opset 1.
+    reference = version_converter.convert_version(model, 7)
+    folded = onnx.ModelProto.FromString(result.model.SerializeToString())
+    folded.opset_import[0].version = 7
+    feeds = random_feeds(model)
+    np.testing.assert_allclose(run(folded, feeds)[0], run(reference, feeds)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("opset", [1, 6])
+def test_is_test_0_is_training_mode(opset):
+    attrs = {"is_test": 0, **({"consumed_inputs": [0, 0, 0, 1, 1]} if opset == 1 else {})}
+    model = conv_bn_legacy(opset, **attrs)
+    result = bnfold.fold(model)
+    assert (only_record(result.records).action, only_record(result.records).reason) == (
+        "skipped", "is_test=0 (training mode, opset < 7)")
+    assert result.model.graph.SerializeToString() == model.graph.SerializeToString()
+
+
+def test_standalone_bn_before_opset_7_uses_legacy_broadcast():
+    rng = np.random.default_rng(6)
+    params = bn_arrays(rng, 3)
+    node = helper.make_node("BatchNormalization", ["x", *BN_INPUTS], ["z"], name="bn", is_test=1)
+    model = legacy_model([node], params, 6, (2, 3, 5, 5))
+    result = bnfold.fold(model)
+    onnx.checker.check_model(result.model, full_check=True)
+    mul, add = result.model.graph.node
+    for node in (mul, add):
+        assert {a.name: helper.get_attribute_value(a) for a in node.attribute} == {"broadcast": 1, "axis": 1}
+    consts = {i.name: numpy_helper.to_array(i) for i in result.model.graph.initializer}
+    scale, shift = consts[mul.input[1]], consts[add.input[1]]
+    assert scale.shape == (3,)
+    # Mul/Add with broadcast=1, axis=1 align B with X's axis 1:
+    x = np.random.default_rng(0).normal(size=(2, 3, 5, 5))
+    folded = x * scale[None, :, None, None] + shift[None, :, None, None]
+    g, b, m, v = (params[k].astype(np.float64)[None, :, None, None] for k in BN_INPUTS)
+    np.testing.assert_allclose(folded, g * (x - m) / np.sqrt(v + 1e-5) + b, rtol=1e-6, atol=1e-6)
+
+
+def test_spatial_0_standalone_keeps_the_full_parameter_shape():
+    rng = np.random.default_rng(7)
+    params = bn_arrays(rng, 3, shape=(3, 5, 5))
+    node = helper.make_node("BatchNormalization", ["x", *BN_INPUTS], ["z"], name="bn", spatial=0)
+    model = legacy_model([node], params, 7, (2, 3, 5, 5))
+    folded, records = fold_and_check(model)
+    assert only_record(records).action == "converted"
+    scale = next(i for i in folded.graph.initializer if i.name == folded.graph.node[0].input[1])
+    assert list(scale.dims) == [3, 5, 5]
+
+
+def test_spatial_0_never_folds_into_a_conv():
+    rng = np.random.default_rng(8)
+    params = bn_arrays(rng, 4, shape=(4, 3, 3))
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", kernel_shape=[3, 3]),
+             helper.make_node("BatchNormalization", ["y", *BN_INPUTS], ["z"], name="bn", spatial=0)]
+    model = legacy_model(nodes, params, 7, (2, 4, 3, 3), with_conv_weight=rng.normal(size=(4, 3, 3, 3)).astype(F32))
+    folded, records = fold_and_check(model)
+    record = only_record(records)
+    assert (record.action, record.reason) == ("converted", "per-element statistics (spatial=0) cannot fold into a weight")
+    assert op_counts(folded) == {"Conv": 1, "Mul": 1, "Add": 1}
+
+
+def test_spatial_1_at_opset_7_folds_as_usual():
+    folded, records = fold_and_check(conv_bn_legacy(7, spatial=1))
+    assert only_record(records).action == "folded"

@@ -9,7 +9,7 @@
 __version__ = "0.1.0"
 
 from bnfold.api import FoldResult, fold, fold_file
-from bnfold.errors import BnfoldError, CheckFailedError, InputError, RuntimeUnavailableError
+from bnfold.errors import BnfoldError, CheckFailedError, InputError, OutputError, RuntimeUnavailableError
 from bnfold.fold_pass import BatchNormFoldPass
 from bnfold.report import BnRecord, CheckResult, FoldReport, OutputCheck
 from bnfold.verify import verify
@@ -24,6 +24,7 @@ __all__ = [
     "FoldResult",
     "InputError",
     "OutputCheck",
+    "OutputError",
     "RuntimeUnavailableError",
     "__version__",
     "fold",

@@ -17,12 +17,12 @@ from bnfold.fold_pass import BatchNormFoldPass
 from bnfold.model_io import (
     StagedOutput,
     external_data_files,
+    external_data_threshold,
     load_model,
     relist_initializer_inputs,
     to_ir,
     to_proto,
     unlist_initializer_inputs,
-    wants_external_data,
 )
 from bnfold.validation import validate_proto
 from bnfold.report import BnRecord, FoldReport
@@ -83,7 +83,7 @@ def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: b
     writes nothing (and does not check).
     """
     model = load_model(src)
-    use_external = wants_external_data(model, external_data)
+    external_threshold = external_data_threshold(model, external_data)
     input_data = external_data_files(model)
     report = FoldReport(model=os.fspath(src))
     report.records = _run_pass(model, keep_standalone)[1]
@@ -93,7 +93,7 @@ def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: b
         raise InputError("an output path is needed (or use dry_run)")
     _refuse_overwriting_input_data(Path(src), Path(dst), input_data)
     with StagedOutput(dst) as staged:
-        staged.write(model, use_external)
+        staged.write(model, external_threshold)
         if check:
             report.check = verify(src, staged.path, inputs=inputs, shapes=shapes, rtol=rtol, atol=atol)
             if not report.check.passed:

@@ -15,6 +15,12 @@ class InputError(BnfoldError):
     exit_code = 2
 
 
+class OutputError(BnfoldError):
+    """The output cannot be written (full disk, permissions); nothing was written."""
+
+    exit_code = 2
+
+
 class RuntimeUnavailableError(BnfoldError):
     """onnxruntime cannot run the original model, so equivalence cannot be checked."""
 

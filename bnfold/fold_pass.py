@@ -28,11 +28,13 @@ from bnfold.batchnorm import BnParams, Skip, read_params, training_reason
 from bnfold.graph import ConstantResolver, NameAuthority, TypeHints, opset_of, retire_node
 from bnfold.report import BnRecord
 from bnfold.rules import PRODUCER_RULES, standalone
-from bnfold.rules.base import FoldContext, describe
+from bnfold.rules.base import QUANTIZATION_OPS, FoldContext, describe
 
 logger = logging.getLogger(__name__)
 
 PRODUCERS = "Conv, ConvTranspose, Gemm or MatMul"
+# Integer-arithmetic producers: their weights are quantized, nothing folds into them.
+QUANTIZED_PRODUCERS = frozenset({"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm"})
 
 
 class BatchNormFoldPass(ir.passes.InPlacePass):
@@ -84,6 +86,8 @@ def fold_into_producer(context: FoldContext, bn: ir.Node, params: BnParams) -> s
     """Fold `bn` into the node that produces its input; Skip (nothing changed) if that is unsafe."""
     data = bn.inputs[0]
     producer = None if data is None else data.producer()
+    if producer is not None and producer.op_type in QUANTIZATION_OPS | QUANTIZED_PRODUCERS:
+        raise Skip(f"its input comes from {describe(producer)}, a quantized op; fold before quantizing")
     if producer is None or producer.domain not in ("", "ai.onnx") or producer.op_type not in PRODUCER_RULES:
         raise Skip(f"no {PRODUCERS} before it")
     if producer.graph is not bn.graph:

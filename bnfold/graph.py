@@ -251,10 +251,9 @@ def take_over_output(old: ir.Value, new: ir.Value) -> None:
     name = old.name
     old.name = None
     new.name = name
-    if old.type is not None:
-        new.type = old.type
-    if old.shape is not None:
-        new.shape = old.shape
+    # Its whole identity, unset type/shape included: no value_info the input did not have.
+    new.type = old.type
+    new.shape = old.shape
 
 
 def retire_node(node: ir.Node, replacement: ir.Value) -> None:

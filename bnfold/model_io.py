@@ -21,7 +21,7 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
-from bnfold.errors import InputError, first_line
+from bnfold.errors import InputError, OutputError, first_line
 from bnfold.validation import all_graphs, check_external_data, validate_proto
 
 logger = logging.getLogger(__name__)
@@ -131,18 +131,27 @@ def initializer_bytes(model: ir.Model) -> int:
     return sum(value.const_value.nbytes for value in _initializers(model) if value.const_value is not None)
 
 
-def wants_external_data(model: ir.Model, mode: str) -> bool:
-    """Decide the output layout: 'always', 'never', or 'auto' (as the input, or when over 2 GB)."""
+def external_data_threshold(model: ir.Model, mode: str) -> int | None:
+    """The output layout: tensors of at least this many bytes go to the data file; None = inline.
+
+    'auto' keeps the input's layout (external data when the input had it, from its
+    smallest external tensor up) and switches to external data past protobuf's 2 GB
+    limit; 'always' and 'never' force it.
+    """
     if mode not in EXTERNAL_DATA_MODES:
         raise InputError(f"--external-data must be one of {', '.join(EXTERNAL_DATA_MODES)}, not '{mode}'")
     if mode == "always":
-        return True
+        return _EXTERNAL_THRESHOLD_BYTES
     too_big = initializer_bytes(model) > _INLINE_BUDGET
     if mode == "never":
         if too_big:
             raise InputError("the model is larger than protobuf's 2 GB limit; it needs external data")
-        return False
-    return too_big or bool(external_data_files(model))
+        return None
+    external_sizes = [value.const_value.nbytes for value in _initializers(model)
+                      if isinstance(value.const_value, ir.ExternalTensor)]
+    if external_sizes:
+        return min(min(external_sizes), _EXTERNAL_THRESHOLD_BYTES)
+    return _EXTERNAL_THRESHOLD_BYTES if too_big else None
 
 
 class StagedOutput:
@@ -168,22 +177,39 @@ class StagedOutput:
         self.path = self._stage / self.destination.name
         self.data_name = f"{self.destination.name}.data"
 
-    def write(self, model: ir.Model, external_data: bool) -> None:
-        """Serialize `model` into the staging folder (the model is not usable afterwards)."""
-        if external_data:
-            ir.external_data.unload_from_model(model, self._stage, self.data_name,
-                                               size_threshold_bytes=_EXTERNAL_THRESHOLD_BYTES)
-        else:
+    def write(self, model: ir.Model, external_threshold: int | None) -> None:
+        """Serialize `model` into the staging folder (the model is not usable afterwards).
+
+        `external_threshold`: tensors of at least this many bytes go to the data
+        file (see `external_data_threshold`); None writes everything inline.
+        """
+        try:
+            self._write(model, external_threshold)
+        except OSError as error:
+            raise OutputError(f"{self.destination}: cannot write it ({error.strerror or error})") from error
+
+    def _write(self, model: ir.Model, external_threshold: int | None) -> None:
+        if external_threshold is None:
             ir.external_data.load_to_model(model)
+        else:
+            # onnx-ir moves tensors strictly larger than its threshold.
+            ir.external_data.unload_from_model(model, self._stage, self.data_name,
+                                               size_threshold_bytes=max(external_threshold - 1, 0))
         onnx.save(to_proto(model), self.path)
+        data = self._stage / self.data_name
+        if data.exists() and data.stat().st_size == 0:
+            data.unlink()  # nothing was large enough: no empty data file beside the output
         for written in self._stage.iterdir():
             _fsync(written)
 
     def commit(self) -> None:
         data = self._stage / self.data_name
-        if data.exists():
-            os.replace(data, self.destination.parent / self.data_name)
-        os.replace(self.path, self.destination)
+        try:
+            if data.exists():
+                os.replace(data, self.destination.parent / self.data_name)
+            os.replace(self.path, self.destination)
+        except OSError as error:
+            raise OutputError(f"{self.destination}: cannot put it in place ({error.strerror or error})") from error
         _fsync_folder(self.destination.parent)
         self.discard()
 
@@ -199,9 +225,9 @@ class StagedOutput:
 
 def save_model(model: ir.Model, destination: str | os.PathLike, external_data: str = "auto") -> None:
     """Write `model` to `destination` atomically, with the chosen external-data layout."""
-    use_external = wants_external_data(model, external_data)
+    threshold = external_data_threshold(model, external_data)
     with StagedOutput(destination) as staged:
-        staged.write(model, use_external)
+        staged.write(model, threshold)
         staged.commit()
 
 

@@ -98,33 +98,6 @@ def test_output_required_without_dry_run(sample):
     assert_error(invoke(sample), 2, "OUTPUT is required (or use --dry-run)")
 
 
-@pytest.mark.parametrize("content,message", [
-    (None, "no such file"),
-    (b"", "empty file, not an ONNX model"),
-    (b"\x00\xff\x13garbage\x99" * 50, "not an ONNX model"),
-    (b"this is a text file, not a model\n", "not an ONNX model"),
-])
-def test_bad_input_exits_2_and_writes_nothing(tmp_path, content, message):
-    source = tmp_path / "bad.onnx"
-    if content is not None:
-        source.write_bytes(content)
-    out = tmp_path / "out.onnx"
-    assert_error(invoke(source, out), 2, message)
-    assert not out.exists()
-    if content is not None:
-        assert source.read_bytes() == content
-
-
-def test_directory_as_input(tmp_path):
-    assert_error(invoke(tmp_path, tmp_path / "out.onnx"), 2, "is a directory")
-
-
-def test_missing_output_folder(sample, tmp_path):
-    out = tmp_path / "no" / "such" / "out.onnx"
-    assert_error(invoke(sample, out), 2, "does not exist")
-    assert not (tmp_path / "no").exists()
-
-
 def test_shape_option_sets_the_check_inputs(sample, tmp_path):
     result = invoke(sample, tmp_path / "o.onnx", "--shape", "image=5x3x16x16", "--report", tmp_path / "r.json")
     assert result.exit_code == 0, result.output

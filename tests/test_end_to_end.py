@@ -134,3 +134,14 @@ def test_compare_output_shape_and_integer_outputs():
     assert compare_output("y", np.zeros((2, 3)), np.zeros((2, 4))).note == "shape (2, 4) instead of (2, 3)"
     assert compare_output("i", np.array([1, 2]), np.array([1, 2])).passed
     assert not compare_output("i", np.array([1, 2]), np.array([1, 3])).passed
+
+
+def test_a_model_past_the_protobuf_limit_gets_external_data_automatically(tmp_path, monkeypatch):
+    from bnfold import model_io
+
+    monkeypatch.setattr(model_io, "_INLINE_BUDGET", 1000)  # stands in for 2 GB
+    out = tmp_path / "big.onnx"
+    bnfold.fold_file(SAMPLES[0], out)
+    assert (tmp_path / "big.onnx.data").exists()
+    with pytest.raises(bnfold.InputError, match="larger than protobuf's 2 GB limit"):
+        bnfold.fold_file(SAMPLES[0], tmp_path / "inline.onnx", external_data="never")

@@ -163,3 +163,24 @@ def test_every_record_names_its_bn():
     record = only_record(bnfold.fold(model).records)
     assert record.name == "bn" and record.graph == "main"
     assert isinstance(onnx.ModelProto(), onnx.ModelProto)
+
+
+def test_bn_after_a_quantized_conv_is_rewritten_with_the_reason():
+    rng = np.random.default_rng(6)
+    inits = {"x_scale": np.array(0.05, F32), "x_zero": np.array(0, np.uint8),
+             "w_q": rng.integers(0, 255, (4, 3, 3, 3)).astype(np.uint8), "w_scale": np.array(0.01, F32),
+             "w_zero": np.array(128, np.uint8), "y_scale": np.array(0.1, F32), "y_zero": np.array(128, np.uint8),
+             **bn_arrays(rng, 4)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero"], ["xq"], name="q"),
+             helper.make_node("QLinearConv", ["xq", "x_scale", "x_zero", "w_q", "w_scale", "w_zero", "y_scale", "y_zero"],
+                              ["yq"], name="qconv"),
+             helper.make_node("DequantizeLinear", ["yq", "y_scale", "y_zero"], ["y"], name="dq"),
+             bn_node("y", "z")]
+    model = make_model(nodes, [("x", F32, ["N", 3, 6, 6])], [("z", F32, None)], inits)
+    folded, records = fold_and_check(model)
+    record = only_record(records)
+    assert (record.action, record.reason) == (
+        "converted", "its input comes from DequantizeLinear 'dq', a quantized op; fold before quantizing")
+    assert op_counts(folded)["QLinearConv"] == 1
+    weights = {i.name: numpy_helper.to_array(i) for i in folded.graph.initializer}
+    np.testing.assert_array_equal(weights["w_q"], inits["w_q"])

@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import onnx_ir as ir
 
 from bnfold import fold_math
+from bnfold.affine import AffineParams, Skip
 from bnfold.graph import ConstantResolver, TypeHints, float_attr, int_attr, values_in_use
 
 PARAMETER_NAMES = ("scale", "B", "input_mean", "input_var")
-
-
-class Skip(Exception):
-    """A fold (or a rewrite) is refused; the message is the reason shown in the report."""
-
-    @property
-    def reason(self) -> str:
-        return str(self)
-
-
-@dataclass(frozen=True)
-class BnParams:
-    """Inference-mode BN as y = scale·x + shift (float64), per channel on axis 1."""
-
-    scale: np.ndarray
-    shift: np.ndarray
-    epsilon: float
-    per_element: bool  # spatial=0 (opset < 9): parameters shaped [C, D1, …]
-
-    @property
-    def channels(self) -> int:
-        return int(self.scale.shape[0])
 
 
 def training_reason(bn: ir.Node, opset: int) -> str | None:
@@ -49,8 +26,8 @@ def training_reason(bn: ir.Node, opset: int) -> str | None:
     return None
 
 
-def read_params(bn: ir.Node, opset: int, resolver: ConstantResolver, hints: TypeHints) -> BnParams:
-    """The constant parameters of `bn` as (s, t); raises Skip with the reason otherwise."""
+def read_params(bn: ir.Node, opset: int, resolver: ConstantResolver, hints: TypeHints) -> AffineParams:
+    """The constant parameters of `bn` as the affine map (s, t); raises Skip with the reason otherwise."""
     arrays = [_parameter(bn, index, resolver) for index in range(1, 5)]
     per_element = opset < 9 and int_attr(bn, "spatial", 1) == 0
     _check_shapes(hints.shape(bn.inputs[0]), arrays, per_element)
@@ -64,7 +41,7 @@ def read_params(bn: ir.Node, opset: int, resolver: ConstantResolver, hints: Type
         channel = int(np.flatnonzero(denominator.reshape(-1) <= 0)[0])
         raise Skip(f"input_var + epsilon <= 0 (at flat index {channel})")
     scale, shift = fold_math.bn_scale_shift(gamma, beta, mean, var, epsilon)
-    return BnParams(scale=scale, shift=shift, epsilon=epsilon, per_element=per_element)
+    return AffineParams(scale=scale, shift=shift, per_element=per_element)
 
 
 def _parameter(bn: ir.Node, index: int, resolver: ConstantResolver) -> np.ndarray:

@@ -88,3 +88,36 @@ def fold_gemm(b_matrix, c_bias, scale, shift, *, trans_b: bool, beta: float):
 def per_channel_broadcast(vector: np.ndarray, rank: int) -> np.ndarray:
     """Shape a per-channel vector [C] as [C, 1, …, 1] to broadcast on axis 1 of a rank-`rank` tensor."""
     return vector.reshape((vector.shape[0],) + (1,) * (rank - 2))
+
+
+def fold_conv_input_channels(weight, bias, scale, shift, group: int, *, with_shift: bool = True):
+    """BN before a Conv ("forward"): input channel c of X is scaled by s[c] and shifted by t[c].
+
+    Weight [Cout, Cin/g, k…]; output o in group gi reads input channel gi·(Cin/g) + cl, so
+    W'[o, cl] = W[o, cl]·s[gi·(Cin/g) + cl] and b'[o] = b[o] + Σ_{cl,k} W[o, cl, k]·t[gi·(Cin/g) + cl].
+    Exact only when nothing pads the input with zeros (the shift would be padded too).
+    """
+    weight64 = _f64(weight)
+    cout, cin_per_group = weight64.shape[:2]
+    kernel = weight64.shape[2:]
+    grouped = weight64.reshape((group, cout // group, cin_per_group, *kernel))
+    per_input = (group, 1, cin_per_group) + (1,) * len(kernel)
+    new_weight = (grouped * scale.reshape(per_input)).reshape(weight64.shape)
+    bias64 = np.zeros(cout) if bias is None else _f64(bias)
+    if with_shift:
+        shift_terms = (grouped * shift.reshape(per_input)).reshape((cout, -1)).sum(axis=1)
+        bias64 = bias64 + shift_terms
+    return new_weight, bias64
+
+
+def fold_gemm_input_columns(b_matrix, c_bias, scale, shift, *, trans_b: bool, alpha: float, beta: float):
+    """BN on A's K columns before Gemm Y = α·A·B' + β·C ("forward"; transA = 0).
+
+    A = X·diag(s) + 1·tᵀ, so B'' = diag(s)·B' (row k of B', column k of B when transB)
+    and C' = β·C + α·tᵀ·B', used with β = 1.
+    """
+    b64 = _f64(b_matrix)
+    b_prime = b64.T if trans_b else b64  # [K, N]
+    new_b = b64 * (scale[None, :] if trans_b else scale[:, None])
+    c64 = np.zeros(1) if c_bias is None else _f64(c_bias)
+    return new_b, float(beta) * c64 + float(alpha) * (shift @ b_prime)

@@ -1,20 +1,22 @@
 """The BatchNormalization folding pass over an onnx-ir model.
 
-For every BatchNormalization, in topological order, in the main graph, every
-subgraph (If/Loop/Scan bodies) and every model-local function body (folded in
-place, never inlined):
+Scopes: the main graph, every subgraph (If/Loop/Scan bodies) and every
+model-local function body (folded in place, never inlined).
 
-1. A BN that does not compute its frozen inference map (training mode, optional
-   outputs in use) is left exactly as it is.
-2. Its parameters must be constants; (s, t) is computed once in float64.
-3. If its input comes from a Conv, ConvTranspose, Gemm or MatMul whose output
-   feeds only the BN, the matching rule folds (s, t) into that node's weights.
-4. Otherwise (or when the rule refuses) the BN is rewritten as Mul + Add, unless
-   the caller keeps standalone BNs.
+1. Each BN is screened once: one that does not compute its frozen inference map
+   (training mode, optional outputs in use) or whose parameters are not usable
+   constants is left exactly as it is, with the reason.
+2. Fixpoint: every remaining BN, and every Mul/Add/Sub/Div by a per-channel
+   constant in a BN's chain, is offered to the moves (moves.py): backward into its
+   producer (or the producers behind a channel Concat), then forward into its
+   consumers. Sweeps repeat until nothing changes, so chains such as
+   Conv → Mul → BN, BN → BN, or BN → Mul → Conv fold completely.
+3. BNs that no move could take become Mul + Add (unless keep_standalone); the
+   fixpoint runs again, since a Mul alone may fold where the BN could not (a pure
+   scale folds forward into a Conv that pads its input with zeros; the shift cannot).
 
-Every BN gets one record: folded, converted, or skipped with the reason. Because
-nodes are visited in topological order and a fold leaves the producer in place,
-a chain Conv → BN → BN folds completely in one sweep.
+Every BN gets one record: folded (into what, by which pattern), converted (and
+what became of its Mul and Add), or skipped, always with the reason.
 """
 
 from __future__ import annotations
@@ -24,17 +26,17 @@ import logging
 
 import onnx_ir as ir
 
-from bnfold.batchnorm import BnParams, Skip, read_params, training_reason
-from bnfold.graph import ConstantResolver, NameAuthority, TypeHints, opset_of, retire_node
+from bnfold.affine import ELEMENTWISE_OPS, AffineParams, Skip, read_elementwise
+from bnfold.batchnorm import read_params, training_reason
+from bnfold.graph import ConstantResolver, NameAuthority, TypeHints, opset_of
+from bnfold.moves import AffineNode, Folded, fold_backward, fold_forward
 from bnfold.report import BnRecord
-from bnfold.rules import PRODUCER_RULES, standalone
-from bnfold.rules.base import QUANTIZATION_OPS, FoldContext, describe
+from bnfold.rules import standalone
+from bnfold.rules.base import FoldContext
 
 logger = logging.getLogger(__name__)
 
-PRODUCERS = "Conv, ConvTranspose, Gemm or MatMul"
-# Integer-arithmetic producers: their weights are quantized, nothing folds into them.
-QUANTIZED_PRODUCERS = frozenset({"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm"})
+MOVES = (fold_backward, fold_forward)
 
 
 class BatchNormFoldPass(ir.passes.InPlacePass):
@@ -46,75 +48,11 @@ class BatchNormFoldPass(ir.passes.InPlacePass):
         self.records: list[BnRecord] = []
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        scopes = list(_scopes(model))
-        shared = FoldContext(ConstantResolver(model), NameAuthority(model), TypeHints(model), opset=1,
-                             function_graphs=frozenset(s.graph for s in scopes if s.in_function))
-        self.records = []
-        for scope in scopes:
-            context = dataclasses.replace(shared, opset=scope.opsets.get("", 1))
-            for node in list(scope.graph):
-                if node.graph is scope.graph and _is_batch_norm(node):
-                    opset = opset_of(node, scope.opsets)
-                    self.records.append(self._handle(context, node, opset, scope.label))
+        run = _Run(model, self.keep_standalone)
+        run.execute()
+        self.records = run.records()
         modified = any(record.action != "skipped" for record in self.records)
         return ir.passes.PassResult(model, modified)
-
-    def _handle(self, context: FoldContext, bn: ir.Node, opset: int, scope: str) -> BnRecord:
-        name = bn.name or "(unnamed BatchNormalization)"
-        reason = training_reason(bn, opset)
-        if reason is not None:
-            return _record(name, "skipped", None, reason, scope)
-        try:
-            params = read_params(bn, opset, context.resolver, context.hints)
-        except Skip as skip:
-            return _record(name, "skipped", None, skip.reason, scope)
-        try:
-            into = fold_into_producer(context, bn, params)
-            return _record(name, "folded", into, None, scope)
-        except Skip as skip:
-            not_folded = skip.reason
-        if self.keep_standalone:
-            return _record(name, "skipped", None, f"{not_folded}; kept as BN (keep_standalone)", scope)
-        try:
-            standalone.rewrite(context, bn, params)
-        except Skip as skip:
-            return _record(name, "skipped", None, f"{not_folded}; cannot rewrite: {skip.reason}", scope)
-        return _record(name, "converted", "Mul+Add", not_folded, scope)
-
-
-def fold_into_producer(context: FoldContext, bn: ir.Node, params: BnParams) -> str:
-    """Fold `bn` into the node that produces its input; Skip (nothing changed) if that is unsafe."""
-    data = bn.inputs[0]
-    producer = None if data is None else data.producer()
-    if producer is not None and producer.op_type in QUANTIZATION_OPS | QUANTIZED_PRODUCERS:
-        raise Skip(f"its input comes from {describe(producer)}, a quantized op; fold before quantizing")
-    if producer is None or producer.domain not in ("", "ai.onnx") or producer.op_type not in PRODUCER_RULES:
-        raise Skip(f"no {PRODUCERS} before it")
-    if producer.graph is not bn.graph:
-        raise Skip(f"{describe(producer)} is in an outer graph")
-    if data.is_graph_output():
-        raise Skip(f"output of {describe(producer)} is also a graph output")
-    consumers = len(data.uses())
-    if consumers > 1:
-        raise Skip(f"output of {describe(producer)} has {consumers} consumers")
-    if params.per_element:
-        raise Skip("per-element statistics (spatial=0) cannot fold into a weight")
-    target = describe(producer)  # before the rule runs: MatMul becomes Gemm
-    PRODUCER_RULES[producer.op_type](context, producer, params)
-    retire_node(bn, data)
-    return target
-
-
-def _record(name: str, action, into: str | None, reason: str | None, scope: str) -> BnRecord:
-    if action == "folded":
-        logger.info("%s: folded into %s", name, into)
-    else:
-        logger.info("%s: %s (%s)", name, action, reason)
-    return BnRecord(name=name, action=action, into=into, reason=reason, graph=scope)
-
-
-def _is_batch_norm(node: ir.Node) -> bool:
-    return node.op_type == "BatchNormalization" and node.domain in ("", "ai.onnx")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +61,227 @@ class _Scope:
     label: str  # shown in the report: "main", "subgraph body", "function local::ConvBn"
     opsets: dict
     in_function: bool
+
+
+@dataclasses.dataclass
+class _BnState:
+    name: str
+    scope: _Scope
+    params: AffineParams | None = None
+    final: BnRecord | None = None  # set once the BN is folded or given up
+    reason: str | None = None  # why the last attempt failed
+    rewrite: tuple[ir.Node, ir.Node] | None = None  # its Mul and Add, once converted
+    later: dict[str, str] = dataclasses.field(default_factory=dict)  # "Mul"/"Add" -> where it folded
+
+    @property
+    def pending(self) -> bool:
+        return self.final is None and self.rewrite is None
+
+
+class _Run:
+    """One execution of the pass over one model."""
+
+    def __init__(self, model: ir.Model, keep_standalone: bool) -> None:
+        self.keep_standalone = keep_standalone
+        self.scopes = list(_scopes(model))
+        shared = FoldContext(ConstantResolver(model), NameAuthority(model), TypeHints(model), opset=1,
+                             function_graphs=frozenset(s.graph for s in self.scopes if s.in_function))
+        self.contexts = {s.graph: dataclasses.replace(shared, opset=s.opsets.get("", 1)) for s in self.scopes}
+        self.bns: dict[ir.Node, _BnState] = {}
+        self.elementwise_records: list[BnRecord] = []
+        self.chain: set[ir.Node] = set()  # elementwise nodes that belong to a BN's chain
+        self.rewrite_of: dict[ir.Node, _BnState] = {}  # a rewrite's Mul/Add -> its BN
+        self.elementwise_reasons: dict[ir.Node, tuple[_Scope, str]] = {}  # chain members that stayed
+        for scope in self.scopes:
+            for node in scope.graph:
+                if _is_batch_norm(node):
+                    self.bns[node] = _BnState(node.name or "(unnamed BatchNormalization)", scope)
+
+    def execute(self) -> None:
+        for bn, state in self.bns.items():
+            self._screen(bn, state)
+        self._fixpoint()
+        self._rewrite_leftovers()
+        self._fixpoint()
+
+    def records(self) -> list[BnRecord]:
+        """BNs in graph order, then the Mul/Add/Sub/Div of their chains: folded, or left with the reason."""
+        left = [_record(node.name or f"({node.op_type})", "skipped", reason=reason, scope=scope, op=node.op_type)
+                for node, (scope, reason) in self.elementwise_reasons.items()
+                if node.graph is not None and node not in self.rewrite_of]
+        return [self._bn_record(state) for state in self.bns.values()] + self.elementwise_records + left
+
+    def _screen(self, bn: ir.Node, state: _BnState) -> None:
+        context = self.contexts[state.scope.graph]
+        opset = opset_of(bn, state.scope.opsets)
+        reason = training_reason(bn, opset)
+        try:
+            if reason is not None:
+                raise Skip(reason)
+            state.params = read_params(bn, opset, context.resolver, context.hints)
+        except Skip as skip:
+            state.final = _record(state.name, "skipped", reason=skip.reason, scope=state.scope)
+
+    def _fixpoint(self) -> None:
+        changed = True
+        while changed:
+            changed = False
+            for scope in self.scopes:
+                for node in list(scope.graph):
+                    if node.graph is scope.graph:
+                        changed |= self._offer(self.contexts[scope.graph], node, scope)
+
+    def _offer(self, context: FoldContext, node: ir.Node, scope: _Scope) -> bool:
+        state = self.bns.get(node)
+        if state is not None:
+            return state.pending and self._fold_bn(context, node, state)
+        if node.op_type in ELEMENTWISE_OPS and self._in_chain(context, node):
+            return self._fold_elementwise(context, node, scope)
+        return False
+
+    def _fold_bn(self, context: FoldContext, bn: ir.Node, state: _BnState) -> bool:
+        folded, state.reason = _try_moves(context, AffineNode(bn, 0, state.params))
+        if folded is None:
+            return False
+        state.final = _record(state.name, "folded", folded.into, None, state.scope, pattern=folded.pattern)
+        return True
+
+    def _fold_elementwise(self, context: FoldContext, node: ir.Node, scope: _Scope) -> bool:
+        try:
+            found = read_elementwise(node, context.resolver.value_of, context.hints.rank,
+                                     lambda value: context.hints.dim(value, 1))
+        except Skip as skip:
+            self.elementwise_reasons[node] = (scope, skip.reason)
+            return False
+        op, name = node.op_type, node.name or f"({node.op_type})"
+        folded, reason = _try_moves(context, AffineNode(node, found.data_index, found.params))
+        if folded is None:
+            self.elementwise_reasons[node] = (scope, reason)
+            return False
+        self.elementwise_reasons.pop(node, None)
+        owner = self.rewrite_of.get(node)
+        if owner is not None:
+            owner.later[op] = f"{folded.into} ({folded.pattern})"
+        else:
+            self.elementwise_records.append(
+                _record(name, "folded", folded.into, None, scope, pattern=folded.pattern, op=op))
+        return True
+
+    def _in_chain(self, context: FoldContext, node: ir.Node) -> bool:
+        """Whether `node` sits in an unbranched run of affine nodes that contains a BN."""
+        if node in self.chain:
+            return True
+        members, touches_bn = _affine_run(context, node, self.bns)
+        if touches_bn:
+            self.chain.update(members)
+        return touches_bn
+
+    def _rewrite_leftovers(self) -> None:
+        for bn, state in self.bns.items():
+            if not state.pending:
+                continue
+            if self.keep_standalone:
+                state.final = _record(state.name, "skipped", reason=f"{state.reason}; kept as BN (keep_standalone)",
+                                      scope=state.scope)
+                continue
+            try:
+                mul, add = standalone.rewrite(self.contexts[state.scope.graph], bn, state.params,
+                                              shift_first=_feeds_only_convs(bn))
+            except Skip as skip:
+                state.final = _record(state.name, "skipped", reason=f"{state.reason}; cannot rewrite: {skip.reason}",
+                                      scope=state.scope)
+                continue
+            state.rewrite = (mul, add)
+            self.chain.update((mul, add))
+            self.rewrite_of.update({mul: state, add: state})
+
+    def _bn_record(self, state: _BnState) -> BnRecord:
+        if state.final is not None:
+            return state.final
+        if len(state.later) == 2:  # its Mul and its Add both folded away after the rewrite
+            into = "; ".join(f"{op} into {where}" for op, where in sorted(state.later.items(), reverse=True))
+            return _record(state.name, "folded", into, state.reason, state.scope, pattern="mul-add")
+        if state.later:
+            (folded_op, where), = state.later.items()
+            kept = "Add" if folded_op == "Mul" else "Mul"
+            into = f"{kept} ({folded_op} folded into {where})"
+            return _record(state.name, "converted", into, state.reason, state.scope, pattern="mul-add")
+        return _record(state.name, "converted", "Mul+Add", state.reason, state.scope, pattern="mul-add")
+
+
+def _feeds_only_convs(node: ir.Node) -> bool:
+    uses = list(node.outputs[0].uses())
+    return bool(uses) and not node.outputs[0].is_graph_output() and all(
+        use.node.op_type == "Conv" and use.idx == 0 for use in uses)
+
+
+def _try_moves(context: FoldContext, affine: AffineNode) -> tuple[Folded | None, str | None]:
+    reasons = []
+    for move in MOVES:
+        try:
+            return move(context, affine), None
+        except Skip as skip:
+            reasons.append(skip.reason)
+    return None, "; ".join(reasons)
+
+
+def _affine_run(context: FoldContext, node: ir.Node, bns) -> tuple[set[ir.Node], bool]:
+    """The elementwise-with-constant nodes linked to `node` by single-use edges, and whether a BN is among them."""
+    members, touches_bn = {node}, False
+    current = node
+    while True:  # backward, through the data input
+        data = _data_input(context, current)
+        producer = None if data is None or len(data.uses()) != 1 else data.producer()
+        if producer is None:
+            break
+        if producer in bns:
+            touches_bn = True
+            break
+        if not _is_elementwise_candidate(context, producer):
+            break
+        members.add(producer)
+        current = producer
+    current = node
+    while True:  # forward, through the single consumer
+        output = current.outputs[0]
+        uses = list(output.uses())
+        if output.is_graph_output() or len(uses) != 1:
+            break
+        consumer = uses[0].node
+        if consumer in bns:
+            touches_bn = True
+            break
+        if not _is_elementwise_candidate(context, consumer) or _data_input(context, consumer) is not output:
+            break
+        members.add(consumer)
+        current = consumer
+    return members, touches_bn
+
+
+def _is_elementwise_candidate(context: FoldContext, node: ir.Node) -> bool:
+    return (node.op_type in ELEMENTWISE_OPS and node.domain in ("", "ai.onnx") and len(node.inputs) == 2
+            and _data_input(context, node) is not None)
+
+
+def _data_input(context: FoldContext, node: ir.Node) -> ir.Value | None:
+    """The one non-constant input of a two-input elementwise node, or None."""
+    if len(node.inputs) != 2 or any(value is None for value in node.inputs):
+        return None
+    constant = [context.resolver.value_of(value) is not None for value in node.inputs]
+    if constant.count(True) != 1:
+        return None
+    return node.inputs[constant.index(False)]
+
+
+def _record(name: str, action, into: str | None = None, reason: str | None = None, scope: _Scope | None = None,
+            pattern: str | None = None, op: str = "BatchNormalization") -> BnRecord:
+    logger.info("%s %s: %s %s", op, name, action, into or reason)
+    return BnRecord(name=name, action=action, into=into, reason=reason, graph=scope.label if scope else "main",
+                    pattern=pattern, op=op)
+
+
+def _is_batch_norm(node: ir.Node) -> bool:
+    return node.op_type == "BatchNormalization" and node.domain in ("", "ai.onnx")
 
 
 def _scopes(model: ir.Model):

@@ -266,6 +266,19 @@ def retire_node(node: ir.Node, replacement: ir.Value) -> None:
         remove_if_dead(graph, value)
 
 
+def bypass_node(node: ir.Node, data: ir.Value) -> None:
+    """Remove `node`, its consumers reading `data` instead; its dead inputs go too.
+
+    Unlike `retire_node`, `data` keeps its name: it may be a graph input or feed others.
+    """
+    graph = node.graph
+    inputs = list(node.inputs)
+    node.outputs[0].replace_all_uses_with(data)
+    graph.remove(node, safe=True)
+    for value in inputs:
+        remove_if_dead(graph, value)
+
+
 def remove_if_dead(graph: ir.Graph, value: ir.Value | None) -> None:
     """Remove `value` and the nodes/initializers behind it that nothing uses any more.
 

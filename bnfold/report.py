@@ -12,13 +12,15 @@ Action = Literal["folded", "converted", "skipped"]
 
 @dataclass(frozen=True)
 class BnRecord:
-    """What happened to one BatchNormalization node."""
+    """What happened to one BatchNormalization node (or a Mul/Add/Sub/Div folded along with one)."""
 
     name: str
     action: Action
-    into: str | None = None  # e.g. "Conv conv1", "Mul+Add"
+    into: str | None = None  # e.g. "Conv 'conv1'", "Conv 'a'[0:64], Conv 'b'[64:128]", "Mul+Add"
     reason: str | None = None  # why it was not folded (for converted and skipped)
     graph: str = "main"  # the graph or function it lives in
+    pattern: str | None = None  # "backward", "concat", "forward", "mul-add" (rewritten)
+    op: str = "BatchNormalization"
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,11 @@ class FoldReport:
     model: str | None = None
 
     def counts(self) -> Counter:
-        return Counter(record.action for record in self.records)
+        """Actions of the BatchNormalization records."""
+        return Counter(record.action for record in self.batch_norms())
+
+    def batch_norms(self) -> list[BnRecord]:
+        return [record for record in self.records if record.op == "BatchNormalization"]
 
     def to_dict(self) -> dict:
         counts = self.counts()
@@ -70,17 +76,34 @@ class FoldReport:
     def summary_lines(self) -> list[str]:
         """A short human summary: counts by target, every skip with its reason, the check."""
         counts = self.counts()
-        folded_into = Counter((r.into or "").split(" ")[0] for r in self.records if r.action == "folded")
-        targets = ", ".join(f"{n} into {op}" for op, n in sorted(folded_into.items()))
-        head = (f"{len(self.records)} BatchNormalization: {counts.get('folded', 0)} folded"
+        bns = self.batch_norms()
+        folded_into = Counter(_target_kind(r) for r in bns if r.action == "folded")
+        targets = ", ".join(f"{n} {kind}" for kind, n in sorted(folded_into.items()))
+        head = (f"{len(bns)} BatchNormalization: {counts.get('folded', 0)} folded"
                 + (f" ({targets})" if targets else "")
                 + f", {counts.get('converted', 0)} converted to Mul+Add, {counts.get('skipped', 0)} skipped")
         lines = [head]
-        for record in self.records:
+        others = [r for r in self.records if r.op != "BatchNormalization"]
+        if others:
+            kinds = Counter(r.op for r in others)
+            lines.append("  also folded: " + ", ".join(f"{n} {op}" for op, n in sorted(kinds.items())))
+        for record in bns:
             if record.action != "folded":
                 lines.append(f"  {record.action} {record.name}: {record.reason}")
         lines.extend(_check_lines(self.check))
         return lines
+
+
+def _target_kind(record: BnRecord) -> str:
+    """'into Conv', 'forward into Gemm', 'into producers behind a Concat', 'as Mul+Add, both folded'."""
+    op = (record.into or "").split(" ")[0]
+    if record.pattern == "forward":
+        return f"forward into {op}"
+    if record.pattern == "concat":
+        return "into producers behind a Concat"
+    if record.pattern == "mul-add":
+        return "as Mul+Add, both folded"
+    return f"into {op}"
 
 
 def _check_lines(check: CheckResult | None) -> list[str]:

@@ -144,7 +144,7 @@ def test_bn_in_local_functions_folds_without_inlining():
     # Its weight is a function input, and the input's rank may differ per call: left, with the reason.
     weight_input = by_name["fn_bn_input_weight"]
     assert (weight_input.action, weight_input.reason) == (
-        "skipped", "weight of Conv (unnamed) is not constant (computed at run time); "
+        "skipped", "weight of Conv (unnamed) is not constant (computed at run time); its output is a graph output; "
         "cannot rewrite: rank of the input is unknown, so the channel axis cannot be broadcast")
     assert [f.name for f in folded.functions] == ["ConvBn", "ConvWeightInput"]
     assert op_counts(folded) == {"ConvBn": 2, "ConvWeightInput": 1}

@@ -28,14 +28,14 @@ def test_producer_with_other_consumers_is_rewritten_standalone():
                     outputs=[("z", F32, None), ("r", F32, None)])
     folded, records = fold_and_check(model)
     record = only_record(records)
-    assert (record.action, record.reason) == ("converted", "output of Conv 'conv' has 2 consumers")
+    assert (record.action, record.reason) == ("converted", "output of Conv 'conv' has 2 consumers; its output is a graph output")
     assert op_counts(folded) == {"Conv": 1, "Relu": 1, "Mul": 1, "Add": 1}
 
 
 def test_producer_output_that_is_a_graph_output_is_not_folded():
     model = conv_bn(outputs=[("z", F32, None), ("y", F32, None)])
     folded, records = fold_and_check(model)
-    assert only_record(records).reason == "output of Conv 'conv' is also a graph output"
+    assert only_record(records).reason == "output of Conv 'conv' is also a graph output; its output is a graph output"
     assert [o.name for o in folded.graph.output] == ["z", "y"]
 
 
@@ -80,7 +80,7 @@ def test_weight_from_graph_input_leaves_bn_to_standalone():
     model = conv_bn(inputs=[("x", F32, ["N", 3, 6, 6]), ("w", F32, [4, 3, 3, 3])])
     model.graph.initializer.remove(next(i for i in model.graph.initializer if i.name == "w"))
     record = only_record(bnfold.fold(model).records)
-    assert (record.action, record.reason) == ("converted", "weight of Conv 'conv' is not constant (computed at run time)")
+    assert (record.action, record.reason) == ("converted", "weight of Conv 'conv' is not constant (computed at run time); its output is a graph output")
 
 
 def test_parameter_shape_not_matching_channels():
@@ -141,7 +141,8 @@ def test_quantized_weight_is_not_folded():
              helper.make_node("Conv", ["x", "w"], ["y"], name="conv"), bn_node("y", "z")]
     model = make_model(nodes, [("x", F32, ["N", 3, 6, 6])], [("z", F32, None)], inits)
     folded, records = fold_and_check(model)
-    assert only_record(records).reason == "weight of Conv 'conv' is quantized (DequantizeLinear); fold before quantizing"
+    assert only_record(records).reason == ("weight of Conv 'conv' is quantized (DequantizeLinear); fold before quantizing"
+                                           "; its output is a graph output")
     assert op_counts(folded) == {"DequantizeLinear": 1, "Conv": 1, "Mul": 1, "Add": 1}
 
 
@@ -155,7 +156,7 @@ def test_fp16_overflow_is_refused():
     nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv"), bn_node("y", "z")]
     model = make_model(nodes, [("x", f16, ["N", 3, 6, 6])], [("z", f16, None)], {"w": weight, **params})
     record = only_record(bnfold.fold(model).records)
-    assert (record.action, record.reason) == ("converted", "folded values overflow float16")
+    assert (record.action, record.reason) == ("converted", "folded values overflow float16; its output is a graph output")
 
 
 def test_every_record_names_its_bn():
@@ -180,7 +181,7 @@ def test_bn_after_a_quantized_conv_is_rewritten_with_the_reason():
     folded, records = fold_and_check(model)
     record = only_record(records)
     assert (record.action, record.reason) == (
-        "converted", "its input comes from DequantizeLinear 'dq', a quantized op; fold before quantizing")
+        "converted", "its input comes from DequantizeLinear 'dq', a quantized op; fold before quantizing; its output is a graph output")
     assert op_counts(folded)["QLinearConv"] == 1
     weights = {i.name: numpy_helper.to_array(i) for i in folded.graph.initializer}
     np.testing.assert_array_equal(weights["w_q"], inits["w_q"])

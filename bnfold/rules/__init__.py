@@ -1,12 +1,32 @@
-"""One module per producer family; the pass looks rules up in PRODUCER_RULES."""
+"""One module per producer family; the moves look rules up in these tables.
 
-from bnfold.rules import conv, conv_transpose, gemm, matmul, standalone
+PRODUCER_RULES fold an affine map that follows a node into it ("backward");
+FORWARD_RULES fold one that precedes it ("forward"). Each rule's `prepare` checks
+and computes without touching the graph and returns the Commit that writes.
+"""
+
+from dataclasses import dataclass
+
+from bnfold.rules import conv, conv_transpose, forward, gemm, matmul, standalone
+
+
+@dataclass(frozen=True)
+class ProducerRule:
+    prepare: object  # (ctx, node, AffineParams) -> Commit
+    output_channels: object  # (ctx, node) -> int
+
 
 PRODUCER_RULES = {
-    "Conv": conv.fold,
-    "ConvTranspose": conv_transpose.fold,
-    "Gemm": gemm.fold,
-    "MatMul": matmul.fold,
+    "Conv": ProducerRule(conv.prepare, conv.output_channels),
+    "ConvTranspose": ProducerRule(conv_transpose.prepare, conv_transpose.output_channels),
+    "Gemm": ProducerRule(gemm.prepare, gemm.output_channels),
+    "MatMul": ProducerRule(matmul.prepare, matmul.output_channels),
 }
 
-__all__ = ["PRODUCER_RULES", "standalone"]
+FORWARD_RULES = {
+    "Conv": forward.prepare_conv,
+    "Gemm": forward.prepare_gemm,
+    "MatMul": forward.prepare_matmul,
+}
+
+__all__ = ["FORWARD_RULES", "PRODUCER_RULES", "ProducerRule", "standalone"]

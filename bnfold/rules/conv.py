@@ -13,21 +13,27 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from bnfold import fold_math
-from bnfold.batchnorm import BnParams, Skip
-from bnfold.rules.base import FoldContext, describe, require_channels, rounded
+from bnfold.affine import AffineParams, Skip
+from bnfold.rules.base import Commit, FoldContext, describe, rounded, weight_and_bias_commit
 
 
-def fold(ctx: FoldContext, conv: ir.Node, params: BnParams) -> None:
+def _weight(ctx: FoldContext, conv: ir.Node):
     weight = ctx.weight(conv, 1, "weight")
-    bias = ctx.optional_weight(conv, 2, "bias")
     if weight.ndim < 3:
         raise Skip(f"weight of {describe(conv)} has rank {weight.ndim}, expected at least 3")
-    require_channels(conv, weight.shape[0], params.channels)
+    return weight
+
+
+def output_channels(ctx: FoldContext, conv: ir.Node) -> int:
+    return int(_weight(ctx, conv).shape[0])
+
+
+def prepare(ctx: FoldContext, conv: ir.Node, params: AffineParams) -> Commit:
+    weight = _weight(ctx, conv)
+    bias = ctx.optional_weight(conv, 2, "bias")
+    scale, shift = params.for_channels(weight.shape[0], f"output of {describe(conv)}")
     if bias is not None and bias.shape != (weight.shape[0],):
         raise Skip(f"bias of {describe(conv)} has shape {bias.shape}, expected ({weight.shape[0]},)")
-    new_weight, new_bias = fold_math.fold_output_channels(weight, bias, params.scale, params.shift)
-    new_weight = rounded(new_weight, weight)
-    new_bias = rounded(new_bias, weight if bias is None else bias)
-    # Bias first: it may free the weight of a second user (a Shape feeding the old bias).
-    ctx.write_input(conv, 2, new_bias, "bias")
-    ctx.write_input(conv, 1, new_weight, "weight")
+    new_weight, new_bias = fold_math.fold_output_channels(weight, bias, scale, shift)
+    return weight_and_bias_commit(ctx, conv, 1, rounded(new_weight, weight),
+                                  2, rounded(new_bias, weight if bias is None else bias))

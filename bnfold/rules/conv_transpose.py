@@ -13,25 +13,33 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from bnfold import fold_math
-from bnfold.batchnorm import BnParams, Skip
+from bnfold.affine import AffineParams, Skip
 from bnfold.graph import int_attr
-from bnfold.rules.base import FoldContext, describe, require_channels, rounded
+from bnfold.rules.base import Commit, FoldContext, describe, rounded, weight_and_bias_commit
 
 
-def fold(ctx: FoldContext, conv_t: ir.Node, params: BnParams) -> None:
+def _weight_and_group(ctx: FoldContext, conv_t: ir.Node):
     weight = ctx.weight(conv_t, 1, "weight")
-    bias = ctx.optional_weight(conv_t, 2, "bias")
     group = int_attr(conv_t, "group", 1)
     if weight.ndim < 3:
         raise Skip(f"weight of {describe(conv_t)} has rank {weight.ndim}, expected at least 3")
     if group < 1 or weight.shape[0] % group:
         raise Skip(f"weight of {describe(conv_t)} has {weight.shape[0]} input channels, not divisible by group {group}")
+    return weight, group
+
+
+def output_channels(ctx: FoldContext, conv_t: ir.Node) -> int:
+    weight, group = _weight_and_group(ctx, conv_t)
+    return int(weight.shape[1] * group)
+
+
+def prepare(ctx: FoldContext, conv_t: ir.Node, params: AffineParams) -> Commit:
+    weight, group = _weight_and_group(ctx, conv_t)
+    bias = ctx.optional_weight(conv_t, 2, "bias")
     out_channels = weight.shape[1] * group
-    require_channels(conv_t, out_channels, params.channels)
+    scale, shift = params.for_channels(out_channels, f"output of {describe(conv_t)}")
     if bias is not None and bias.shape != (out_channels,):
         raise Skip(f"bias of {describe(conv_t)} has shape {bias.shape}, expected ({out_channels},)")
-    new_weight, new_bias = fold_math.fold_conv_transpose(weight, bias, params.scale, params.shift, group)
-    new_weight = rounded(new_weight, weight)
-    new_bias = rounded(new_bias, weight if bias is None else bias)
-    ctx.write_input(conv_t, 2, new_bias, "bias")
-    ctx.write_input(conv_t, 1, new_weight, "weight")
+    new_weight, new_bias = fold_math.fold_conv_transpose(weight, bias, scale, shift, group)
+    return weight_and_bias_commit(ctx, conv_t, 1, rounded(new_weight, weight),
+                                  2, rounded(new_bias, weight if bias is None else bias))

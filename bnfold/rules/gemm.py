@@ -14,31 +14,46 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold import fold_math
-from bnfold.batchnorm import BnParams, Skip
+from bnfold.affine import AffineParams, Skip
 from bnfold.graph import float_attr, int_attr
-from bnfold.rules.base import FoldContext, describe, mark_gemm_broadcast, require_channels, rounded
+from bnfold.rules.base import Commit, FoldContext, describe, rounded, weight_and_bias_commit
 
 
-def fold(ctx: FoldContext, gemm: ir.Node, params: BnParams) -> None:
+def _b_matrix(ctx: FoldContext, gemm: ir.Node):
     b_matrix = ctx.weight(gemm, 1, "B")
-    c_bias = ctx.optional_weight(gemm, 2, "C")
     if b_matrix.ndim != 2:
         raise Skip(f"B of {describe(gemm)} has rank {b_matrix.ndim}, expected 2")
     trans_b = bool(int_attr(gemm, "transB", 0))
-    require_channels(gemm, b_matrix.shape[0] if trans_b else b_matrix.shape[1], params.channels)
+    return b_matrix, trans_b
+
+
+def output_channels(ctx: FoldContext, gemm: ir.Node) -> int:
+    b_matrix, trans_b = _b_matrix(ctx, gemm)
+    return int(b_matrix.shape[0] if trans_b else b_matrix.shape[1])
+
+
+def prepare(ctx: FoldContext, gemm: ir.Node, params: AffineParams) -> Commit:
+    b_matrix, trans_b = _b_matrix(ctx, gemm)
+    c_bias = ctx.optional_weight(gemm, 2, "C")
+    channels = b_matrix.shape[0] if trans_b else b_matrix.shape[1]
+    scale, shift = params.for_channels(channels, f"output of {describe(gemm)}")
     if c_bias is not None:
-        _check_broadcast(gemm, c_bias.shape, params.channels)
-    new_b, new_c = fold_math.fold_gemm(b_matrix, c_bias, params.scale, params.shift,
+        check_c_broadcast(gemm, c_bias.shape, channels)
+    new_b, new_c = fold_math.fold_gemm(b_matrix, c_bias, scale, shift,
                                        trans_b=trans_b, beta=float_attr(gemm, "beta", 1.0))
-    new_b = rounded(new_b, b_matrix)
-    new_c = rounded(new_c, b_matrix if c_bias is None else c_bias)
-    ctx.write_input(gemm, 2, new_c, "C")
-    ctx.write_input(gemm, 1, new_b, "B")
-    gemm.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
-    mark_gemm_broadcast(ctx, gemm)
+    write = weight_and_bias_commit(ctx, gemm, 1, rounded(new_b, b_matrix), 2,
+                                   rounded(new_c, b_matrix if c_bias is None else c_bias),
+                                   bias_role="C", weight_role="B")
+
+    def commit() -> None:
+        write()
+        gemm.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
+        ctx.mark_gemm_broadcast(gemm)
+
+    return commit
 
 
-def _check_broadcast(gemm: ir.Node, c_shape: tuple, channels: int) -> None:
+def check_c_broadcast(gemm: ir.Node, c_shape: tuple, channels: int) -> None:
     try:
         np.broadcast_shapes(c_shape, (channels,))
     except ValueError:

@@ -5,7 +5,7 @@ After:   Y = Gemm(A, B', t)             B'[:, n] = B[:, n]·s[n]
 
 The MatMul node becomes a Gemm in place (name, doc string and metadata kept).
 With a rank > 2 output BN's channel axis 1 is not B's column axis, so nothing can
-go into B: the BN is left to the standalone rewrite.
+go into B: the BN is left to the other moves or the standalone rewrite.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from bnfold import fold_math
-from bnfold.batchnorm import BnParams, Skip
-from bnfold.rules.base import FoldContext, describe, mark_gemm_broadcast, require_channels, rounded
+from bnfold.affine import AffineParams, Skip
+from bnfold.rules.base import Commit, FoldContext, describe, rounded, weight_and_bias_commit
 
 
-def fold(ctx: FoldContext, matmul: ir.Node, params: BnParams) -> None:
+def _b_matrix(ctx: FoldContext, matmul: ir.Node):
     rank = ctx.hints.rank(matmul.outputs[0]) or ctx.hints.rank(matmul.inputs[0])
     if rank is None:
         raise Skip(f"rank of the output of {describe(matmul)} is unknown")
@@ -28,11 +28,27 @@ def fold(ctx: FoldContext, matmul: ir.Node, params: BnParams) -> None:
     b_matrix = ctx.weight(matmul, 1, "weight")
     if b_matrix.ndim != 2:
         raise Skip(f"weight of {describe(matmul)} has rank {b_matrix.ndim}, expected 2")
-    require_channels(matmul, b_matrix.shape[1], params.channels)
-    new_b, new_c = fold_math.fold_gemm(b_matrix, None, params.scale, params.shift, trans_b=False, beta=1.0)
-    new_b = rounded(new_b, b_matrix)
-    new_c = rounded(new_c, b_matrix)
-    matmul.op_type = "Gemm"
-    ctx.write_input(matmul, 2, new_c, "bias")
-    ctx.write_input(matmul, 1, new_b, "weight")
-    mark_gemm_broadcast(ctx, matmul)
+    return b_matrix
+
+
+def output_channels(ctx: FoldContext, matmul: ir.Node) -> int:
+    return int(_b_matrix(ctx, matmul).shape[1])
+
+
+def prepare(ctx: FoldContext, matmul: ir.Node, params: AffineParams) -> Commit:
+    b_matrix = _b_matrix(ctx, matmul)
+    scale, shift = params.for_channels(b_matrix.shape[1], f"output of {describe(matmul)}")
+    new_b, new_c = fold_math.fold_gemm(b_matrix, None, scale, shift, trans_b=False, beta=1.0)
+    return become_gemm(ctx, matmul, rounded(new_b, b_matrix), rounded(new_c, b_matrix))
+
+
+def become_gemm(ctx: FoldContext, matmul: ir.Node, b_matrix, c_bias) -> Commit:
+    """A Commit turning MatMul(A, B) into Gemm(A, B', C) in place."""
+    write = weight_and_bias_commit(ctx, matmul, 1, b_matrix, 2, c_bias)
+
+    def commit() -> None:
+        matmul.op_type = "Gemm"
+        write()
+        ctx.mark_gemm_broadcast(matmul)
+
+    return commit

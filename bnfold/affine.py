@@ -1,0 +1,128 @@
+"""Per-channel affine maps y = s·x + t on axis 1: what a BN and its elementwise kin compute.
+
+A frozen BatchNormalization is one (batchnorm.py reads it). So is a Mul, Add, Sub or
+Div of a tensor by a constant that broadcasts along the channel axis 1 only, or is
+a single number. The moves in moves.py fold any of them into a neighbouring linear
+layer, so chains such as Conv → Mul → Add → BN or BN → Mul → Conv fold completely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import onnx_ir as ir
+
+
+
+class Skip(Exception):
+    """A fold (or a rewrite) is refused; the message is the reason shown in the report."""
+
+    @property
+    def reason(self) -> str:
+        return str(self)
+
+
+@dataclass(frozen=True)
+class AffineParams:
+    """y = scale·x + shift over axis 1, in float64.
+
+    scale/shift are [C] (per channel), [1] (one number for every channel), or for a
+    per-element BN (spatial=0, opset < 9) [C, D1, …].
+    """
+
+    scale: np.ndarray
+    shift: np.ndarray
+    per_element: bool = False
+
+    @property
+    def channels(self) -> int:
+        return int(self.scale.shape[0])
+
+    @property
+    def has_shift(self) -> bool:
+        return bool(np.any(self.shift != 0))
+
+    def for_channels(self, count: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+        """(s, t) as [count] vectors; Skip when the map does not have `count` channels."""
+        if self.per_element:
+            raise Skip("per-element statistics (spatial=0) cannot fold into a weight")
+        if self.channels == count:
+            return self.scale, self.shift
+        if self.channels == 1:
+            return np.full(count, self.scale[0]), np.full(count, self.shift[0])
+        raise Skip(f"{where} has {count} channels, the affine map has {self.channels}")
+
+    def sliced(self, start: int, stop: int) -> AffineParams:
+        if self.channels == 1:
+            return self
+        return replace(self, scale=self.scale[start:stop], shift=self.shift[start:stop])
+
+    def repeated(self, times: int) -> AffineParams:
+        """Each channel's (s, t) repeated `times`: channel c becomes features c·times … c·times + times − 1."""
+        return replace(self, scale=np.repeat(self.scale, times), shift=np.repeat(self.shift, times))
+
+
+ELEMENTWISE_OPS = frozenset({"Mul", "Add", "Sub", "Div"})
+
+
+@dataclass(frozen=True)
+class ElementwiseAffine:
+    data_index: int
+    params: AffineParams
+
+
+def read_elementwise(node: ir.Node, constant_of, rank_of, channels_of) -> ElementwiseAffine:
+    """Read a Mul/Add/Sub/Div of a tensor by a per-channel constant as an affine map.
+
+    `constant_of(value)` gives a constant's array or None; `rank_of(value)` and
+    `channels_of(value)` give the data's rank and axis-1 size, or None when unknown.
+    """
+    if node.op_type not in ELEMENTWISE_OPS or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+        raise Skip(f"{node.op_type} is not an elementwise affine op")
+    if "broadcast" in node.attributes:
+        raise Skip("legacy broadcast (opset < 7)")
+    arrays = [constant_of(value) for value in node.inputs]
+    if (arrays[0] is None) == (arrays[1] is None):
+        raise Skip(f"{node.op_type} does not combine a tensor with a constant")
+    data_index = 0 if arrays[1] is not None else 1
+    constant = arrays[1 - data_index]
+    if constant.dtype.kind != "f":
+        raise Skip("the constant is not floating point")
+    data = node.inputs[data_index]
+    vector = _per_channel_vector(constant, rank_of(data))
+    if vector.shape[0] > 1 and channels_of(data) != vector.shape[0]:
+        raise Skip("the constant would change the input's channel count, or that count is unknown")
+    return ElementwiseAffine(data_index, _params(node.op_type, data_index, vector))
+
+
+def _per_channel_vector(constant: np.ndarray, rank: int | None) -> np.ndarray:
+    """The constant as a [C] (or [1]) vector, if it broadcasts along axis 1 only."""
+    if rank is not None and constant.ndim > rank:
+        raise Skip(f"the constant has rank {constant.ndim}, more than the input's {rank}")
+    if constant.size == 1:
+        return constant.reshape(1).astype(np.float64)
+    if rank is None:
+        raise Skip("rank of the input is unknown, so the broadcast axis is too")
+    aligned = (1,) * (rank - constant.ndim) + constant.shape
+    axes = [axis for axis, size in enumerate(aligned) if size != 1]
+    if axes != [1]:
+        wrong = next(axis for axis in axes if axis != 1)
+        raise Skip(f"broadcast axis is {wrong}, not 1")
+    return constant.reshape(-1).astype(np.float64)
+
+
+def _params(op: str, data_index: int, vector: np.ndarray) -> AffineParams:
+    ones, zeros = np.ones_like(vector), np.zeros_like(vector)
+    if op == "Mul":
+        return AffineParams(vector, zeros)
+    if op == "Add":
+        return AffineParams(ones, vector)
+    if op == "Sub":
+        return AffineParams(ones, -vector) if data_index == 0 else AffineParams(-ones, vector)
+    if data_index == 1:
+        raise Skip("constant / x is not affine in x")
+    if np.any(vector == 0):
+        raise Skip("division by a constant that contains 0")
+    return AffineParams(1.0 / vector, zeros)
+

@@ -1,0 +1,176 @@
+"""The ways an affine node (a BN, or a per-channel Mul/Add/Sub/Div) disappears into linear layers.
+
+backward   X → [Conv|ConvTranspose|Gemm|MatMul] → affine        the producer absorbs (s, t)
+concat     [producers] → Concat(axis 1) → affine                   each producer absorbs its slice
+forward    affine → [Conv|Gemm|MatMul] (all consumers)             the consumers absorb (s, t);
+           affine → Flatten/Reshape → [Gemm|MatMul]                 channel c's block of features too
+
+Every move prepares all the nodes it changes before committing any of them, and
+raises Skip with the reason when it cannot be done exactly; the graph is then
+untouched.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import onnx_ir as ir
+
+from bnfold.affine import AffineParams, Skip
+from bnfold.graph import bypass_node, int_attr, retire_node
+from bnfold.rules import FORWARD_RULES, PRODUCER_RULES
+from bnfold.rules.base import QUANTIZATION_OPS, Commit, FoldContext, describe
+
+PRODUCERS = "Conv, ConvTranspose, Gemm or MatMul"
+CONSUMERS = "Conv, Gemm or MatMul"
+# Integer-arithmetic producers: their weights are quantized, nothing folds into them.
+QUANTIZED_PRODUCERS = frozenset({"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm"})
+FLATTENING_OPS = frozenset({"Flatten", "Reshape"})
+
+
+@dataclass(frozen=True)
+class AffineNode:
+    """A node computing y = s·x + t per channel, x being its input `data_index`."""
+
+    node: ir.Node
+    data_index: int
+    params: AffineParams
+
+    @property
+    def data(self) -> ir.Value:
+        return self.node.inputs[self.data_index]
+
+    @property
+    def output(self) -> ir.Value:
+        return self.node.outputs[0]
+
+
+@dataclass(frozen=True)
+class Folded:
+    into: str  # e.g. "Conv 'conv1'", "Conv 'a'[0:64], Conv 'b'[64:128]"
+    pattern: str  # "backward", "concat", "forward"
+
+
+def fold_backward(ctx: FoldContext, affine: AffineNode) -> Folded:
+    """Fold into the producer of the affine node's input (or the producers behind a Concat)."""
+    data = affine.data
+    producer = data.producer()
+    if producer is not None and producer.op_type in QUANTIZATION_OPS | QUANTIZED_PRODUCERS:
+        raise Skip(f"its input comes from {describe(producer)}, a quantized op; fold before quantizing")
+    if producer is not None and producer.op_type == "Concat" and producer.domain in ("", "ai.onnx"):
+        return _fold_into_concat(ctx, affine, producer)
+    _check_foldable_producer(affine.node, data, producer)
+    commit = PRODUCER_RULES[producer.op_type].prepare(ctx, producer, affine.params)
+    target = describe(producer)  # before the commit: MatMul becomes Gemm
+    commit()
+    retire_node(affine.node, data)
+    return Folded(target, "backward")
+
+
+def _check_foldable_producer(user: ir.Node, value: ir.Value, producer: ir.Node | None) -> None:
+    """`value` must come from a rule's producer, in the same graph, and feed nothing but `user`."""
+    if producer is None or producer.domain not in ("", "ai.onnx") or producer.op_type not in PRODUCER_RULES:
+        raise Skip(f"no {PRODUCERS} before it")
+    if producer.graph is not user.graph:
+        raise Skip(f"{describe(producer)} is in an outer graph")
+    if value.is_graph_output():
+        raise Skip(f"output of {describe(producer)} is also a graph output")
+    consumers = len(value.uses())
+    if consumers > 1:
+        raise Skip(f"output of {describe(producer)} has {consumers} consumers")
+
+
+def _fold_into_concat(ctx: FoldContext, affine: AffineNode, concat: ir.Node) -> Folded:
+    data = affine.data
+    if data.is_graph_output() or len(data.uses()) > 1:
+        raise Skip(f"output of {describe(concat)} is used elsewhere too")
+    rank = ctx.hints.rank(data)
+    axis = int_attr(concat, "axis", 1)
+    if axis < 0 and rank is not None:
+        axis += rank
+    if axis != 1:
+        raise Skip(f"{describe(concat)} joins along axis {axis}, not the channel axis 1")
+    commits: list[Commit] = []
+    targets: list[str] = []
+    start = 0
+    for value in concat.inputs:
+        producer = value.producer() if value is not None else None
+        try:
+            _check_foldable_producer(concat, value, producer)
+        except Skip as skip:
+            raise Skip(f"Concat input '{value.name}': {skip.reason}") from None
+        rule = PRODUCER_RULES[producer.op_type]
+        stop = start + rule.output_channels(ctx, producer)
+        commits.append(rule.prepare(ctx, producer, affine.params.sliced(start, stop)))
+        targets.append(f"{describe(producer)}[{start}:{stop}]")
+        start = stop
+    if affine.params.channels not in (1, start):
+        raise Skip(f"{describe(concat)} joins {start} channels, the affine map has {affine.params.channels}")
+    for commit in commits:
+        commit()
+    retire_node(affine.node, data)
+    return Folded(", ".join(targets), "concat")
+
+
+def fold_forward(ctx: FoldContext, affine: AffineNode) -> Folded:
+    """Fold into every consumer of the affine node's output; all of them must take it."""
+    output = affine.output
+    if output.is_graph_output():
+        raise Skip("its output is a graph output")
+    uses = list(output.uses())
+    if not uses:
+        raise Skip("its output is not used")
+    commits: list[Commit] = []
+    targets: list[str] = []
+    for use in uses:
+        commit, target = _prepare_consumer(ctx, affine, use.node, use.idx)
+        commits.append(commit)
+        targets.append(target)
+    for commit in commits:
+        commit()
+    bypass_node(affine.node, affine.data)
+    return Folded(", ".join(targets), "forward")
+
+
+def _prepare_consumer(ctx: FoldContext, affine: AffineNode, consumer: ir.Node, index: int):
+    params = affine.params
+    through = ""
+    if consumer.op_type in FLATTENING_OPS and index == 0 and consumer.domain in ("", "ai.onnx"):
+        params = params.repeated(_features_per_channel(ctx, affine, consumer))
+        through = f" (through {describe(consumer)})"
+        consumer, index = _only_consumer(consumer)
+    rule = FORWARD_RULES.get(consumer.op_type) if consumer.domain in ("", "ai.onnx") else None
+    if rule is None:
+        raise Skip(f"its output feeds {describe(consumer)}, not a {CONSUMERS}")
+    if index != 0:
+        raise Skip(f"its output is input {index} of {describe(consumer)}, not the data input")
+    target = describe(consumer)
+    return rule(ctx, consumer, params), target + through
+
+
+def _features_per_channel(ctx: FoldContext, affine: AffineNode, flatten: ir.Node) -> int:
+    """How many consecutive features each channel becomes, when [N, C, D…] is flattened to [N, C·ΠD]."""
+    shape = ctx.hints.shape(affine.data)
+    if shape is None or len(shape) < 2 or any(d is None for d in shape[1:]):
+        raise Skip(f"the shape behind {describe(flatten)} is unknown, so the channel blocks are too")
+    block = math.prod(shape[2:])
+    if flatten.op_type == "Flatten":
+        axis = int_attr(flatten, "axis", 1)
+        if axis < 0:
+            axis += len(shape)
+        if axis != 1:
+            raise Skip(f"{describe(flatten)} flattens from axis {axis}, not 1")
+        return block
+    out_shape = ctx.hints.shape(flatten.outputs[0])
+    if out_shape is None or len(out_shape) != 2 or out_shape[1] != shape[1] * block:
+        raise Skip(f"{describe(flatten)} does not provably keep each channel a contiguous block of features")
+    return block
+
+
+def _only_consumer(node: ir.Node) -> tuple[ir.Node, int]:
+    output = node.outputs[0]
+    uses = list(output.uses())
+    if output.is_graph_output() or len(uses) != 1:
+        raise Skip(f"output of {describe(node)} has {len(uses)} consumers or is a graph output")
+    return uses[0].node, uses[0].idx

@@ -88,8 +88,10 @@ class FoldReport:
             kinds = Counter(r.op for r in others)
             lines.append("  also folded: " + ", ".join(f"{n} {op}" for op, n in sorted(kinds.items())))
         for record in bns:
-            if record.action != "folded":
-                lines.append(f"  {record.action} {record.name}: {record.reason}")
+            if record.action == "converted":
+                lines.append(f"  converted {record.name} to {record.into}: {record.reason}")
+            elif record.action == "skipped":
+                lines.append(f"  skipped {record.name}: {record.reason}")
         lines.extend(_check_lines(self.check))
         return lines
 

@@ -57,7 +57,7 @@ def test_dry_run_writes_nothing(sample, tmp_path):
     result = invoke(sample, "--dry-run")
     assert result.exit_code == 0, result.output
     assert sorted(os.listdir(tmp_path)) == before
-    assert "converted bn3: output of Conv 'pw' has 2 consumers" in result.stderr
+    assert "converted bn3 to Mul+Add: output of Conv 'pw' has 2 consumers" in result.stderr
 
 
 def test_dry_run_with_output_still_writes_no_model(sample, tmp_path):

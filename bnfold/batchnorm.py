@@ -30,7 +30,9 @@ def read_params(bn: ir.Node, opset: int, resolver: ConstantResolver, hints: Type
     """The constant parameters of `bn` as the affine map (s, t); raises Skip with the reason otherwise."""
     arrays = [_parameter(bn, index, resolver) for index in range(1, 5)]
     per_element = opset < 9 and int_attr(bn, "spatial", 1) == 0
-    _check_shapes(hints.shape(bn.inputs[0]), arrays, per_element)
+    # Only what the model states: inference costs a pass over the graph, and every
+    # move (and the rewrite) checks the channel count against what it changes anyway.
+    _check_shapes(hints.stated_shape(bn.inputs[0]), arrays, per_element)
     gamma, beta, mean, var = arrays
     epsilon = float_attr(bn, "epsilon", 1e-5)
     for name, array in zip(PARAMETER_NAMES, arrays):

@@ -31,8 +31,9 @@ def round_to(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Round float64 `values` once to `dtype`; refuse values the dtype cannot hold."""
     with np.errstate(over="ignore"):  # overflow is detected and reported below
         rounded = np.asarray(values).astype(dtype)
-    finite_before = np.isfinite(values)
-    if not np.all(np.isfinite(rounded.astype(np.float64))[finite_before]):
+    if np.isfinite(rounded).all():  # the common case: one pass over the narrow result
+        return rounded
+    if (np.isfinite(rounded) != np.isfinite(values)).any():
         raise FoldOverflowError(f"folded values overflow {np.dtype(dtype).name}")
     return rounded
 
@@ -48,8 +49,8 @@ def fold_output_channels(weight, bias, scale, shift, *, channel_axis: int = 0):
 
     Returns (W', b') with W'[o] = W[o]·s[o] and b' = b·s + t (b = 0 when absent).
     """
-    weight64 = _f64(weight)
-    new_weight = weight64 * _per_axis(scale, weight64.ndim, channel_axis)
+    # The float64 scale promotes each product to float64 inside the ufunc: no float64 copy of W.
+    new_weight = np.multiply(weight, _per_axis(_f64(scale), np.ndim(weight), channel_axis), dtype=np.float64)
     bias64 = np.zeros_like(scale) if bias is None else _f64(bias)
     return new_weight, bias64 * scale + shift
 

@@ -102,6 +102,7 @@ class _Run:
             self._screen(bn, state)
         self._fixpoint()
         self._rewrite_leftovers()
+        next(iter(self.contexts.values())).hints.invalidate()  # shared: the rewrites added values
         self._fixpoint()
 
     def records(self) -> list[BnRecord]:

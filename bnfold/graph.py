@@ -168,11 +168,18 @@ class TypeHints:
         if value is None:
             return None
         if value.shape is not None:
-            return tuple(d if isinstance(d, int) else None for d in value.shape)
+            return self.stated_shape(value)
         tensor_type = self._tensor_type(value)
         if tensor_type is None or not tensor_type.HasField("shape"):
             return None
         return tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
+
+    @staticmethod
+    def stated_shape(value: ir.Value | None) -> tuple | None:
+        """The shape the model itself states for `value`, without running inference."""
+        if value is None or value.shape is None:
+            return None
+        return tuple(d if isinstance(d, int) else None for d in value.shape)
 
     def rank(self, value: ir.Value | None) -> int | None:
         shape = self.shape(value)
@@ -188,9 +195,13 @@ class TypeHints:
         found = self._inferred.get(value.name or "")
         return found.tensor_type if found is not None and found.HasField("tensor_type") else None
 
+    def invalidate(self) -> None:
+        """Forget inferred types (after the graph gained values, e.g. a Mul+Add rewrite)."""
+        self._inferred = None
+
     def _infer(self) -> dict[str, onnx.TypeProto]:
         try:
-            proto = onnx.shape_inference.infer_shapes(ir.serde.serialize_model(self._model))
+            proto = onnx.shape_inference.infer_shapes(_skeleton(self._model))
         except Exception as error:  # noqa: BLE001 - no hints is a valid answer
             logger.debug("shape inference failed: %s", error)
             return {}
@@ -199,6 +210,31 @@ class TypeHints:
         # from one call to the next.
         return {info.name: info.type for graph in all_graphs(proto)
                 for info in (*graph.value_info, *graph.input, *graph.output)}
+
+
+_SKELETON_MIN_BYTES = 1024
+
+
+def _skeleton(model: ir.Model) -> onnx.ModelProto:
+    """The model serialized without its weights' bytes, for shape inference.
+
+    Large in-memory initializers stand in as external-data references (metadata
+    only) while serializing; inference needs their dtype and dims, not their data.
+    """
+    swapped = []
+    graphs = [model.graph, *model.graph.subgraphs()]
+    for value in (v for graph in graphs for v in graph.initializers.values()):
+        tensor = value.const_value
+        if tensor is None or isinstance(tensor, ir.ExternalTensor) or tensor.nbytes <= _SKELETON_MIN_BYTES:
+            continue
+        value.const_value = ir.ExternalTensor("bnfold-skeleton", 0, tensor.nbytes, tensor.dtype,
+                                              shape=tensor.shape, name=value.name)
+        swapped.append((value, tensor))
+    try:
+        return ir.serde.serialize_model(model)
+    finally:
+        for value, tensor in swapped:
+            value.const_value = tensor
 
 
 class NameAuthority:

@@ -22,7 +22,7 @@ import onnx
 import onnx_ir as ir
 
 from bnfold.errors import InputError, OutputError, first_line
-from bnfold.validation import all_graphs, check_external_data, validate_proto
+from bnfold.validation import all_graphs, check_output_path, load_proto
 
 logger = logging.getLogger(__name__)
 
@@ -33,29 +33,15 @@ _EXTERNAL_THRESHOLD_BYTES = 1024
 _SPARSE_KEY = "bnfold.sparse_initializers"
 
 
-def load_model(path: str | os.PathLike) -> ir.Model:
-    """Read and validate an ONNX model file; external tensors stay on disk (memory-mapped)."""
+def load_model(path: str | os.PathLike, proto: onnx.ModelProto | None = None) -> ir.Model:
+    """Read and validate an ONNX model file; external tensors stay on disk (memory-mapped).
+
+    `proto`: the file's ModelProto when the caller already loaded it (validation.load_proto).
+    """
     path = Path(path)
-    model = to_ir(load_proto(path), str(path))
+    model = to_ir(load_proto(path) if proto is None else proto, str(path))
     ir.external_data.set_base_dir(model.graph, str(path.parent.resolve()))
     return model
-
-
-def load_proto(path: Path) -> onnx.ModelProto:
-    """The validated ModelProto of `path`, without external data."""
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, not an ONNX model file")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: empty file, not an ONNX model")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as error:  # noqa: BLE001 - protobuf raises several types for garbage
-        raise InputError(f"{path}: not an ONNX model ({first_line(error)})") from error
-    validate_proto(proto, str(path))
-    check_external_data(proto, path.parent)
-    return proto
 
 
 def to_ir(proto: onnx.ModelProto, label: str) -> ir.Model:
@@ -127,22 +113,24 @@ def external_data_files(model: ir.Model) -> set[Path]:
             if isinstance(value.const_value, ir.ExternalTensor)}
 
 
-def initializer_bytes(model: ir.Model) -> int:
-    return sum(value.const_value.nbytes for value in _initializers(model) if value.const_value is not None)
+def model_file_bytes(path: Path, model: ir.Model) -> int:
+    """The model's size on disk: its file plus the data files it reads (cheap: no tensor is touched)."""
+    return path.stat().st_size + sum(data.stat().st_size for data in external_data_files(model))
 
 
-def external_data_threshold(model: ir.Model, mode: str) -> int | None:
+def external_data_threshold(model: ir.Model, mode: str, source_bytes: int) -> int | None:
     """The output layout: tensors of at least this many bytes go to the data file; None = inline.
 
     'auto' keeps the input's layout (external data when the input had it, from its
-    smallest external tensor up) and switches to external data past protobuf's 2 GB
-    limit; 'always' and 'never' force it.
+    smallest external tensor up) and switches to external data when the model
+    (`source_bytes`, its size on disk) would not fit protobuf's 2 GB limit;
+    'always' and 'never' force it.
     """
     if mode not in EXTERNAL_DATA_MODES:
         raise InputError(f"--external-data must be one of {', '.join(EXTERNAL_DATA_MODES)}, not '{mode}'")
     if mode == "always":
         return _EXTERNAL_THRESHOLD_BYTES
-    too_big = initializer_bytes(model) > _INLINE_BUDGET
+    too_big = source_bytes > _INLINE_BUDGET
     if mode == "never":
         if too_big:
             raise InputError("the model is larger than protobuf's 2 GB limit; it needs external data")
@@ -166,10 +154,7 @@ class StagedOutput:
     def __init__(self, destination: str | os.PathLike) -> None:
         self.destination = Path(destination)
         folder = self.destination.parent
-        if not folder.is_dir():
-            raise InputError(f"{self.destination}: output folder '{folder}' does not exist")
-        if self.destination.is_dir():
-            raise InputError(f"{self.destination}: is a directory")
+        check_output_path(self.destination)
         try:
             self._stage = Path(tempfile.mkdtemp(prefix=".bnfold-", dir=folder))
         except OSError as error:
@@ -223,9 +208,10 @@ class StagedOutput:
         self.discard()
 
 
-def save_model(model: ir.Model, destination: str | os.PathLike, external_data: str = "auto") -> None:
+def save_model(model: ir.Model, destination: str | os.PathLike, external_data: str = "auto",
+               source_bytes: int = 0) -> None:
     """Write `model` to `destination` atomically, with the chosen external-data layout."""
-    threshold = external_data_threshold(model, external_data)
+    threshold = external_data_threshold(model, external_data, source_bytes)
     with StagedOutput(destination) as staged:
         staged.write(model, threshold)
         staged.commit()

@@ -85,9 +85,9 @@ def _fold_into_concat(ctx: FoldContext, affine: AffineNode, concat: ir.Node) -> 
     data = affine.data
     if data.is_graph_output() or len(data.uses()) > 1:
         raise Skip(f"output of {describe(concat)} is used elsewhere too")
-    rank = ctx.hints.rank(data)
     axis = int_attr(concat, "axis", 1)
-    if axis < 0 and rank is not None:
+    rank = ctx.hints.rank(data) if axis < 0 else None
+    if rank is not None:
         axis += rank
     if axis != 1:
         raise Skip(f"{describe(concat)} joins along axis {axis}, not the channel axis 1")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from bnfold.errors import InputError
+from bnfold.errors import InputError, first_line
 
 # Types packed several elements to a byte: their element counts are not field lengths.
 _SUB_BYTE_TYPES = frozenset(
@@ -23,6 +23,31 @@ _SUB_BYTE_TYPES = frozenset(
 )
 _TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
 _COMPLEX_TYPES = frozenset({onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128})
+
+
+def load_proto(path: Path) -> onnx.ModelProto:
+    """The validated ModelProto of `path`, without external data."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not an ONNX model file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file, not an ONNX model")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # noqa: BLE001 - protobuf raises several types for garbage
+        raise InputError(f"{path}: not an ONNX model ({first_line(error)})") from error
+    validate_proto(proto, str(path))
+    check_external_data(proto, path.parent)
+    return proto
+
+
+def check_output_path(destination: Path) -> None:
+    """The output's folder must exist and the output must not be a folder."""
+    if not destination.parent.is_dir():
+        raise InputError(f"{destination}: output folder '{destination.parent}' does not exist")
+    if destination.is_dir():
+        raise InputError(f"{destination}: is a directory")
 
 
 def validate_proto(proto: onnx.ModelProto, label: str) -> None:

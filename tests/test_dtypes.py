@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 import bnfold
 from bnfold import fold_math
 from bnfold.precision import convert_float_type
-from bnfold.verify import compare_output
+from bnfold.equivalence import compare_output
 
 SAMPLE = Path(__file__).resolve().parent.parent / "models" / "sample_cnn.onnx"
 FLOAT = frozenset({TensorProto.FLOAT})

@@ -9,7 +9,7 @@ import pytest
 from helpers import assert_same_outputs, op_counts, random_feeds, run
 
 import bnfold
-from bnfold.verify import compare_output
+from bnfold.equivalence import compare_output
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 SAMPLES = sorted(MODELS.glob("*.onnx"))

@@ -86,6 +86,14 @@ def test_weight_from_graph_input_leaves_bn_to_standalone():
 def test_parameter_shape_not_matching_channels():
     rng = np.random.default_rng(1)
     model = conv_bn(inits=bn_arrays(rng, 5))
+    _assert_untouched(model, None, "output of Conv 'conv' has 4 channels, the affine map has 5; "
+                      "its output is a graph output; cannot rewrite: parameter shape (5,) does not match channel count 4")
+
+
+def test_parameter_shape_not_matching_a_stated_channel_count():
+    rng = np.random.default_rng(1)
+    model = conv_bn(inits=bn_arrays(rng, 5))
+    model.graph.value_info.append(helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4, 4, 4]))
     _assert_untouched(model, None, "parameter shape (5,) does not match channel count 4")
 
 

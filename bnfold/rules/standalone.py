@@ -36,6 +36,9 @@ def rewrite(ctx: FoldContext, bn: ir.Node, params: AffineParams, *,
             raise Skip("a zero scale cannot be moved after the shift")
         params = AffineParams(params.scale, params.shift / params.scale)
     data = bn.inputs[0]
+    channels = ctx.hints.dim(data, 1)
+    if channels is not None and not params.per_element and channels != params.channels:
+        raise Skip(f"parameter shape ({params.channels},) does not match channel count {channels}")
     if params.per_element or ctx.opset < LEGACY_BROADCAST_BEFORE:
         scale, shift = params.scale, params.shift
     else:

@@ -1,0 +1,317 @@
+"""Benchmark bnfold as a whole process against the floor (a process that only loads and saves).
+
+    python scripts/bench.py                          # sample + ~100 MB (inline and external) + 5,000 layers
+    python scripts/bench.py --big                    # also the 2.5 GiB external-data model
+    python scripts/bench.py --runs 7 --markdown bench.md
+    python scripts/bench.py --models my.onnx ...     # your own models too
+
+For every model, `--runs` paired runs (floor then bnfold, alternating) of whole
+processes; each row shows medians of wall time and of peak resident memory (from
+the child's rusage), and the ratios to the floor. bnfold runs with `--no-check`;
+the check's cost is timed separately (`bnfold` with the check, minus without).
+Where installed, onnxruntime's offline optimizer, onnxslim, onnxsim and
+onnxscript's optimizer are timed on the same models (as processes too).
+Generated models go to --workdir (default: a temp folder), never into the repo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FLOOR = """
+import sys, onnx
+src, dst, external = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+model = onnx.load(src)
+if external:
+    onnx.save(model, dst, save_as_external_data=True, location=dst.rsplit("/", 1)[-1] + ".data")
+else:
+    onnx.save(model, dst)
+"""
+
+OTHER_TOOLS = {
+    "onnxruntime (offline, BASIC)": ("onnxruntime", """
+import sys, onnxruntime as ort
+options = ort.SessionOptions()
+options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+options.optimized_model_filepath = sys.argv[2]
+if sys.argv[3] == "1":
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                     sys.argv[2].rsplit("/", 1)[-1] + ".data")
+ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+"""),
+    "onnxslim": ("onnxslim", """
+import sys, onnxslim
+onnxslim.slim(sys.argv[1], sys.argv[2])
+"""),
+    "onnxsim": ("onnxsim", """
+import sys, onnx, onnxsim
+model, ok = onnxsim.simplify(onnx.load(sys.argv[1]))
+onnx.save(model, sys.argv[2], save_as_external_data=sys.argv[3] == "1")
+"""),
+    "onnxscript optimizer": ("onnxscript", """
+import sys, onnx_ir as ir, onnxscript.optimizer as opt
+model = ir.load(sys.argv[1])
+opt.optimize_ir(model)
+ir.save(model, sys.argv[2], external_data=(sys.argv[2].rsplit("/", 1)[-1] + ".data") if sys.argv[3] == "1" else None)
+"""),
+}
+
+
+# --- models --------------------------------------------------------------------------------------
+
+def conv_bn_stack(layers: int, channels: int, kernel: int, seed: int = 0) -> onnx.ModelProto:
+    """layers × (Conv(channels → channels, kernel×kernel, pad) + BN + ReLU), random weights and statistics."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    x = "input"
+    pad = kernel // 2
+    for i in range(layers):
+        w = rng.standard_normal((channels, channels, kernel, kernel), dtype=np.float32)
+        w *= np.float32(1.0 / np.sqrt(channels * kernel * kernel))
+        inits.append(numpy_helper.from_array(w, f"conv{i}.weight"))
+        for name, values in (("scale", rng.uniform(0.5, 1.5, channels)), ("bias", rng.normal(0, 0.1, channels)),
+                             ("mean", rng.normal(0, 0.1, channels)), ("var", rng.uniform(0.5, 1.5, channels))):
+            inits.append(numpy_helper.from_array(values.astype(np.float32), f"bn{i}.{name}"))
+        nodes.append(helper.make_node("Conv", [x, f"conv{i}.weight"], [f"c{i}"], name=f"conv{i}", pads=[pad] * 4))
+        nodes.append(helper.make_node("BatchNormalization", [f"c{i}"] + [f"bn{i}.{n}" for n in ("scale", "bias", "mean", "var")],
+                                      [f"b{i}"], name=f"bn{i}"))
+        nodes.append(helper.make_node("Relu", [f"b{i}"], [f"r{i}"], name=f"relu{i}"))
+        x = f"r{i}"
+    graph = helper.make_graph(nodes, "stack", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", channels, 8, 8])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", channels, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def write_inline(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(model, path)
+    return path
+
+
+def write_external(model: onnx.ModelProto, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean(path)  # onnx.save appends to an existing data file
+    onnx.save(model, path, save_as_external_data=True, location=path.name + ".data", size_threshold=1024)
+    return path
+
+
+def write_big_external(path: Path, target_bytes: int) -> Path:
+    """A Conv(256→256, 3×3)+BN+ReLU stack of `target_bytes`, written layer by layer to bound memory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    per_layer = 256 * 256 * 9 * 4
+    layers = max(1, target_bytes // per_layer)
+    data_path = path.with_name(path.name + ".data")
+    rng = np.random.default_rng(0)
+    nodes, inits = [], []
+    offset = 0
+    with open(data_path, "wb") as data:
+        for i in range(layers):
+            tensors = {f"conv{i}.weight": (rng.standard_normal((256, 256, 3, 3), dtype=np.float32) * np.float32(0.02))}
+            for name, values in (("scale", rng.uniform(0.5, 1.5, 256)), ("bias", rng.normal(0, 0.1, 256)),
+                                 ("mean", rng.normal(0, 0.1, 256)), ("var", rng.uniform(0.5, 1.5, 256))):
+                tensors[f"bn{i}.{name}"] = values.astype(np.float32)
+            for name, array in tensors.items():
+                raw = array.tobytes()
+                data.write(raw)
+                tensor = helper.make_tensor(name, TensorProto.FLOAT, array.shape, vals=[], raw=False)
+                tensor.ClearField("float_data")
+                tensor.data_location = TensorProto.EXTERNAL
+                for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(len(raw)))):
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = key, value
+                inits.append(tensor)
+                offset += len(raw)
+            x = "input" if i == 0 else f"r{i - 1}"
+            nodes.append(helper.make_node("Conv", [x, f"conv{i}.weight"], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1]))
+            nodes.append(helper.make_node("BatchNormalization", [f"c{i}"] + [f"bn{i}.{n}" for n in ("scale", "bias", "mean", "var")],
+                                          [f"b{i}"], name=f"bn{i}"))
+            nodes.append(helper.make_node("Relu", [f"b{i}"], [f"r{i}"], name=f"relu{i}"))
+    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 256, 8, 8])],
+                              [helper.make_tensor_value_info(f"r{layers - 1}", TensorProto.FLOAT, ["N", 256, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def model_bytes(path: Path) -> int:
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+# --- measuring -------------------------------------------------------------------------------------
+
+@dataclass
+class Sample:
+    seconds: float
+    peak_mib: float
+    ok: bool
+
+
+# A forked child's peak RSS starts at its parent's: measure through a small launcher
+# process, so the benchmark's own memory (generated models) does not count.
+LAUNCHER = """
+import os, sys, time
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as report:
+    report.write(f"{time.perf_counter() - start} {usage.ru_maxrss} {os.waitstatus_to_exitcode(status)}")
+"""
+
+
+def run_process(argv: list[str], expect_failure: bool = False) -> Sample:
+    """One whole process: its wall time and its own peak resident set (from wait4's rusage)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".txt") as report:
+        process = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, report.name, *argv],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        seconds, max_rss_kib, code = report.read().split()
+    ok = int(code) == 0
+    if ok == expect_failure:
+        print(f"  ! {' '.join(argv[:4])}… exited {code}: {process.stderr.decode(errors='replace').strip()[-300:]}",
+              file=sys.stderr)
+    return Sample(float(seconds), int(max_rss_kib) / 1024, ok)
+
+
+def bnfold_argv(src: Path, dst: Path, check: bool) -> list[str]:
+    return [sys.executable, "-m", "bnfold", str(src), str(dst), "--quiet"] + ([] if check else ["--no-check"])
+
+
+def clean(dst: Path) -> None:
+    for path in (dst, dst.with_name(dst.name + ".data")):
+        if path.exists():
+            path.unlink()
+
+
+def paired(src: Path, out_dir: Path, external: bool, runs: int) -> dict[str, list[Sample]]:
+    """Floor and bnfold --no-check alternately, `runs` times each."""
+    results: dict[str, list[Sample]] = {"floor": [], "bnfold": []}
+    for _ in range(runs):
+        for label in ("floor", "bnfold"):
+            dst = out_dir / f"{label}.onnx"
+            clean(dst)
+            argv = ([sys.executable, "-c", FLOOR, str(src), str(dst), "1" if external else "0"]
+                    if label == "floor" else bnfold_argv(src, dst, check=False))
+            results[label].append(run_process(argv))
+            clean(dst)
+    return results
+
+
+def median(samples: list[Sample], field: str) -> float:
+    return statistics.median(getattr(s, field) for s in samples)
+
+
+# --- the table -------------------------------------------------------------------------------------
+
+HEADER = ("| model | size | floor wall s | bnfold wall s | wall ratio | floor peak MiB | bnfold peak MiB "
+          "| peak ratio | check s |")
+
+
+def bench_model(label: str, src: Path, external: bool, runs: int, work: Path, with_check: bool) -> str:
+    out_dir = work / f"out_{label}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = paired(src, out_dir, external, runs)
+    floor_s, ours_s = median(results["floor"], "seconds"), median(results["bnfold"], "seconds")
+    floor_m, ours_m = median(results["floor"], "peak_mib"), median(results["bnfold"], "peak_mib")
+    check = "–"
+    if with_check:
+        dst = out_dir / "checked.onnx"
+        checked = [run_process(bnfold_argv(src, dst, check=True)) for _ in range(max(1, runs // 2))]
+        clean(dst)
+        check = f"{statistics.median(s.seconds for s in checked) - ours_s:.2f}"
+    size = model_bytes(src) / 2**20
+    return (f"| {label} | {size:,.0f} MiB | {floor_s:.2f} | {ours_s:.2f} | {ours_s / floor_s:.2f}× | "
+            f"{floor_m:,.0f} | {ours_m:,.0f} | {ours_m / floor_m:.2f}× | {check} |")
+
+
+def bench_tools(label: str, src: Path, external: bool, work: Path, runs: int) -> list[str]:
+    rows = []
+    for tool, (module, script) in OTHER_TOOLS.items():
+        if importlib.util.find_spec(module) is None:
+            continue
+        dst = work / f"out_{label}" / "tool.onnx"
+        samples = []
+        for _ in range(runs):
+            clean(dst)
+            samples.append(run_process([sys.executable, "-c", script, str(src), str(dst), "1" if external else "0"]))
+        clean(dst)
+        ok = all(s.ok for s in samples)
+        rows.append(f"| {label} | {tool} | {median(samples, 'seconds'):.2f} | {median(samples, 'peak_mib'):,.0f} | "
+                    f"{'ok' if ok else 'failed'} |")
+    return rows
+
+
+def startup_row() -> str:
+    helps = [run_process([sys.executable, "-m", "bnfold", "--help"]) for _ in range(5)]
+    errors = [run_process([sys.executable, "-m", "bnfold", "/nonexistent.onnx", "/tmp/x.onnx"], expect_failure=True)
+              for _ in range(5)]
+    return (f"`bnfold --help`: {statistics.median(s.seconds for s in helps):.2f} s; "
+            f"an error path (missing input): {statistics.median(s.seconds for s in errors):.2f} s (medians of 5)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5, help="paired runs per model (medians are reported)")
+    parser.add_argument("--big", action="store_true", help="also the 2.5 GiB external-data model")
+    parser.add_argument("--skip-100mb", action="store_true")
+    parser.add_argument("--models", nargs="*", default=[], type=Path, help="more models to time")
+    parser.add_argument("--no-tools", action="store_true", help="do not time other optimizers")
+    parser.add_argument("--markdown", type=Path, help="also write the tables here")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bnfold-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+
+    models: list[tuple[str, Path, bool, bool]] = [("sample_cnn", ROOT / "models" / "sample_cnn.onnx", False, True)]
+    if not args.skip_100mb:
+        stack = conv_bn_stack(42, 256, 3)  # 42 × 2.25 MiB ≈ 95 MiB
+        models.append(("stack 100 MB inline", write_inline(stack, work / "stack100.onnx"), False, True))
+        models.append(("stack 100 MB external", write_external(stack, work / "stack100_ext" / "model.onnx"), True, True))
+        del stack
+    models.append(("5,000 Conv+BN layers", write_inline(conv_bn_stack(5000, 4, 1), work / "layers5000.onnx"), False, False))
+    if args.big:
+        models.append(("stack 2.5 GiB external", write_big_external(work / "big" / "model.onnx", int(2.5 * 2**30)), True, False))
+    models += [(p.name, p, p.with_name(p.name + ".data").exists(), True) for p in args.models]
+
+    lines = [f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+             f"onnx {onnx.__version__}; {args.runs} paired runs, medians.", "", HEADER, "|---" * 9 + "|"]
+    print("\n".join(lines), flush=True)
+    for label, path, external, with_check in models:
+        row = bench_model(label, path, external, args.runs, work, with_check)
+        lines.append(row)
+        print(row, flush=True)
+    lines += ["", startup_row()]
+    print(lines[-1], flush=True)
+    if not args.no_tools:
+        tool_rows = []
+        for label, path, external, _ in models:
+            if label.startswith("stack 100 MB"):
+                tool_rows += bench_tools(label, path, external, work, max(1, args.runs // 2))
+        if tool_rows:
+            lines += ["", "| model | other tool | wall s | peak MiB | result |", "|---|---|---|---|---|", *tool_rows]
+            print("\n".join(lines[-len(tool_rows) - 2:]), flush=True)
+    if args.markdown:
+        args.markdown.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

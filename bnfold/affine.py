@@ -14,7 +14,6 @@ import numpy as np
 import onnx_ir as ir
 
 
-
 class Skip(Exception):
     """A fold (or a rewrite) is refused; the message is the reason shown in the report."""
 

@@ -95,8 +95,7 @@ def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: b
         check_output_path(Path(dst))
     proto = load_proto(Path(src))
     from bnfold.equivalence import verify
-    from bnfold.model_io import (StagedOutput, external_data_files, external_data_threshold, load_model,
-                                 model_file_bytes)
+    from bnfold.model_io import StagedOutput, external_data_files, external_data_threshold, load_model, model_file_bytes
 
     model = load_model(src, proto)
     external_threshold = external_data_threshold(model, external_data, model_file_bytes(Path(src), model))

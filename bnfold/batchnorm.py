@@ -35,7 +35,7 @@ def read_params(bn: ir.Node, opset: int, resolver: ConstantResolver, hints: Type
     _check_shapes(hints.stated_shape(bn.inputs[0]), arrays, per_element)
     gamma, beta, mean, var = arrays
     epsilon = float_attr(bn, "epsilon", 1e-5)
-    for name, array in zip(PARAMETER_NAMES, arrays):
+    for name, array in zip(PARAMETER_NAMES, arrays, strict=True):
         if not np.all(np.isfinite(array.astype(np.float64))):
             raise Skip(f"parameter '{name}' contains NaN or Inf")
     denominator = var.astype(np.float64) + epsilon

@@ -107,7 +107,7 @@ def verify(original, folded, *, inputs: Mapping[str, np.ndarray] | None = None,
             return _unrunnable(names, f"onnxruntime cannot run the folded model: {first_line(error)}", shapes_fed)
         references = _float32_reference(original, feeds, names, expected)
     outputs = [compare_output(n, e, a, tolerance.rtol, tolerance.atol, reference=r)
-               for n, e, a, r in zip(names, expected, actual, references)]
+               for n, e, a, r in zip(names, expected, actual, references, strict=True)]
     return CheckResult(passed=all(o.passed for o in outputs), outputs=outputs, inputs=shapes_fed)
 
 
@@ -194,7 +194,7 @@ def _check_in_float32(original, folded, inputs, shapes, seed: int, tolerance: _T
     narrow = {o.name: o.type.tensor_type.elem_type for o in original_proto.graph.output}
     note = "both models run converted to float32 (onnxruntime lacks kernels for the original's type)"
     outputs = []
-    for name, e, a in zip(names, expected, actual):
+    for name, e, a in zip(names, expected, actual, strict=True):
         dtype_name = onnx.helper.tensor_dtype_to_np_dtype(narrow.get(name, TensorProto.FLOAT)).name
         rtol, atol = tolerance.pick(table, dtype_name)
         check = compare_output(name, e, a, rtol, atol)

@@ -113,7 +113,7 @@ class ConstantResolver:
         except Exception as error:  # noqa: BLE001 - any failure means "not a known constant"
             logger.debug("cannot evaluate %s %r as a constant: %s", node.op_type, node.name, error)
             return None
-        for output, result in zip(node.outputs, results):
+        for output, result in zip(node.outputs, results, strict=False):
             if output is wanted:
                 return np.asarray(result)
         return None
@@ -338,9 +338,10 @@ def remove_if_dead(graph: ir.Graph, value: ir.Value | None) -> None:
         stack.extend(inputs)
 
 
-def constant_value(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    """Register `array` as a new initializer of `graph` called `name`."""
-    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+def constant_value(graph: ir.Graph, name: str, array) -> ir.Value:
+    """Register `array` (a numpy array or an onnx-ir tensor) as a new initializer of `graph` called `name`."""
+    tensor = ir.tensor(array, name=name) if isinstance(array, np.ndarray) else array
+    value = ir.Value(name=name, const_value=tensor)
     # The tensor carries dtype and shape; a value_info entry would only repeat them.
     value.type = None
     value.shape = None

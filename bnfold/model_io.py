@@ -175,12 +175,12 @@ class StagedOutput:
 
     def _write(self, model: ir.Model, external_threshold: int | None) -> None:
         if external_threshold is None:
-            ir.external_data.load_to_model(model)
+            write_streamed(model, self.path)
         else:
-            # onnx-ir moves tensors strictly larger than its threshold.
+            # onnx-ir moves tensors strictly larger than its threshold, streaming them.
             ir.external_data.unload_from_model(model, self._stage, self.data_name,
                                                size_threshold_bytes=max(external_threshold - 1, 0))
-        onnx.save(to_proto(model), self.path)
+            onnx.save(to_proto(model), self.path)
         data = self._stage / self.data_name
         if data.exists() and data.stat().st_size == 0:
             data.unlink()  # nothing was large enough: no empty data file beside the output
@@ -206,6 +206,54 @@ class StagedOutput:
 
     def __exit__(self, *exc_info) -> None:
         self.discard()
+
+
+def write_streamed(model: ir.Model, path: Path) -> None:
+    """Write `model` with its data inline, holding one serialized tensor in memory at a time.
+
+    Protobuf merges repeated occurrences of a singular message field, so the file
+    is the model without the main graph's initializers, followed by one `graph`
+    field per initializer (each a GraphProto holding just that initializer). Every
+    protobuf parser (onnx.load, onnxruntime) reads it back as the one model.
+    """
+    relist_initializer_inputs(model)  # while the initializers are still registered
+    initializers = list(model.graph.initializers.values())
+    model.graph.initializers.clear()
+    try:
+        head = to_proto(model)
+    finally:
+        for value in initializers:
+            model.graph.initializers[value.name] = value
+    graph = head.graph.SerializeToString()
+    head.ClearField("graph")
+    with open(path, "wb") as handle:
+        handle.write(head.SerializeToString())
+        handle.write(_length_delimited(_GRAPH_FIELD, graph))
+        for value in initializers:
+            source = value.const_value
+            if isinstance(source, ir.ExternalTensor):  # inline its bytes, read through the memory map
+                source = ir.Tensor(source.numpy(), dtype=source.dtype, name=value.name)
+            tensor = ir.serde.serialize_tensor(source)
+            tensor.name = value.name
+            chunk = _length_delimited(_INITIALIZER_FIELD, tensor.SerializeToString())
+            handle.write(_length_delimited(_GRAPH_FIELD, chunk))
+
+
+_GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
+_INITIALIZER_FIELD = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
+
+
+def _length_delimited(field_number: int, payload: bytes) -> bytes:
+    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _varint(number: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, number = number & 0x7F, number >> 7
+        out.append(low | (0x80 if number else 0))
+        if not number:
+            return bytes(out)
 
 
 def save_model(model: ir.Model, destination: str | os.PathLike, external_data: str = "auto",

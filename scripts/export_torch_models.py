@@ -26,7 +26,7 @@ class DCGANGenerator(nn.Module):
     def __init__(self, nz: int = 100, ngf: int = 32) -> None:
         super().__init__()
         layers, channels = [], [nz, ngf * 8, ngf * 4, ngf * 2, ngf]
-        for index, (cin, cout) in enumerate(zip(channels, channels[1:])):
+        for index, (cin, cout) in enumerate(zip(channels, channels[1:], strict=False)):
             stride, pad = (1, 0) if index == 0 else (2, 1)
             layers += [nn.ConvTranspose2d(cin, cout, 4, stride, pad, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
         layers += [nn.ConvTranspose2d(ngf, 3, 4, 2, 1, bias=False), nn.Tanh()]

@@ -90,7 +90,7 @@ def assert_same_outputs(original, folded, rtol=FP32_RTOL, feeds=None):
     feeds = random_feeds(original) if feeds is None else feeds
     expected, actual = run(original, feeds), run(folded, feeds)
     assert len(expected) == len(actual)
-    for a, b in zip(expected, actual):
+    for a, b in zip(expected, actual, strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype
         a64, b64 = a.astype(np.float64), b.astype(np.float64)
         scale = np.max(np.abs(a64))

@@ -10,8 +10,8 @@ from onnx import TensorProto, helper
 
 import bnfold
 from bnfold import fold_math
-from bnfold.precision import convert_float_type
 from bnfold.equivalence import compare_output
+from bnfold.precision import convert_float_type
 
 SAMPLE = Path(__file__).resolve().parent.parent / "models" / "sample_cnn.onnx"
 FLOAT = frozenset({TensorProto.FLOAT})

@@ -145,3 +145,35 @@ def test_a_model_past_the_protobuf_limit_gets_external_data_automatically(tmp_pa
     assert (tmp_path / "big.onnx.data").exists()
     with pytest.raises(bnfold.InputError, match="larger than protobuf's 2 GB limit"):
         bnfold.fold_file(SAMPLES[0], tmp_path / "inline.onnx", external_data="never")
+
+
+def test_streamed_inline_output_equals_the_in_memory_fold(tmp_path):
+    out = tmp_path / "out.onnx"
+    bnfold.fold_file(SAMPLES[0], out, check=False)
+    assert onnx.load(out) == bnfold.fold(onnx.load(SAMPLES[0])).model
+
+
+def test_external_tensors_stay_on_disk_and_big_folds_are_recomputed_when_written(tmp_path):
+    """Bounded memory: an untouched external tensor is never read; a large folded one is not kept."""
+    import onnx_ir as ir
+    from helpers import bn_arrays, bn_node, make_model
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    inits = {"w": rng.normal(size=(256, 128, 3, 3)).astype(np.float32),  # 1.1 MiB: recomputed when written
+             "untouched": rng.normal(size=(64, 128, 3, 3)).astype(np.float32), **bn_arrays(rng, 256)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1]), bn_node("y", "z"),
+             helper.make_node("Conv", ["x", "untouched"], ["u"], name="plain", pads=[1, 1, 1, 1])]
+    model = make_model(nodes, [("x", np.float32, ["N", 128, 4, 4])], [("z", np.float32, None), ("u", np.float32, None)],
+                       inits)
+    source = tmp_path / "src" / "model.onnx"
+    source.parent.mkdir()
+    onnx.save(model, source, save_as_external_data=True, location="model.onnx.data", size_threshold=0)
+    folded = bnfold.fold(source).model
+    tensors = {v.name: v.const_value for v in folded.graph.initializers.values()}
+    assert isinstance(tensors["untouched"], ir.ExternalTensor) and tensors["untouched"].raw is None  # never mapped
+    assert isinstance(tensors["w"], ir.LazyTensor)
+    out = tmp_path / "out" / "folded.onnx"
+    out.parent.mkdir()
+    report = bnfold.fold_file(source, out)
+    assert report.check.passed and report.records[0].action == "folded"

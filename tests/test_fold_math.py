@@ -33,7 +33,7 @@ def conv_transpose(x, w, b, group):
     """Grouped N-D transposed convolution, stride 1, no padding. w [Cin, Cout/g, *K]."""
     n, cin = x.shape[:2]
     cout_g, kernel = w.shape[1], w.shape[2:]
-    out_shape = tuple(s + k - 1 for s, k in zip(x.shape[2:], kernel))
+    out_shape = tuple(s + k - 1 for s, k in zip(x.shape[2:], kernel, strict=True))
     y = np.zeros((n, cout_g * group, *out_shape))
     cin_g = cin // group
     for gi in range(group):
@@ -41,7 +41,7 @@ def conv_transpose(x, w, b, group):
         ws = w[gi * cin_g:(gi + 1) * cin_g]
         for k in np.ndindex(*kernel):
             contribution = np.einsum("nc...,cj->nj...", xs, ws[(slice(None), slice(None), *k)])
-            region = tuple(slice(ki, ki + s) for ki, s in zip(k, x.shape[2:]))
+            region = tuple(slice(ki, ki + s) for ki, s in zip(k, x.shape[2:], strict=True))
             y[(slice(None), slice(gi * cout_g, (gi + 1) * cout_g), *region)] += contribution
     return y if b is None else y + b.reshape((1, -1) + (1,) * len(kernel))
 

@@ -232,13 +232,13 @@ def test_out_is_an_existing_symlink_elsewhere(tmp_path):
 def test_a_failing_write_leaves_nothing(tmp_path, monkeypatch):
     source = tmp_path / "in.onnx"
     shutil.copy(SAMPLE, source)
-    real_save = onnx.save
+    real_write = model_io.write_streamed
 
-    def full_disk(proto, path, *args, **kwargs):
-        real_save(proto, path, *args, **kwargs)
+    def full_disk(model, path):
+        real_write(model, path)
         with open(path, "r+b") as handle:  # a partial file, then the disk is full
             handle.truncate(100)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(model_io.onnx, "save", full_disk)
+    monkeypatch.setattr(model_io, "write_streamed", full_disk)
     refuse(tmp_path, source, "cannot write it (No space left on device)")

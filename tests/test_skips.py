@@ -3,7 +3,7 @@
 import numpy as np
 import onnx
 import pytest
-from helpers import assert_same_outputs, bn_arrays, bn_node, fold_and_check, make_model, only_record, op_counts
+from helpers import bn_arrays, bn_node, fold_and_check, make_model, only_record, op_counts
 from onnx import helper, numpy_helper
 
 import bnfold

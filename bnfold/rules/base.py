@@ -69,27 +69,48 @@ class FoldContext:
         graph.insert_before(user, constant)
         return constant.outputs[0]
 
-    def write_input(self, node: ir.Node, index: int, array: np.ndarray, role: str) -> None:
+    def write_input(self, node: ir.Node, index: int, array: np.ndarray, role: str,
+                    recompute: Callable[[], np.ndarray] | None = None) -> None:
         """Make input `index` of `node` the constant `array`.
 
         An initializer that only this input uses is updated in place (it keeps its
         name and position); anything shared or computed gets a new, uniquely named
-        constant, so other users keep the original value.
+        constant, so other users keep the original value. With `recompute`, a large
+        array replacing a memory-mapped tensor is not kept: it is recomputed when
+        the output is written, so memory stays bounded on models of any size.
         """
         old = node.inputs[index] if index < len(node.inputs) else None
+        lazy = (recompute is not None and array.nbytes >= LAZY_TENSOR_BYTES and old is not None
+                and isinstance(old.const_value, ir.ExternalTensor) and node.graph not in self.function_graphs)
         if old is not None and _exclusively_ours(old):
-            old.const_value = ir.tensor(array, name=old.name)
+            old.const_value = _tensor(array, old.name, recompute if lazy else None)
             if old.shape is not None:
                 old.shape = ir.Shape(array.shape)
             self.resolver.forget(old)
             return
         hint = f"{old.name}_bnfolded" if old is not None and old.name else f"{node.name or node.op_type}_{role}"
-        replace_input(node.graph, node, index, self.new_constant(node, hint, array))
+        if lazy:
+            name = self.names.fresh(hint)
+            new_value = constant_value(node.graph, name, _tensor(array, name, recompute))
+        else:
+            new_value = self.new_constant(node, hint, array)
+        replace_input(node.graph, node, index, new_value)
 
     def mark_gemm_broadcast(self, gemm: ir.Node) -> None:
         """Gemm before opset 7 broadcasts C only when told to."""
         if self.opset < 7:
             gemm.attributes["broadcast"] = ir.AttrInt64("broadcast", 1)
+
+
+# Folded tensors at least this large, replacing memory-mapped ones, are recomputed at write time.
+LAZY_TENSOR_BYTES = 1 << 20
+
+
+def _tensor(array: np.ndarray, name: str, recompute: Callable[[], np.ndarray] | None):
+    if recompute is None:
+        return ir.tensor(array, name=name)
+    return ir.LazyTensor(lambda: ir.tensor(recompute()), dtype=ir.DataType.from_numpy(array.dtype),
+                         shape=ir.Shape(array.shape), name=name)
 
 
 def _exclusively_ours(value: ir.Value) -> bool:
@@ -105,13 +126,31 @@ def rounded(values: np.ndarray, like: np.ndarray) -> np.ndarray:
         raise Skip(str(error)) from None
 
 
-def weight_and_bias_commit(ctx: FoldContext, node: ir.Node, weight_index: int, weight: np.ndarray,
-                           bias_index: int, bias: np.ndarray, *, bias_role: str = "bias",
-                           weight_role: str = "weight") -> Commit:
-    """A Commit writing the bias first: that may free the weight of a second user (a Shape feeding the old bias)."""
+def folded_commit(ctx: FoldContext, node: ir.Node, fold: Callable[[], tuple[np.ndarray, np.ndarray]],
+                  weight: np.ndarray, bias_like: np.ndarray, *, roles: tuple[str, str] = ("weight", "bias"),
+                  write_bias: bool = True, before: Callable[[], None] | None = None,
+                  after: Callable[[], None] | None = None) -> Commit:
+    """Check a fold now (it may overflow: Skip), and return the Commit that writes it.
+
+    `fold()` gives (new weight, new bias) in float64 for inputs 1 and 2 of `node`.
+    It is kept as the recipe for the weight: a large weight whose source is memory
+    mapped is recomputed while the output is written instead of being held in memory.
+    The bias is written first: that may free the weight of a second user (a Shape
+    feeding the old bias), so the weight keeps its name.
+    """
+    new_weight, new_bias = fold()
+    new_weight, new_bias = rounded(new_weight, weight), rounded(new_bias, bias_like)
+
+    def make_weight() -> np.ndarray:
+        return rounded(fold()[0], weight)
 
     def commit() -> None:
-        ctx.write_input(node, bias_index, bias, bias_role)
-        ctx.write_input(node, weight_index, weight, weight_role)
+        if before is not None:
+            before()
+        if write_bias:
+            ctx.write_input(node, 2, new_bias, roles[1])
+        ctx.write_input(node, 1, new_weight, roles[0], recompute=make_weight)
+        if after is not None:
+            after()
 
     return commit

@@ -14,7 +14,7 @@ import onnx_ir as ir
 
 from bnfold import fold_math
 from bnfold.affine import AffineParams, Skip
-from bnfold.rules.base import Commit, FoldContext, describe, rounded, weight_and_bias_commit
+from bnfold.rules.base import Commit, FoldContext, describe, folded_commit
 
 
 def _weight(ctx: FoldContext, conv: ir.Node):
@@ -34,6 +34,5 @@ def prepare(ctx: FoldContext, conv: ir.Node, params: AffineParams) -> Commit:
     scale, shift = params.for_channels(weight.shape[0], f"output of {describe(conv)}")
     if bias is not None and bias.shape != (weight.shape[0],):
         raise Skip(f"bias of {describe(conv)} has shape {bias.shape}, expected ({weight.shape[0]},)")
-    new_weight, new_bias = fold_math.fold_output_channels(weight, bias, scale, shift)
-    return weight_and_bias_commit(ctx, conv, 1, rounded(new_weight, weight),
-                                  2, rounded(new_bias, weight if bias is None else bias))
+    return folded_commit(ctx, conv, lambda: fold_math.fold_output_channels(weight, bias, scale, shift),
+                         weight, weight if bias is None else bias)

@@ -15,7 +15,7 @@ import onnx_ir as ir
 from bnfold import fold_math
 from bnfold.affine import AffineParams, Skip
 from bnfold.graph import int_attr
-from bnfold.rules.base import Commit, FoldContext, describe, rounded, weight_and_bias_commit
+from bnfold.rules.base import Commit, FoldContext, describe, folded_commit
 
 
 def _weight_and_group(ctx: FoldContext, conv_t: ir.Node):
@@ -40,6 +40,5 @@ def prepare(ctx: FoldContext, conv_t: ir.Node, params: AffineParams) -> Commit:
     scale, shift = params.for_channels(out_channels, f"output of {describe(conv_t)}")
     if bias is not None and bias.shape != (out_channels,):
         raise Skip(f"bias of {describe(conv_t)} has shape {bias.shape}, expected ({out_channels},)")
-    new_weight, new_bias = fold_math.fold_conv_transpose(weight, bias, scale, shift, group)
-    return weight_and_bias_commit(ctx, conv_t, 1, rounded(new_weight, weight),
-                                  2, rounded(new_bias, weight if bias is None else bias))
+    return folded_commit(ctx, conv_t, lambda: fold_math.fold_conv_transpose(weight, bias, scale, shift, group),
+                         weight, weight if bias is None else bias)

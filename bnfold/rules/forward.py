@@ -20,8 +20,8 @@ import onnx_ir as ir
 from bnfold import fold_math
 from bnfold.affine import AffineParams, Skip
 from bnfold.graph import float_attr, int_attr, str_attr
-from bnfold.rules.base import Commit, FoldContext, describe, rounded, weight_and_bias_commit
-from bnfold.rules.gemm import check_c_broadcast
+from bnfold.rules.base import Commit, FoldContext, describe, folded_commit
+from bnfold.rules.gemm import check_c_broadcast, set_beta_to_one
 from bnfold.rules.matmul import become_gemm
 
 
@@ -36,12 +36,10 @@ def prepare_conv(ctx: FoldContext, conv: ir.Node, params: AffineParams) -> Commi
     scale, shift = params.for_channels(weight.shape[1] * group, f"input of {describe(conv)}")
     if params.has_shift and _pads_with_zeros(conv):
         raise Skip(f"padding: {describe(conv)} pads its input with zeros, which the shift would not reach")
-    new_weight, new_bias = fold_math.fold_conv_input_channels(weight, bias, scale, shift, group,
-                                                              with_shift=params.has_shift)
-    if bias is None and not params.has_shift:
-        return _weight_only_commit(ctx, conv, rounded(new_weight, weight))
-    return weight_and_bias_commit(ctx, conv, 1, rounded(new_weight, weight),
-                                  2, rounded(new_bias, weight if bias is None else bias))
+    with_shift = params.has_shift
+    return folded_commit(ctx, conv, lambda: fold_math.fold_conv_input_channels(weight, bias, scale, shift, group,
+                                                                               with_shift=with_shift),
+                         weight, weight if bias is None else bias, write_bias=bias is not None or with_shift)
 
 
 def _pads_with_zeros(conv: ir.Node) -> bool:
@@ -49,10 +47,6 @@ def _pads_with_zeros(conv: ir.Node) -> bool:
         return True
     pads = conv.attributes.get("pads")
     return pads is not None and any(int(p) != 0 for p in pads.value)
-
-
-def _weight_only_commit(ctx: FoldContext, conv: ir.Node, weight) -> Commit:
-    return lambda: ctx.write_input(conv, 1, weight, "weight")
 
 
 def prepare_gemm(ctx: FoldContext, gemm: ir.Node, params: AffineParams) -> Commit:
@@ -68,19 +62,10 @@ def prepare_gemm(ctx: FoldContext, gemm: ir.Node, params: AffineParams) -> Commi
     c_bias = ctx.optional_weight(gemm, 2, "C")
     if c_bias is not None:
         check_c_broadcast(gemm, c_bias.shape, columns)
-    new_b, new_c = fold_math.fold_gemm_input_columns(
-        b_matrix, c_bias, scale, shift, trans_b=trans_b,
-        alpha=float_attr(gemm, "alpha", 1.0), beta=float_attr(gemm, "beta", 1.0))
-    write = weight_and_bias_commit(ctx, gemm, 1, rounded(new_b, b_matrix), 2,
-                                   rounded(new_c, b_matrix if c_bias is None else c_bias),
-                                   bias_role="C", weight_role="B")
-
-    def commit() -> None:
-        write()
-        gemm.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
-        ctx.mark_gemm_broadcast(gemm)
-
-    return commit
+    alpha, beta = float_attr(gemm, "alpha", 1.0), float_attr(gemm, "beta", 1.0)
+    return folded_commit(ctx, gemm, lambda: fold_math.fold_gemm_input_columns(
+        b_matrix, c_bias, scale, shift, trans_b=trans_b, alpha=alpha, beta=beta),
+        b_matrix, b_matrix if c_bias is None else c_bias, roles=("B", "C"), after=lambda: set_beta_to_one(ctx, gemm))
 
 
 def prepare_matmul(ctx: FoldContext, matmul: ir.Node, params: AffineParams) -> Commit:
@@ -92,6 +77,5 @@ def prepare_matmul(ctx: FoldContext, matmul: ir.Node, params: AffineParams) -> C
     if b_matrix.ndim != 2:
         raise Skip(f"weight of {describe(matmul)} has rank {b_matrix.ndim}, expected 2")
     scale, shift = params.for_channels(b_matrix.shape[0], f"input of {describe(matmul)}")
-    new_b, new_c = fold_math.fold_gemm_input_columns(b_matrix, None, scale, shift,
-                                                     trans_b=False, alpha=1.0, beta=1.0)
-    return become_gemm(ctx, matmul, rounded(new_b, b_matrix), rounded(new_c, b_matrix))
+    return become_gemm(ctx, matmul, lambda: fold_math.fold_gemm_input_columns(
+        b_matrix, None, scale, shift, trans_b=False, alpha=1.0, beta=1.0), b_matrix)

@@ -16,7 +16,7 @@ import onnx_ir as ir
 from bnfold import fold_math
 from bnfold.affine import AffineParams, Skip
 from bnfold.graph import float_attr, int_attr
-from bnfold.rules.base import Commit, FoldContext, describe, rounded, weight_and_bias_commit
+from bnfold.rules.base import Commit, FoldContext, describe, folded_commit
 
 
 def _b_matrix(ctx: FoldContext, gemm: ir.Node):
@@ -39,18 +39,16 @@ def prepare(ctx: FoldContext, gemm: ir.Node, params: AffineParams) -> Commit:
     scale, shift = params.for_channels(channels, f"output of {describe(gemm)}")
     if c_bias is not None:
         check_c_broadcast(gemm, c_bias.shape, channels)
-    new_b, new_c = fold_math.fold_gemm(b_matrix, c_bias, scale, shift,
-                                       trans_b=trans_b, beta=float_attr(gemm, "beta", 1.0))
-    write = weight_and_bias_commit(ctx, gemm, 1, rounded(new_b, b_matrix), 2,
-                                   rounded(new_c, b_matrix if c_bias is None else c_bias),
-                                   bias_role="C", weight_role="B")
+    beta = float_attr(gemm, "beta", 1.0)
+    return folded_commit(ctx, gemm,
+                         lambda: fold_math.fold_gemm(b_matrix, c_bias, scale, shift, trans_b=trans_b, beta=beta),
+                         b_matrix, b_matrix if c_bias is None else c_bias, roles=("B", "C"),
+                         after=lambda: set_beta_to_one(ctx, gemm))
 
-    def commit() -> None:
-        write()
-        gemm.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
-        ctx.mark_gemm_broadcast(gemm)
 
-    return commit
+def set_beta_to_one(ctx: FoldContext, gemm: ir.Node) -> None:
+    gemm.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
+    ctx.mark_gemm_broadcast(gemm)
 
 
 def check_c_broadcast(gemm: ir.Node, c_shape: tuple, channels: int) -> None:

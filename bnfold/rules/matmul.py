@@ -14,7 +14,7 @@ import onnx_ir as ir
 
 from bnfold import fold_math
 from bnfold.affine import AffineParams, Skip
-from bnfold.rules.base import Commit, FoldContext, describe, rounded, weight_and_bias_commit
+from bnfold.rules.base import Commit, FoldContext, describe, folded_commit
 
 
 def _b_matrix(ctx: FoldContext, matmul: ir.Node):
@@ -38,17 +38,15 @@ def output_channels(ctx: FoldContext, matmul: ir.Node) -> int:
 def prepare(ctx: FoldContext, matmul: ir.Node, params: AffineParams) -> Commit:
     b_matrix = _b_matrix(ctx, matmul)
     scale, shift = params.for_channels(b_matrix.shape[1], f"output of {describe(matmul)}")
-    new_b, new_c = fold_math.fold_gemm(b_matrix, None, scale, shift, trans_b=False, beta=1.0)
-    return become_gemm(ctx, matmul, rounded(new_b, b_matrix), rounded(new_c, b_matrix))
+    return become_gemm(ctx, matmul, lambda: fold_math.fold_gemm(b_matrix, None, scale, shift, trans_b=False, beta=1.0),
+                       b_matrix)
 
 
-def become_gemm(ctx: FoldContext, matmul: ir.Node, b_matrix, c_bias) -> Commit:
-    """A Commit turning MatMul(A, B) into Gemm(A, B', C) in place."""
-    write = weight_and_bias_commit(ctx, matmul, 1, b_matrix, 2, c_bias)
+def become_gemm(ctx: FoldContext, matmul: ir.Node, fold, b_matrix) -> Commit:
+    """A Commit turning MatMul(A, B) into Gemm(A, B', C) in place; `fold()` gives (B', C) in float64."""
 
-    def commit() -> None:
+    def to_gemm() -> None:
         matmul.op_type = "Gemm"
-        write()
-        ctx.mark_gemm_broadcast(matmul)
 
-    return commit
+    return folded_commit(ctx, matmul, fold, b_matrix, b_matrix, before=to_gemm,
+                         after=lambda: ctx.mark_gemm_broadcast(matmul))

@@ -74,29 +74,42 @@ ir.save(model, sys.argv[2], external_data=(sys.argv[2].rsplit("/", 1)[-1] + ".da
 
 # --- models --------------------------------------------------------------------------------------
 
+BN_PARAMS = ("scale", "bias", "mean", "var")
+
+
+def layer_nodes(i: int, x: str, pad: int) -> list[onnx.NodeProto]:
+    """Conv → BN → ReLU number i, reading `x`, writing f"r{i}"."""
+    return [helper.make_node("Conv", [x, f"conv{i}.weight"], [f"c{i}"], name=f"conv{i}", pads=[pad] * 4),
+            helper.make_node("BatchNormalization", [f"c{i}"] + [f"bn{i}.{n}" for n in BN_PARAMS], [f"b{i}"],
+                             name=f"bn{i}"),
+            helper.make_node("Relu", [f"b{i}"], [f"r{i}"], name=f"relu{i}")]
+
+
+def bn_values(rng: np.random.Generator, channels: int) -> dict[str, np.ndarray]:
+    values = (rng.uniform(0.5, 1.5, channels), rng.normal(0, 0.1, channels), rng.normal(0, 0.1, channels),
+              rng.uniform(0.5, 1.5, channels))
+    return {name: v.astype(np.float32) for name, v in zip(BN_PARAMS, values, strict=True)}
+
+
+def stack_model(nodes, inits, channels: int, output: str) -> onnx.ModelProto:
+    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", channels, 8, 8]) for name in ("input", output)]
+    model = helper.make_model(helper.make_graph(nodes, "stack", io[:1], io[1:], inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
 def conv_bn_stack(layers: int, channels: int, kernel: int, seed: int = 0) -> onnx.ModelProto:
     """layers × (Conv(channels → channels, kernel×kernel, pad) + BN + ReLU), random weights and statistics."""
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
-    x = "input"
-    pad = kernel // 2
     for i in range(layers):
         w = rng.standard_normal((channels, channels, kernel, kernel), dtype=np.float32)
         w *= np.float32(1.0 / np.sqrt(channels * kernel * kernel))
         inits.append(numpy_helper.from_array(w, f"conv{i}.weight"))
-        for name, values in (("scale", rng.uniform(0.5, 1.5, channels)), ("bias", rng.normal(0, 0.1, channels)),
-                             ("mean", rng.normal(0, 0.1, channels)), ("var", rng.uniform(0.5, 1.5, channels))):
-            inits.append(numpy_helper.from_array(values.astype(np.float32), f"bn{i}.{name}"))
-        nodes.append(helper.make_node("Conv", [x, f"conv{i}.weight"], [f"c{i}"], name=f"conv{i}", pads=[pad] * 4))
-        nodes.append(helper.make_node("BatchNormalization", [f"c{i}"] + [f"bn{i}.{n}" for n in ("scale", "bias", "mean", "var")],
-                                      [f"b{i}"], name=f"bn{i}"))
-        nodes.append(helper.make_node("Relu", [f"b{i}"], [f"r{i}"], name=f"relu{i}"))
-        x = f"r{i}"
-    graph = helper.make_graph(nodes, "stack", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", channels, 8, 8])],
-                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", channels, 8, 8])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+        inits += [numpy_helper.from_array(v, f"bn{i}.{n}") for n, v in bn_values(rng, channels).items()]
+        nodes += layer_nodes(i, "input" if i == 0 else f"r{i - 1}", kernel // 2)
+    return stack_model(nodes, inits, channels, f"r{layers - 1}")
 
 
 def write_inline(model: onnx.ModelProto, path: Path) -> Path:
@@ -112,42 +125,33 @@ def write_external(model: onnx.ModelProto, path: Path) -> Path:
 
 
 def write_big_external(path: Path, target_bytes: int) -> Path:
-    """A Conv(256→256, 3×3)+BN+ReLU stack of `target_bytes`, written layer by layer to bound memory."""
+    """A Conv(256→256, 3×3)+BN+ReLU stack of `target_bytes`, its data written layer by layer (bounded memory)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    per_layer = 256 * 256 * 9 * 4
-    layers = max(1, target_bytes // per_layer)
+    layers = max(1, target_bytes // (256 * 256 * 9 * 4))
     data_path = path.with_name(path.name + ".data")
     rng = np.random.default_rng(0)
-    nodes, inits = [], []
-    offset = 0
+    nodes, inits, offset = [], [], 0
     with open(data_path, "wb") as data:
         for i in range(layers):
-            tensors = {f"conv{i}.weight": (rng.standard_normal((256, 256, 3, 3), dtype=np.float32) * np.float32(0.02))}
-            for name, values in (("scale", rng.uniform(0.5, 1.5, 256)), ("bias", rng.normal(0, 0.1, 256)),
-                                 ("mean", rng.normal(0, 0.1, 256)), ("var", rng.uniform(0.5, 1.5, 256))):
-                tensors[f"bn{i}.{name}"] = values.astype(np.float32)
+            tensors = {f"conv{i}.weight": rng.standard_normal((256, 256, 3, 3), dtype=np.float32) * np.float32(0.02),
+                       **{f"bn{i}.{n}": v for n, v in bn_values(rng, 256).items()}}
             for name, array in tensors.items():
                 raw = array.tobytes()
                 data.write(raw)
-                tensor = helper.make_tensor(name, TensorProto.FLOAT, array.shape, vals=[], raw=False)
-                tensor.ClearField("float_data")
-                tensor.data_location = TensorProto.EXTERNAL
-                for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(len(raw)))):
-                    entry = tensor.external_data.add()
-                    entry.key, entry.value = key, value
-                inits.append(tensor)
+                inits.append(_external_tensor(name, array, data_path.name, offset, len(raw)))
                 offset += len(raw)
-            x = "input" if i == 0 else f"r{i - 1}"
-            nodes.append(helper.make_node("Conv", [x, f"conv{i}.weight"], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1]))
-            nodes.append(helper.make_node("BatchNormalization", [f"c{i}"] + [f"bn{i}.{n}" for n in ("scale", "bias", "mean", "var")],
-                                          [f"b{i}"], name=f"bn{i}"))
-            nodes.append(helper.make_node("Relu", [f"b{i}"], [f"r{i}"], name=f"relu{i}"))
-    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 256, 8, 8])],
-                              [helper.make_tensor_value_info(f"r{layers - 1}", TensorProto.FLOAT, ["N", 256, 8, 8])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
+            nodes += layer_nodes(i, "input" if i == 0 else f"r{i - 1}", 1)
+    onnx.save(stack_model(nodes, inits, 256, f"r{layers - 1}"), path)
     return path
+
+
+def _external_tensor(name: str, array: np.ndarray, location: str, offset: int, length: int) -> TensorProto:
+    tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=array.shape,
+                         data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
 
 
 def model_bytes(path: Path) -> int:
@@ -284,11 +288,15 @@ def main() -> None:
     if not args.skip_100mb:
         stack = conv_bn_stack(42, 256, 3)  # 42 × 2.25 MiB ≈ 95 MiB
         models.append(("stack 100 MB inline", write_inline(stack, work / "stack100.onnx"), False, True))
-        models.append(("stack 100 MB external", write_external(stack, work / "stack100_ext" / "model.onnx"), True, True))
+        external = write_external(stack, work / "stack100_ext" / "model.onnx")
+        models.append(("stack 100 MB external", external, True, True))
         del stack
-    models.append(("5,000 Conv+BN layers", write_inline(conv_bn_stack(5000, 4, 1), work / "layers5000.onnx"), False, False))
+    for layers in (1250, 2500, 5000):  # folding time should grow linearly with the number of BNs
+        path = write_inline(conv_bn_stack(layers, 4, 1), work / f"layers{layers}.onnx")
+        models.append((f"{layers:,} Conv+BN layers", path, False, False))
     if args.big:
-        models.append(("stack 2.5 GiB external", write_big_external(work / "big" / "model.onnx", int(2.5 * 2**30)), True, False))
+        big = write_big_external(work / "big" / "model.onnx", int(2.5 * 2**30))
+        models.append(("stack 2.5 GiB external", big, True, False))
     models += [(p.name, p, p.with_name(p.name + ".data").exists(), True) for p in args.models]
 
     lines = [f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "

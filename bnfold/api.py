@@ -43,8 +43,10 @@ def fold(model, *, keep_standalone: bool = False) -> FoldResult:
     """Fold every BatchNormalization that can be folded.
 
     `model` is an onnx.ModelProto (an onnx.ModelProto comes back), an onnx_ir.Model
-    (a new onnx_ir.Model comes back; the one given is not changed) or a path (an
-    onnx_ir.Model comes back). Nothing is verified here: see `verify` and `fold_file`.
+    (a new onnx_ir.Model comes back; the one given is not changed), an
+    onnx-graphsurgeon Graph (a new Graph comes back; needs the `graphsurgeon` extra)
+    or a path (an onnx_ir.Model comes back). Nothing is verified here: see `verify`
+    and `fold_file`.
     """
     if isinstance(model, onnx.ModelProto):
         validate_proto(model, "model")
@@ -52,6 +54,8 @@ def fold(model, *, keep_standalone: bool = False) -> FoldResult:
 
         folded, records = _run_pass(to_ir(model, "model"), keep_standalone)
         return FoldResult(to_proto(folded), records)
+    if _is_graphsurgeon_graph(model):
+        return _fold_graphsurgeon(model, keep_standalone)
     if isinstance(model, (str, os.PathLike)):
         proto = load_proto(Path(model))
         from bnfold.model_io import load_model
@@ -70,10 +74,22 @@ def fold(model, *, keep_standalone: bool = False) -> FoldResult:
     raise InputError(f"cannot fold a {type(model).__name__}; pass an onnx.ModelProto, onnx_ir.Model or path")
 
 
-def _run_pass(model: ir.Model, keep_standalone: bool) -> tuple[ir.Model, list[BnRecord]]:
+def _is_graphsurgeon_graph(model) -> bool:
+    return type(model).__module__.startswith("onnx_graphsurgeon") and type(model).__name__ == "Graph"
+
+
+def _fold_graphsurgeon(graph, keep_standalone: bool) -> FoldResult:
+    """onnx-graphsurgeon interop (extra `graphsurgeon`): a gs.Graph in, a gs.Graph back."""
+    import onnx_graphsurgeon as gs
+
+    folded = fold(gs.export_onnx(graph), keep_standalone=keep_standalone)
+    return FoldResult(gs.import_onnx(folded.model), folded.records)
+
+
+def _run_pass(model: ir.Model, keep_standalone: bool, progress=None) -> tuple[ir.Model, list[BnRecord]]:
     from bnfold.fold_pass import BatchNormFoldPass
 
-    fold_pass = BatchNormFoldPass(keep_standalone=keep_standalone)
+    fold_pass = BatchNormFoldPass(keep_standalone=keep_standalone, progress=progress)
     result = fold_pass(model)
     return result.model, fold_pass.records
 
@@ -82,17 +98,20 @@ def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: b
               keep_standalone: bool = False, external_data: str = "auto", dry_run: bool = False,
               inputs: Mapping[str, np.ndarray] | None = None,
               shapes: Mapping[str, tuple[int, ...]] | None = None,
-              rtol: float | None = None, atol: float | None = None) -> FoldReport:
+              rtol: float | None = None, atol: float | None = None, progress=None) -> FoldReport:
     """Fold `src`, check it against the original (unless `check=False`), write `dst`.
 
     The output is staged beside `dst` and renamed into place only after the check
     passed; on CheckFailedError nothing is written. `dry_run` folds in memory and
-    writes nothing (and does not check).
+    writes nothing (and does not check); its report carries per-BN diagnostics.
+    `progress(step, done, total)` is told about loading, folding, writing, checking.
     """
+    step = progress or (lambda *_: None)
     if not dry_run:
         if dst is None:
             raise InputError("an output path is needed (or use dry_run)")
         check_output_path(Path(dst))
+    step("loading", 0, 1)
     proto = load_proto(Path(src))
     from bnfold.equivalence import verify
     from bnfold.model_io import StagedOutput, external_data_files, external_data_threshold, load_model, model_file_bytes
@@ -101,13 +120,19 @@ def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: b
     external_threshold = external_data_threshold(model, external_data, model_file_bytes(Path(src), model))
     input_data = external_data_files(model)
     report = FoldReport(model=os.fspath(src))
-    report.records = _run_pass(model, keep_standalone)[1]
+    if dry_run:
+        from bnfold.explain import diagnose
+
+        report.diagnostics = diagnose(model)
+    report.records = _run_pass(model, keep_standalone, progress)[1]
     if dry_run:
         return report
     _refuse_overwriting_input_data(Path(src), Path(dst), input_data)
     with StagedOutput(dst) as staged:
+        step("writing", 0, 1)
         staged.write(model, external_threshold)
         if check:
+            step("checking", 0, 1)
             report.check = verify(src, staged.path, inputs=inputs, shapes=shapes, rtol=rtol, atol=atol)
             if not report.check.passed:
                 worst = report.check.worst()

@@ -28,7 +28,7 @@ def training_reason(bn: ir.Node, opset: int) -> str | None:
 
 def read_params(bn: ir.Node, opset: int, resolver: ConstantResolver, hints: TypeHints) -> AffineParams:
     """The constant parameters of `bn` as the affine map (s, t); raises Skip with the reason otherwise."""
-    arrays = [_parameter(bn, index, resolver) for index in range(1, 5)]
+    arrays = read_raw_params(bn, resolver)
     per_element = opset < 9 and int_attr(bn, "spatial", 1) == 0
     # Only what the model states: inference costs a pass over the graph, and every
     # move (and the rewrite) checks the channel count against what it changes anyway.
@@ -44,6 +44,11 @@ def read_params(bn: ir.Node, opset: int, resolver: ConstantResolver, hints: Type
         raise Skip(f"input_var + epsilon <= 0 (at flat index {channel})")
     scale, shift = fold_math.bn_scale_shift(gamma, beta, mean, var, epsilon)
     return AffineParams(scale=scale, shift=shift, per_element=per_element)
+
+
+def read_raw_params(bn: ir.Node, resolver: ConstantResolver) -> list[np.ndarray]:
+    """[γ, β, μ, σ²] as stored; Skip when one is missing or not constant."""
+    return [_parameter(bn, index, resolver) for index in range(1, 5)]
 
 
 def _parameter(bn: ir.Node, index: int, resolver: ConstantResolver) -> np.ndarray:

@@ -1,12 +1,17 @@
-"""The command line: Typer options, one library call, an exit code.
+"""The command line: Typer options, one library call per mode, an exit code.
 
+Modes: `bnfold IN OUT` (fold, check, write), `bnfold IN --dry-run` (the plan),
+`bnfold IN --explain NODE` (what one BN computes), `bnfold IN... -o DIR` (batch).
 Exit codes: 0 done, 1 the equivalence check failed (nothing written), 2 bad input
-or usage (nothing written). Errors are one line on stderr; --debug adds the traceback.
+or usage (nothing written); a batch exits with the worst of its models' codes.
+Errors are one line on stderr; --debug adds the traceback.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 import traceback
 from pathlib import Path
 from typing import Optional
@@ -27,12 +32,19 @@ def _version(value: bool) -> None:
 
 @app.command()
 def run(
-    model: Path = typer.Argument(..., help="The ONNX model to fold (never modified)."),
-    output: Optional[Path] = typer.Argument(None, help="Where to write the folded model."),
+    paths: list[Path] = typer.Argument(..., metavar="IN [OUT] | IN... -o DIR",
+                                       help="The model to fold (never modified) and where to write it; "
+                                            "with -o, any number of models or folders of models."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o",
+                                              help="Batch mode: fold every input into this folder."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Batch mode: models folded in parallel processes."),
+    explain: Optional[str] = typer.Option(None, "--explain", metavar="NODE",
+                                          help="Show what one BN (name or index) computes, with its numbers."),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="Show the plan for every BN and per-model diagnostics; write nothing."),
     no_check: bool = typer.Option(False, "--no-check", help="Write without the onnxruntime equivalence check."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report (every BN, the check) here."),
-    dry_run: bool = typer.Option(False, "--dry-run",
-                                 help="Report what would happen; write no model (OUTPUT not needed)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the JSON report on stdout (for pipelines)."),
     keep_standalone: bool = typer.Option(False, "--keep-standalone",
                                          help="Leave BNs that fold into nothing as BN (default: rewrite as Mul+Add)."),
     shape: list[str] = typer.Option([], "--shape", help="Input shape for the check, NAME=1x3x224x224 (repeatable)."),
@@ -43,7 +55,7 @@ def run(
     atol: Optional[float] = typer.Option(None, "--atol", help="Absolute tolerance for the check; default by dtype."),
     external_data: str = typer.Option("auto", "--external-data",
                                       help="auto (as the input, or when over 2 GB), always, never."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary on stderr (errors still)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary or progress on stderr (errors still)."),
     debug: bool = typer.Option(False, "--debug", help="Log every decision; show tracebacks."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
 ) -> None:
@@ -51,33 +63,97 @@ def run(
 
     BNs with nothing to fold into become Mul+Add; BNs that cannot be changed safely
     (training mode, non-constant parameters, ...) are left as they are, with the reason.
+
+    \b
+    bnfold in.onnx out.onnx                fold, check, write
+    bnfold in.onnx --dry-run               the plan for every BN, and diagnostics
+    bnfold in.onnx --explain bn1           what one BN computes (name or index)
+    bnfold a.onnx b.onnx models/ -o out/   batch; --jobs N for parallel processes
     """
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="bnfold: %(message)s")
-    from bnfold.api import fold_file  # keeps --help and --version fast
-
+    options = dict(check=not no_check, keep_standalone=keep_standalone, external_data=external_data,
+                   rtol=rtol, atol=atol)
     try:
-        if output is None and not dry_run:
-            raise InputError("OUTPUT is required (or use --dry-run)")
-        result = fold_file(model, output, check=not no_check, keep_standalone=keep_standalone,
-                           external_data=external_data, dry_run=dry_run, inputs=_load_inputs(inputs),
-                           shapes=_parse_shapes(shape), rtol=rtol, atol=atol)
+        options.update(inputs=_load_inputs(inputs), shapes=_parse_shapes(shape))
+        if explain is not None:
+            _explain(_single_input(paths, "--explain"), explain)
+        elif output_dir is not None:
+            _batch(paths, output_dir, jobs, options, report, json_out, quiet or json_out)
+        else:
+            _single(paths, dry_run, options, report, json_out, quiet)
     except BnfoldError as error:
-        if isinstance(error, CheckFailedError) and error.report is not None:
-            _emit(error.report, report, quiet)
         _fail(error, debug)
+    except typer.Exit:
+        raise
     except Exception as error:  # noqa: BLE001 - the CLI never shows a bare traceback
         _fail(error, debug, prefix="internal error: ")
-    _emit(result, report, quiet)
+
+
+def _single(paths: list[Path], dry_run: bool, options: dict, report_path, json_out: bool, quiet: bool) -> None:
+    from bnfold.api import fold_file
+    from bnfold.progress import TerminalProgress
+
+    if len(paths) > 2 or (len(paths) == 1 and not dry_run):
+        raise InputError("give IN OUT (or IN --dry-run, or IN... -o DIR for many models)")
+    source, output = paths[0], (paths[1] if len(paths) == 2 else None)
+    progress = TerminalProgress(enabled=False if quiet else None)
+    try:
+        result = fold_file(source, output, dry_run=dry_run, progress=progress, **options)
+    except CheckFailedError as error:
+        progress.close()
+        if error.report is not None:
+            _emit(error.report, report_path, json_out, quiet)
+        raise
+    progress.close()
+    _emit(result, report_path, json_out, quiet, plan=dry_run)
     if not quiet and output is not None and not dry_run:
         typer.echo(f"wrote {output}", err=True)
 
 
-def _emit(result, report_path: Optional[Path], quiet: bool) -> None:
+def _batch(paths: list[Path], output_dir: Path, jobs: int, options: dict, report_path, json_out: bool,
+           quiet: bool) -> None:
+    from bnfold.batch import batch_table, fold_many, plan_outputs, worst_exit_code
+    from bnfold.progress import TerminalProgress
+
+    progress = TerminalProgress(enabled=False if quiet else None)
+    items = fold_many(plan_outputs(paths, output_dir), jobs=jobs, progress=progress, **options)
+    progress.close()
+    reports = [{**(item.report.to_dict() if item.report else {"model": str(item.source)}),
+                "output": str(item.destination), "exit_code": item.exit_code, "error": item.error}
+               for item in items]
+    text = json.dumps({"models": reports, "exit_code": worst_exit_code(items)}, indent=2)
+    if report_path is not None:
+        report_path.write_text(text + "\n")
+    if json_out:
+        typer.echo(text)
+    if not quiet:
+        for line in batch_table(items):
+            typer.echo(line, err=True)
+    raise typer.Exit(worst_exit_code(items))
+
+
+def _explain(source: Path, node: str) -> None:
+    from bnfold.explain import explain
+
+    typer.echo(explain(source, node).render())
+
+
+def _single_input(paths: list[Path], option: str) -> Path:
+    if len(paths) != 1:
+        raise InputError(f"{option} takes exactly one model")
+    return paths[0]
+
+
+def _emit(result, report_path: Optional[Path], json_out: bool, quiet: bool, plan: bool = False) -> None:
     if report_path is not None:
         report_path.write_text(result.to_json() + "\n")
-    if not quiet:
-        for line in result.summary_lines():
-            typer.echo(line, err=True)
+    if json_out:
+        typer.echo(result.to_json())
+    if quiet or json_out and not plan:
+        return
+    lines = result.plan_lines() if plan else result.summary_lines()
+    for line in lines:
+        typer.echo(line, err=not plan or json_out)
 
 
 def _fail(error: BaseException, debug: bool, prefix: str = "") -> None:
@@ -113,4 +189,9 @@ def _load_inputs(path: Optional[Path]):
 
 
 def main() -> None:
-    app()
+    app(prog_name="bnfold")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+    sys.exit(0)

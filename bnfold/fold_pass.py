@@ -42,13 +42,14 @@ MOVES = (fold_backward, fold_forward)
 class BatchNormFoldPass(ir.passes.InPlacePass):
     """Folds BatchNormalization nodes; `records` describes what happened to each."""
 
-    def __init__(self, keep_standalone: bool = False) -> None:
+    def __init__(self, keep_standalone: bool = False, progress=None) -> None:
         super().__init__()
         self.keep_standalone = keep_standalone
+        self.progress = progress  # called as progress("folding", done, total)
         self.records: list[BnRecord] = []
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        run = _Run(model, self.keep_standalone)
+        run = _Run(model, self.keep_standalone, self.progress)
         run.execute()
         self.records = run.records()
         modified = any(record.action != "skipped" for record in self.records)
@@ -81,8 +82,10 @@ class _BnState:
 class _Run:
     """One execution of the pass over one model."""
 
-    def __init__(self, model: ir.Model, keep_standalone: bool) -> None:
+    def __init__(self, model: ir.Model, keep_standalone: bool, progress=None) -> None:
         self.keep_standalone = keep_standalone
+        self.progress = progress
+        self.settled = 0  # BNs folded or given up, for progress
         self.scopes = list(_scopes(model))
         shared = FoldContext(ConstantResolver(model), NameAuthority(model), TypeHints(model), opset=1,
                              function_graphs=frozenset(s.graph for s in self.scopes if s.in_function))
@@ -92,10 +95,8 @@ class _Run:
         self.chain: set[ir.Node] = set()  # elementwise nodes that belong to a BN's chain
         self.rewrite_of: dict[ir.Node, _BnState] = {}  # a rewrite's Mul/Add -> its BN
         self.elementwise_reasons: dict[ir.Node, tuple[_Scope, str]] = {}  # chain members that stayed
-        for scope in self.scopes:
-            for node in scope.graph:
-                if _is_batch_norm(node):
-                    self.bns[node] = _BnState(node.name or "(unnamed BatchNormalization)", scope)
+        for node, scope in batch_norms(model):
+            self.bns[node] = _BnState(node.name or "(unnamed BatchNormalization)", scope)
 
     def execute(self) -> None:
         for bn, state in self.bns.items():
@@ -145,7 +146,13 @@ class _Run:
         if folded is None:
             return False
         state.final = _record(state.name, "folded", folded.into, None, state.scope, pattern=folded.pattern)
+        self._settle()
         return True
+
+    def _settle(self) -> None:
+        self.settled += 1
+        if self.progress is not None:
+            self.progress("folding", self.settled, len(self.bns))
 
     def _fold_elementwise(self, context: FoldContext, node: ir.Node, scope: _Scope) -> bool:
         try:
@@ -283,6 +290,14 @@ def _record(name: str, action, into: str | None = None, reason: str | None = Non
 
 def _is_batch_norm(node: ir.Node) -> bool:
     return node.op_type == "BatchNormalization" and node.domain in ("", "ai.onnx")
+
+
+def batch_norms(model: ir.Model):
+    """(node, scope) for every BatchNormalization, in the order the report lists them."""
+    for scope in _scopes(model):
+        for node in scope.graph:
+            if _is_batch_norm(node):
+                yield node, scope
 
 
 def _scopes(model: ir.Model):

@@ -53,6 +53,7 @@ class FoldReport:
     records: list[BnRecord] = field(default_factory=list)
     check: CheckResult | None = None
     model: str | None = None
+    diagnostics: dict | None = None  # BN name -> explain.Diagnosis (dry runs)
 
     def counts(self) -> Counter:
         """Actions of the BatchNormalization records."""
@@ -68,6 +69,8 @@ class FoldReport:
             "summary": {action: counts.get(action, 0) for action in ("folded", "converted", "skipped")},
             "nodes": [asdict(record) for record in self.records],
             "check": None if self.check is None else self.check.to_dict(),
+            **({} if self.diagnostics is None else {
+                "diagnostics": {name: d.to_dict() for name, d in self.diagnostics.items()}}),
         }
 
     def to_json(self) -> str:
@@ -94,6 +97,30 @@ class FoldReport:
                 lines.append(f"  skipped {record.name}: {record.reason}")
         lines.extend(_check_lines(self.check))
         return lines
+
+
+    def plan_lines(self) -> list[str]:
+        """The dry-run plan: a table of every BN (and chain op), then the model's diagnostics."""
+        lines = [f"plan for {self.model}: nothing written", "",
+                 "| node | op | action | pattern | into | reason |", "|---|---|---|---|---|---|"]
+        for r in self.records:
+            lines.append(f"| {r.name} | {r.op} | {r.action} | {r.pattern or ''} | {r.into or ''} | {r.reason or ''} |")
+        counts = self.counts()
+        lines += ["", f"{len(self.batch_norms())} BatchNormalization: {counts.get('folded', 0)} would fold, "
+                      f"{counts.get('converted', 0)} become Mul/Add, {counts.get('skipped', 0)} stay"]
+        if self.diagnostics is not None:
+            lines.append(_diagnostics_line(self.diagnostics))
+        return lines
+
+
+def _diagnostics_line(diagnostics: dict) -> str:
+    def channels(attribute: str) -> int:
+        return sum(len(getattr(d, attribute)) for d in diagnostics.values())
+
+    training = sum(d.training is not None for d in diagnostics.values())
+    return (f"diagnostics: ε dominates σ² in {channels('epsilon_dominates')} channels, "
+            f"{channels('dead')} dead channels (γ ≈ 0), {channels('fp16_overflow')} channels at fp16 overflow "
+            f"risk after folding, {training} BN in training mode (bnfold IN --explain NODE for one BN)")
 
 
 def _target_kind(record: BnRecord) -> str:

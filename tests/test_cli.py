@@ -57,7 +57,8 @@ def test_dry_run_writes_nothing(sample, tmp_path):
     result = invoke(sample, "--dry-run")
     assert result.exit_code == 0, result.output
     assert sorted(os.listdir(tmp_path)) == before
-    assert "converted bn3 to Mul+Add: output of Conv 'pw' has 2 consumers" in result.stderr
+    assert "| bn3 | BatchNormalization | converted | mul-add | Mul+Add | output of Conv 'pw' has 2 consumers" in result.stdout
+    assert "diagnostics: ε dominates σ² in 0 channels" in result.stdout
 
 
 def test_dry_run_with_output_still_writes_no_model(sample, tmp_path):
@@ -95,7 +96,7 @@ def test_a_wrong_fold_fails_the_check_and_writes_nothing(sample, tmp_path, monke
 
 
 def test_output_required_without_dry_run(sample):
-    assert_error(invoke(sample), 2, "OUTPUT is required (or use --dry-run)")
+    assert_error(invoke(sample), 2, "give IN OUT (or IN --dry-run, or IN... -o DIR for many models)")
 
 
 def test_shape_option_sets_the_check_inputs(sample, tmp_path):

@@ -1,0 +1,204 @@
+"""What a BatchNormalization computes at inference, with its own numbers.
+
+The questions people ask most about BN at inference, answered for one node:
+
+* ε sits inside the square root: y = γ·(x − μ)/√(σ² + ε) + β, so with μ = 0,
+  σ² = 1, γ = 1, β = 0 and ε = 1e-3 the output is 0.9995004·x, not x.
+* Inference uses the running (moving) mean and variance stored in the model, not
+  the statistics of the batch being processed (unless the node is in training mode).
+
+Diagnostics, per channel (also aggregated per model by `diagnose`):
+
+* ε dominates σ² when σ² < 10·ε: there ε, not the data, sets most of the scale.
+* A dead channel has |γ| < 1e-6: it outputs β whatever its input.
+* fp16 overflow risk: after folding, a weight grows by |s|; with the producer's
+  largest weight w, |s|·w > 65504 (float16's largest value) may overflow in fp16.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from bnfold import fold_math
+from bnfold.affine import Skip
+from bnfold.batchnorm import read_raw_params, training_reason
+from bnfold.errors import InputError
+from bnfold.graph import ConstantResolver, float_attr, opset_of
+from bnfold.report import BnRecord
+from bnfold.rules import PRODUCER_RULES
+
+EPSILON_DOMINANCE = 10.0
+DEAD_GAMMA = 1e-6
+FLOAT16_MAX = 65504.0
+WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """Channels of one BN that deserve a look."""
+
+    epsilon_dominates: list[int] = field(default_factory=list)
+    dead: list[int] = field(default_factory=list)
+    fp16_overflow: list[int] = field(default_factory=list)
+    training: str | None = None
+    unreadable: str | None = None  # why the parameters could not be read
+
+    def to_dict(self) -> dict:
+        return {"epsilon_dominates": self.epsilon_dominates, "dead": self.dead,
+                "fp16_overflow": self.fp16_overflow, "training": self.training, "unreadable": self.unreadable}
+
+
+@dataclass(frozen=True)
+class BnNumbers:
+    gamma: np.ndarray
+    beta: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    epsilon: float
+    scale: np.ndarray
+    shift: np.ndarray
+
+
+@dataclass(frozen=True)
+class Explanation:
+    name: str
+    index: int
+    graph: str
+    input_name: str
+    numbers: BnNumbers | None
+    diagnosis: Diagnosis
+    plan: BnRecord
+
+    def render(self, rows: int = 16) -> str:
+        return "\n".join(_render(self, rows))
+
+
+def explain(source: str | os.PathLike, node: str) -> Explanation:
+    """Explain the BatchNormalization `node` (a name, or its index in the report's order) of the model at `source`."""
+    from bnfold.api import _run_pass  # the plan: what the pass does with it
+    from bnfold.fold_pass import batch_norms
+    from bnfold.model_io import load_model
+
+    model = load_model(source)
+    found = list(batch_norms(model))
+    index = _find(found, node)
+    bn, scope = found[index]
+    numbers, diagnosis = _study(model, bn, scope)
+    input_name = bn.inputs[0].name if bn.inputs and bn.inputs[0] is not None else "?"
+    name = bn.name or "(unnamed BatchNormalization)"
+    plan = _run_pass(model, keep_standalone=False)[1][index]
+    return Explanation(name, index, scope.label, input_name, numbers, diagnosis, plan)
+
+
+def diagnose(model: ir.Model) -> dict[str, Diagnosis]:
+    """A Diagnosis for every BatchNormalization of `model`, by name (call before folding)."""
+    from bnfold.fold_pass import batch_norms
+
+    return {bn.name or f"#{i}": _study(model, bn, scope)[1] for i, (bn, scope) in enumerate(batch_norms(model))}
+
+
+def _find(found: list, node: str) -> int:
+    names = [bn.name for bn, _ in found]
+    if node in names:
+        return names.index(node)
+    if node.lstrip("-").isdigit() and -len(found) <= int(node) < len(found):
+        return int(node) % len(found)
+    shown = ", ".join(repr(n) for n in names[:8]) + (", …" if len(names) > 8 else "")
+    raise InputError(f"no BatchNormalization named or numbered '{node}' ({len(found)} in the model: {shown})")
+
+
+def _study(model: ir.Model, bn: ir.Node, scope) -> tuple[BnNumbers | None, Diagnosis]:
+    resolver = ConstantResolver(model)
+    opset = opset_of(bn, scope.opsets)
+    training = training_reason(bn, opset)
+    try:
+        gamma, beta, mean, var = (a.astype(np.float64) for a in read_raw_params(bn, resolver))
+    except Skip as skip:
+        return None, Diagnosis(training=training, unreadable=skip.reason)
+    epsilon = float_attr(bn, "epsilon", 1e-5)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale, shift = fold_math.bn_scale_shift(gamma, beta, mean, var, epsilon)
+    numbers = BnNumbers(gamma, beta, mean, var, epsilon, scale, shift)
+    diagnosis = Diagnosis(
+        epsilon_dominates=_channels(var < EPSILON_DOMINANCE * epsilon),
+        dead=_channels(np.abs(gamma) < DEAD_GAMMA),
+        fp16_overflow=_channels(np.abs(scale) * _largest_weight(bn, resolver) > FLOAT16_MAX),
+        training=training)
+    return numbers, diagnosis
+
+
+def _channels(mask: np.ndarray) -> list[int]:
+    return [int(i) for i in np.flatnonzero(np.asarray(mask).reshape(-1))]
+
+
+def _largest_weight(bn: ir.Node, resolver: ConstantResolver) -> float:
+    """max|W| of the producer's weight (1 when there is no foldable producer: the scale alone counts)."""
+    producer = bn.inputs[0].producer() if bn.inputs and bn.inputs[0] is not None else None
+    if producer is None or producer.op_type not in PRODUCER_RULES:
+        return 1.0
+    weight = resolver.value_of(producer.inputs[WEIGHT_INPUT[producer.op_type]])
+    return 1.0 if weight is None or weight.size == 0 else float(np.max(np.abs(weight.astype(np.float64))))
+
+
+def _render(explanation: Explanation, rows: int) -> list[str]:
+    numbers, diagnosis, plan = explanation.numbers, explanation.diagnosis, explanation.plan
+    lines = [f"BatchNormalization '{explanation.name}' (#{explanation.index}, {explanation.graph}), "
+             f"input '{explanation.input_name}'"]
+    if numbers is None:
+        return lines + [f"  its parameters cannot be read: {diagnosis.unreadable}", f"  bnfold: {_plan(plan)}"]
+    lines += [
+        f"  y = γ·(x − μ) / √(σ² + ε) + β      ε = {numbers.epsilon:.7g}, inside the square root",
+        "    = s·x + t                          s = γ / √(σ² + ε),  t = β − μ·s",
+    ]
+    if diagnosis.training:
+        lines.append(f"  {diagnosis.training}: it normalizes with the mean and variance of each batch it sees, "
+                     "not the running statistics below")
+    else:
+        lines.append("  at inference it uses the running mean μ and variance σ² stored in the model, "
+                     "not the statistics of the batch it sees")
+    lines += [f"  bnfold: {_plan(plan)}", ""]
+    lines += _table(numbers, rows)
+    lines += ["", "  diagnostics:"] + _diagnosis_lines(diagnosis)
+    return lines
+
+
+def _plan(plan: BnRecord) -> str:
+    if plan.action == "folded":
+        return f"folds into {plan.into} ({plan.pattern})"
+    if plan.action == "converted":
+        return f"becomes {plan.into}: {plan.reason}"
+    return f"leaves it: {plan.reason}"
+
+
+def _table(numbers: BnNumbers, rows: int) -> list[str]:
+    columns = ("γ", "β", "μ", "σ²", "s", "t")
+    arrays = [a.reshape(-1) for a in (numbers.gamma, numbers.beta, numbers.mean, numbers.var,
+                                       numbers.scale, numbers.shift)]
+    count = arrays[0].size
+    lines = ["  channel" + "".join(f"{c:>14}" for c in columns)]
+    for channel in range(min(count, rows)):
+        lines.append(f"  {channel:>7}" + "".join(f"{a[channel]:>14.7g}" for a in arrays))
+    if count > rows:
+        lines.append(f"  … {count - rows} more channels")
+    lines.append(f"  {count} channels; s from {np.min(arrays[4]):.7g} to {np.max(arrays[4]):.7g} "
+                 f"(median {np.median(arrays[4]):.7g}); t from {np.min(arrays[5]):.7g} to {np.max(arrays[5]):.7g}")
+    return lines
+
+
+def _diagnosis_lines(diagnosis: Diagnosis) -> list[str]:
+    return [
+        _listed(f"ε dominates σ² (σ² < {EPSILON_DOMINANCE:g}·ε, so ε sets the scale)", diagnosis.epsilon_dominates),
+        _listed(f"dead: γ ≈ 0 (|γ| < {DEAD_GAMMA:g}; the channel outputs β whatever its input)", diagnosis.dead),
+        _listed(f"fp16 overflow risk after folding (|s|·max|W| > {FLOAT16_MAX:g})", diagnosis.fp16_overflow),
+    ]
+
+
+def _listed(what: str, channels: list[int]) -> str:
+    if not channels:
+        return f"    {what}: no channel"
+    shown = ", ".join(str(c) for c in channels[:12]) + (", …" if len(channels) > 12 else "")
+    return f"    {what}: {len(channels)} channel{'s' if len(channels) > 1 else ''} ({shown})"

@@ -93,15 +93,15 @@ def batch_table(items: list[BatchItem]) -> list[str]:
     """One line per model: BN counts, the check, the outcome."""
     lines = ["| model | BN | folded | converted | skipped | check | result |", "|---|---|---|---|---|---|---|"]
     for item in items:
-        counts = item.report.counts() if item.report else {}
-        total = len(item.report.batch_norms()) if item.report else "–"
+        numbers = ["–"] * 4
+        if item.report is not None:
+            counts = item.report.counts()
+            numbers = [len(item.report.batch_norms()), counts["folded"], counts["converted"], counts["skipped"]]
         check = "–"
         if item.report is not None and item.report.check is not None:
             worst = item.report.check.worst()
             check = ("passed" if item.report.check.passed else "FAILED") + (
                 f" ({worst.max_rel_err:.1e})" if worst is not None else "")
         result = f"wrote {item.destination}" if item.exit_code == 0 else f"exit {item.exit_code}: {item.error}"
-        lines.append(f"| {item.source} | {total} | {counts.get('folded', '–') if item.report else '–'} | "
-                     f"{counts.get('converted', '–') if item.report else '–'} | "
-                     f"{counts.get('skipped', '–') if item.report else '–'} | {check} | {result} |")
+        lines.append(f"| {item.source} | " + " | ".join(str(n) for n in numbers) + f" | {check} | {result} |")
     return lines

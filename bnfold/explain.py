@@ -184,7 +184,8 @@ def _table(numbers: BnNumbers, rows: int) -> list[str]:
         lines.append(f"  {channel:>7}" + "".join(f"{a[channel]:>14.7g}" for a in arrays))
     if count > rows:
         lines.append(f"  … {count - rows} more channels")
-    lines.append(f"  {count} channels; s from {np.min(arrays[4]):.7g} to {np.max(arrays[4]):.7g} "
+    plural = "s" if count > 1 else ""
+    lines.append(f"  {count} channel{plural}; s from {np.min(arrays[4]):.7g} to {np.max(arrays[4]):.7g} "
                  f"(median {np.median(arrays[4]):.7g}); t from {np.min(arrays[5]):.7g} to {np.max(arrays[5]):.7g}")
     return lines
 

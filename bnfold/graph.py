@@ -272,11 +272,6 @@ def _all_graphs(model: ir.Model) -> Iterator[ir.Graph]:
                     yield from attr.value
 
 
-def is_used_elsewhere(value: ir.Value, consumer: ir.Node) -> bool:
-    """Whether `value` feeds anything besides `consumer` (other nodes, a graph output)."""
-    return value.is_graph_output() or any(use.node is not consumer for use in value.uses())
-
-
 def values_in_use(values: Iterable[ir.Value | None]) -> list[ir.Value]:
     return [v for v in values if v is not None and (v.is_graph_output() or len(v.uses()) > 0)]
 

@@ -256,15 +256,6 @@ def _varint(number: int) -> bytes:
             return bytes(out)
 
 
-def save_model(model: ir.Model, destination: str | os.PathLike, external_data: str = "auto",
-               source_bytes: int = 0) -> None:
-    """Write `model` to `destination` atomically, with the chosen external-data layout."""
-    threshold = external_data_threshold(model, external_data, source_bytes)
-    with StagedOutput(destination) as staged:
-        staged.write(model, threshold)
-        staged.commit()
-
-
 def _fsync(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())

@@ -37,6 +37,15 @@ class FoldContext:
     opset: int  # the default-domain opset of the graph or function being folded
     function_graphs: frozenset[ir.Graph] = frozenset()  # bodies that cannot hold initializers
 
+    def matrix_or_kernel(self, node: ir.Node, role: str = "weight") -> np.ndarray:
+        """Input 1 of a Conv/ConvTranspose (rank ≥ 3) or a Gemm/MatMul (rank 2); Skip otherwise."""
+        array = self.weight(node, 1, role)
+        is_kernel = node.op_type in ("Conv", "ConvTranspose")
+        if (array.ndim < 3) if is_kernel else (array.ndim != 2):
+            expected = "at least 3" if is_kernel else "2"
+            raise Skip(f"{role} of {describe(node)} has rank {array.ndim}, expected {expected}")
+        return array
+
     def weight(self, node: ir.Node, index: int, role: str) -> np.ndarray:
         """The constant array at input `index` of `node`; Skip when it is not one."""
         value = node.inputs[index] if index < len(node.inputs) else None

@@ -17,19 +17,12 @@ from bnfold.affine import AffineParams, Skip
 from bnfold.rules.base import Commit, FoldContext, describe, folded_commit
 
 
-def _weight(ctx: FoldContext, conv: ir.Node):
-    weight = ctx.weight(conv, 1, "weight")
-    if weight.ndim < 3:
-        raise Skip(f"weight of {describe(conv)} has rank {weight.ndim}, expected at least 3")
-    return weight
-
-
 def output_channels(ctx: FoldContext, conv: ir.Node) -> int:
-    return int(_weight(ctx, conv).shape[0])
+    return int(ctx.matrix_or_kernel(conv).shape[0])
 
 
 def prepare(ctx: FoldContext, conv: ir.Node, params: AffineParams) -> Commit:
-    weight = _weight(ctx, conv)
+    weight = ctx.matrix_or_kernel(conv)
     bias = ctx.optional_weight(conv, 2, "bias")
     scale, shift = params.for_channels(weight.shape[0], f"output of {describe(conv)}")
     if bias is not None and bias.shape != (weight.shape[0],):

@@ -19,10 +19,8 @@ from bnfold.rules.base import Commit, FoldContext, describe, folded_commit
 
 
 def _weight_and_group(ctx: FoldContext, conv_t: ir.Node):
-    weight = ctx.weight(conv_t, 1, "weight")
+    weight = ctx.matrix_or_kernel(conv_t)
     group = int_attr(conv_t, "group", 1)
-    if weight.ndim < 3:
-        raise Skip(f"weight of {describe(conv_t)} has rank {weight.ndim}, expected at least 3")
     if group < 1 or weight.shape[0] % group:
         raise Skip(f"weight of {describe(conv_t)} has {weight.shape[0]} input channels, not divisible by group {group}")
     return weight, group

@@ -26,10 +26,8 @@ from bnfold.rules.matmul import become_gemm
 
 
 def prepare_conv(ctx: FoldContext, conv: ir.Node, params: AffineParams) -> Commit:
-    weight = ctx.weight(conv, 1, "weight")
+    weight = ctx.matrix_or_kernel(conv)
     bias = ctx.optional_weight(conv, 2, "bias")
-    if weight.ndim < 3:
-        raise Skip(f"weight of {describe(conv)} has rank {weight.ndim}, expected at least 3")
     group = int_attr(conv, "group", 1)
     if group < 1 or weight.shape[0] % group:
         raise Skip(f"{describe(conv)} has {weight.shape[0]} output channels, not divisible by group {group}")
@@ -52,9 +50,7 @@ def _pads_with_zeros(conv: ir.Node) -> bool:
 def prepare_gemm(ctx: FoldContext, gemm: ir.Node, params: AffineParams) -> Commit:
     if int_attr(gemm, "transA", 0):
         raise Skip(f"{describe(gemm)} has transA=1: the channel would index its output's rows")
-    b_matrix = ctx.weight(gemm, 1, "B")
-    if b_matrix.ndim != 2:
-        raise Skip(f"B of {describe(gemm)} has rank {b_matrix.ndim}, expected 2")
+    b_matrix = ctx.matrix_or_kernel(gemm, "B")
     trans_b = bool(int_attr(gemm, "transB", 0))
     columns = b_matrix.shape[0] if trans_b else b_matrix.shape[1]
     scale, shift = params.for_channels(b_matrix.shape[1] if trans_b else b_matrix.shape[0],
@@ -73,9 +69,7 @@ def prepare_matmul(ctx: FoldContext, matmul: ir.Node, params: AffineParams) -> C
     if rank != 2:
         raise Skip(f"input of {describe(matmul)} has rank {rank if rank is not None else 'unknown'}, "
                    "so the channel axis 1 is not the one it contracts")
-    b_matrix = ctx.weight(matmul, 1, "weight")
-    if b_matrix.ndim != 2:
-        raise Skip(f"weight of {describe(matmul)} has rank {b_matrix.ndim}, expected 2")
+    b_matrix = ctx.matrix_or_kernel(matmul)
     scale, shift = params.for_channels(b_matrix.shape[0], f"input of {describe(matmul)}")
     return become_gemm(ctx, matmul, lambda: fold_math.fold_gemm_input_columns(
         b_matrix, None, scale, shift, trans_b=False, alpha=1.0, beta=1.0), b_matrix)

@@ -20,9 +20,7 @@ from bnfold.rules.base import Commit, FoldContext, describe, folded_commit
 
 
 def _b_matrix(ctx: FoldContext, gemm: ir.Node):
-    b_matrix = ctx.weight(gemm, 1, "B")
-    if b_matrix.ndim != 2:
-        raise Skip(f"B of {describe(gemm)} has rank {b_matrix.ndim}, expected 2")
+    b_matrix = ctx.matrix_or_kernel(gemm, "B")
     trans_b = bool(int_attr(gemm, "transB", 0))
     return b_matrix, trans_b
 

@@ -25,10 +25,7 @@ def _b_matrix(ctx: FoldContext, matmul: ir.Node):
         raise Skip(f"output of {describe(matmul)} has rank {rank}; BN's channel axis 1 is not the weight's column axis")
     if ctx.hints.rank(matmul.inputs[0]) not in (None, 2):
         raise Skip(f"input A of {describe(matmul)} is not 2-D")
-    b_matrix = ctx.weight(matmul, 1, "weight")
-    if b_matrix.ndim != 2:
-        raise Skip(f"weight of {describe(matmul)} has rank {b_matrix.ndim}, expected 2")
-    return b_matrix
+    return ctx.matrix_or_kernel(matmul)
 
 
 def output_channels(ctx: FoldContext, matmul: ir.Node) -> int:

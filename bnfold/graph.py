@@ -11,7 +11,6 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnx.reference import ReferenceEvaluator
 
 from bnfold.validation import all_graphs
 
@@ -107,6 +106,10 @@ class ConstantResolver:
         for index, array in enumerate(arrays):
             if array is not None:
                 feeds[proto.input[index]] = array
+        # Imported here: it loads every reference kernel, and models whose constants are
+        # plain initializers never need it.
+        from onnx.reference import ReferenceEvaluator
+
         try:
             evaluator = ReferenceEvaluator(proto, opsets={"": self._opsets.get("", 1)})
             results = evaluator.run(None, feeds)

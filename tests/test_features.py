@@ -180,6 +180,17 @@ def test_single_model_usage_is_unchanged(tmp_path):
     assert result.exit_code == 0 and (tmp_path / "o.onnx").exists()
 
 
+def test_explain_dry_run_and_json_in_a_real_subprocess(tmp_path):
+    explained = subprocess.run([sys.executable, "-m", "bnfold", str(textbook_model(tmp_path)), "--explain", "norm"],
+                               capture_output=True, text=True)
+    assert explained.returncode == 0 and "0.9995004" in explained.stdout
+    planned = subprocess.run([sys.executable, "-m", "bnfold", str(SAMPLE), "--dry-run", "--json"],
+                             capture_output=True, text=True)
+    assert planned.returncode == 0
+    assert_report_schema(json.loads(planned.stdout))
+    assert "plan for" in planned.stderr and list(tmp_path.glob("*.onnx")) == [tmp_path / "textbook.onnx"]
+
+
 def test_batch_in_a_real_subprocess(tmp_path):
     inputs, out = batch_inputs(tmp_path)
     run = subprocess.run([sys.executable, "-m", "bnfold", *map(str, inputs), "-o", str(out), "-j", "2"],
@@ -205,6 +216,26 @@ def test_progress_draws_on_a_terminal_only(monkeypatch):
         progress.close()
     assert "bnfold: folding 5000/5000" in terminal.getvalue() and terminal.getvalue().endswith("\r\033[K")
     assert pipe.getvalue() == ""
+
+
+def test_progress_shows_a_long_step_while_it_runs(monkeypatch):
+    import time
+
+    monkeypatch.setattr("bnfold.progress.DELAY_SECONDS", 0.05)
+    terminal = FakeTerminal()
+    progress = TerminalProgress(terminal)
+    progress("loading", 0, 1)
+    time.sleep(0.3)  # the library is busy loading: no further call comes
+    assert "bnfold: loading" in terminal.getvalue()
+    progress.close()
+
+
+def test_a_quick_run_draws_nothing():
+    terminal = FakeTerminal()
+    progress = TerminalProgress(terminal)
+    progress("loading", 0, 1)
+    progress.close()
+    assert terminal.getvalue() == ""
 
 
 def test_fold_file_reports_its_steps():

@@ -189,6 +189,9 @@ def _load_inputs(path: Optional[Path]):
 
 
 def main() -> None:
+    from bnfold._startup import defer_sympy
+
+    defer_sympy()  # this process is ours: skip onnx-ir's unused sympy import (see _startup.py)
     app(prog_name="bnfold")
 
 

@@ -1,0 +1,37 @@
+"""The command line's start-up: sympy (imported by onnx-ir, unused by folding) is deferred, safely."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from bnfold._startup import defer_sympy
+
+SAMPLE = Path(__file__).resolve().parent.parent / "models" / "sample_cnn.onnx"
+
+SCRIPT = """
+import sys
+from bnfold._startup import defer_sympy
+assert defer_sympy()
+import bnfold, onnx_ir as ir
+report = bnfold.fold_file(sys.argv[1], sys.argv[2])
+assert report.check.passed
+print("sympy loaded during the fold:", "sympy.core" in sys.modules)
+print("symbolic arithmetic:", ir.SymbolicDim("N") * 2 + 1)
+print("sympy loaded now:", "sympy.core" in sys.modules)
+"""
+
+
+def test_sympy_is_deferred_in_the_cli_process_and_still_works_when_needed(tmp_path):
+    run = subprocess.run([sys.executable, "-c", SCRIPT, str(SAMPLE), str(tmp_path / "out.onnx")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["sympy loaded during the fold: False", "symbolic arithmetic: 2*N + 1",
+                                       "sympy loaded now: True"]
+
+
+def test_nothing_is_deferred_once_sympy_or_onnx_ir_is_imported():
+    import onnx_ir  # noqa: F401 - this test process has imported them already
+
+    before = dict(sys.modules)
+    assert defer_sympy() is False
+    assert sys.modules["sympy"] is before["sympy"]

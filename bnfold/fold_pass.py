@@ -123,6 +123,7 @@ class _Run:
             state.params = read_params(bn, opset, context.resolver, context.hints)
         except Skip as skip:
             state.final = _record(state.name, "skipped", reason=skip.reason, scope=state.scope)
+            self._settle()
 
     def _fixpoint(self) -> None:
         changed = True
@@ -188,6 +189,7 @@ class _Run:
         for bn, state in self.bns.items():
             if not state.pending:
                 continue
+            self._settle()
             if self.keep_standalone:
                 state.final = _record(state.name, "skipped", reason=f"{state.reason}; kept as BN (keep_standalone)",
                                       scope=state.scope)

@@ -241,7 +241,7 @@ def test_a_quick_run_draws_nothing():
 def test_fold_file_reports_its_steps():
     steps = []
     bnfold.fold_file(SAMPLE, None, dry_run=True, progress=lambda step, done, total: steps.append((step, done, total)))
-    assert steps[0] == ("loading", 0, 1) and ("folding", 6, 8) in steps
+    assert steps[0] == ("loading", 0, 1) and ("folding", 6, 8) in steps and ("folding", 8, 8) in steps
 
 
 def test_cli_prints_no_progress_when_not_on_a_terminal(tmp_path):

@@ -87,7 +87,7 @@ def explain(source: str | os.PathLike, node: str) -> Explanation:
     found = list(batch_norms(model))
     index = _find(found, node)
     bn, scope = found[index]
-    numbers, diagnosis = _study(model, bn, scope)
+    numbers, diagnosis = _study(ConstantResolver(model), bn, scope)
     input_name = bn.inputs[0].name if bn.inputs and bn.inputs[0] is not None else "?"
     name = bn.name or "(unnamed BatchNormalization)"
     plan = _run_pass(model, keep_standalone=False)[1][index]
@@ -98,7 +98,8 @@ def diagnose(model: ir.Model) -> dict[str, Diagnosis]:
     """A Diagnosis for every BatchNormalization of `model`, by name (call before folding)."""
     from bnfold.fold_pass import batch_norms
 
-    return {bn.name or f"#{i}": _study(model, bn, scope)[1] for i, (bn, scope) in enumerate(batch_norms(model))}
+    resolver = ConstantResolver(model)
+    return {bn.name or f"#{i}": _study(resolver, bn, scope)[1] for i, (bn, scope) in enumerate(batch_norms(model))}
 
 
 def _find(found: list, node: str) -> int:
@@ -111,8 +112,7 @@ def _find(found: list, node: str) -> int:
     raise InputError(f"no BatchNormalization named or numbered '{node}' ({len(found)} in the model: {shown})")
 
 
-def _study(model: ir.Model, bn: ir.Node, scope) -> tuple[BnNumbers | None, Diagnosis]:
-    resolver = ConstantResolver(model)
+def _study(resolver: ConstantResolver, bn: ir.Node, scope) -> tuple[BnNumbers | None, Diagnosis]:
     opset = opset_of(bn, scope.opsets)
     training = training_reason(bn, opset)
     try:

@@ -112,7 +112,7 @@ def verify(original, folded, *, inputs: Mapping[str, np.ndarray] | None = None,
 
 
 def compare_output(name: str, expected, actual, rtol: float | None = None, atol: float | None = None,
-                   reference=None, direct_table: Mapping[str, tuple[float, float]] | None = None) -> OutputCheck:
+                   reference=None) -> OutputCheck:
     """Compare one output; `expected` comes from the original, `reference` from its float32 run."""
     expected, actual = np.asarray(expected), np.asarray(actual)
     if expected.shape != actual.shape:
@@ -137,8 +137,7 @@ def compare_output(name: str, expected, actual, rtol: float | None = None, atol:
         note = note or (f"vs float32 run of the original: folded {folded_error:.3e}, "
                         f"original {original_error:.3e}")
         return OutputCheck(name, max_abs, max_rel, allowed, special_equal and folded_error <= allowed, note)
-    table = direct_table or (DIRECT_HALF_TOLERANCES if expected.dtype.name in DIRECT_HALF_TOLERANCES
-                             else DEFAULT_TOLERANCES)
+    table = DIRECT_HALF_TOLERANCES if expected.dtype.name in DIRECT_HALF_TOLERANCES else DEFAULT_TOLERANCES
     rtol_used, atol_used = tolerance.pick(table, expected.dtype.name)
     allowed = atol_used + rtol_used * scale
     return OutputCheck(name, max_abs, max_rel, allowed, special_equal and max_abs <= allowed, note)

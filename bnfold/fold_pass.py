@@ -28,7 +28,7 @@ import onnx_ir as ir
 
 from bnfold.affine import ELEMENTWISE_OPS, AffineParams, Skip, read_elementwise
 from bnfold.batchnorm import read_params, training_reason
-from bnfold.graph import ConstantResolver, NameAuthority, TypeHints, opset_of
+from bnfold.graph import ConstantResolver, NameAuthority, TypeHints, model_graphs, opset_of
 from bnfold.moves import AffineNode, Folded, fold_backward, fold_forward
 from bnfold.report import BnRecord
 from bnfold.rules import standalone
@@ -303,14 +303,14 @@ def batch_norms(model: ir.Model):
 
 
 def _scopes(model: ir.Model):
-    """The main graph, its subgraphs (If/Loop/Scan bodies), and every function body with its subgraphs."""
+    """A scope for the main graph, its subgraphs (If/Loop/Scan bodies), and every function body."""
     opsets = dict(model.opset_imports)
-    yield _Scope(model.graph, "main", opsets, False)
-    for subgraph in model.graph.subgraphs():
-        yield _Scope(subgraph, f"subgraph {subgraph.name or '(unnamed)'}", opsets, False)
-    for function in model.functions.values():
-        function_opsets = dict(function.opset_imports) or opsets
+    for graph, function in model_graphs(model):
+        if function is None:
+            label = "main" if graph is model.graph else f"subgraph {graph.name or '(unnamed)'}"
+            yield _Scope(graph, label, opsets, False)
+            continue
         label = f"function {function.domain}::{function.name}"
-        yield _Scope(function.graph, label, function_opsets, True)
-        for subgraph in function.graph.subgraphs():
-            yield _Scope(subgraph, f"{label} subgraph {subgraph.name or '(unnamed)'}", function_opsets, True)
+        if graph is not function.graph:
+            label += f" subgraph {graph.name or '(unnamed)'}"
+        yield _Scope(graph, label, dict(function.opset_imports) or opsets, True)

@@ -225,8 +225,7 @@ def _skeleton(model: ir.Model) -> onnx.ModelProto:
     only) while serializing; inference needs their dtype and dims, not their data.
     """
     swapped = []
-    graphs = [model.graph, *model.graph.subgraphs()]
-    for value in (v for graph in graphs for v in graph.initializers.values()):
+    for value in initializer_values(model):
         tensor = value.const_value
         if tensor is None or isinstance(tensor, ir.ExternalTensor) or tensor.nbytes <= _SKELETON_MIN_BYTES:
             continue
@@ -245,7 +244,7 @@ class NameAuthority:
 
     def __init__(self, model: ir.Model) -> None:
         self._taken: set[str] = set()
-        for graph in _all_graphs(model):
+        for graph, _ in model_graphs(model):
             self._taken.update(v.name for v in graph.inputs if v.name)
             self._taken.update(v.name for v in graph.initializers.values() if v.name)
             for node in graph:
@@ -262,17 +261,22 @@ class NameAuthority:
         return name
 
 
-def _all_graphs(model: ir.Model) -> Iterator[ir.Graph]:
-    yield model.graph
-    yield from model.graph.subgraphs()
+def model_graphs(model: ir.Model) -> Iterator[tuple[ir.Graph, ir.Function | None]]:
+    """Every graph of the model with the function it belongs to (None outside functions):
+    the main graph and its subgraphs, then each function body and its subgraphs."""
+    yield model.graph, None
+    for subgraph in model.graph.subgraphs():
+        yield subgraph, None
     for function in model.functions.values():
-        yield function.graph if hasattr(function, "graph") else function
-        for node in function:
-            for attr in node.attributes.values():
-                if attr.type == ir.AttributeType.GRAPH:
-                    yield attr.value
-                elif attr.type == ir.AttributeType.GRAPHS:
-                    yield from attr.value
+        yield function.graph, function
+        for subgraph in function.graph.subgraphs():
+            yield subgraph, function
+
+
+def initializer_values(model: ir.Model) -> Iterator[ir.Value]:
+    """The initializers of the main graph and its subgraphs (function bodies have none)."""
+    for graph in (model.graph, *model.graph.subgraphs()):
+        yield from graph.initializers.values()
 
 
 def values_in_use(values: Iterable[ir.Value | None]) -> list[ir.Value]:

@@ -22,6 +22,7 @@ import onnx
 import onnx_ir as ir
 
 from bnfold.errors import InputError, OutputError, first_line
+from bnfold.graph import initializer_values
 from bnfold.validation import all_graphs, check_output_path, load_proto
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def to_ir(proto: onnx.ModelProto, label: str) -> ir.Model:
     # onnx-ir types every initializer from its tensor and would write a value_info
     # entry for each; only initializers the proto described keep their type.
     described = {info.name for graph in all_graphs(proto) for info in graph.value_info}
-    for value in _initializers(model):
+    for value in initializer_values(model):
         if value.name not in described and not value.is_graph_input():
             value.type = None
             value.shape = None
@@ -101,15 +102,9 @@ def relist_initializer_inputs(model: ir.Model) -> None:
             graph.inputs.append(value)
 
 
-def _initializers(model: ir.Model) -> Iterator[ir.Value]:
-    yield from model.graph.initializers.values()
-    for subgraph in model.graph.subgraphs():
-        yield from subgraph.initializers.values()
-
-
 def external_data_files(model: ir.Model) -> set[Path]:
     """The resolved data files the model's external tensors read from."""
-    return {Path(value.const_value.path).resolve() for value in _initializers(model)
+    return {Path(value.const_value.path).resolve() for value in initializer_values(model)
             if isinstance(value.const_value, ir.ExternalTensor)}
 
 
@@ -135,7 +130,7 @@ def external_data_threshold(model: ir.Model, mode: str, source_bytes: int) -> in
         if too_big:
             raise InputError("the model is larger than protobuf's 2 GB limit; it needs external data")
         return None
-    external_sizes = [value.const_value.nbytes for value in _initializers(model)
+    external_sizes = [value.const_value.nbytes for value in initializer_values(model)
                       if isinstance(value.const_value, ir.ExternalTensor)]
     if external_sizes:
         return min(min(external_sizes), _EXTERNAL_THRESHOLD_BYTES)

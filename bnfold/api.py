@@ -117,8 +117,8 @@ def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: b
     from bnfold.model_io import StagedOutput, external_data_files, external_data_threshold, load_model, model_file_bytes
 
     model = load_model(src, proto)
-    external_threshold = external_data_threshold(model, external_data, model_file_bytes(Path(src), model))
     input_data = external_data_files(model)
+    external_threshold = external_data_threshold(model, external_data, model_file_bytes(Path(src), input_data))
     report = FoldReport(model=os.fspath(src))
     if dry_run:
         from bnfold.explain import diagnose

@@ -108,9 +108,9 @@ def external_data_files(model: ir.Model) -> set[Path]:
             if isinstance(value.const_value, ir.ExternalTensor)}
 
 
-def model_file_bytes(path: Path, model: ir.Model) -> int:
+def model_file_bytes(path: Path, data_files: set[Path]) -> int:
     """The model's size on disk: its file plus the data files it reads (cheap: no tensor is touched)."""
-    return path.stat().st_size + sum(data.stat().st_size for data in external_data_files(model))
+    return path.stat().st_size + sum(data.stat().st_size for data in data_files)
 
 
 def external_data_threshold(model: ir.Model, mode: str, source_bytes: int) -> int | None:

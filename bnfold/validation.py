@@ -195,23 +195,24 @@ def _check_extent(tensor: onnx.TensorProto, info: dict[str, str], target: Path, 
 
 def all_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """Every TensorProto of the model: initializers, sparse values, attributes, in all graphs and functions."""
-    graphs = [proto.graph]
+    roots = [proto.graph]
     for function in proto.functions:
         yield from _attribute_tensors(function.node)
-        for node in function.node:
-            graphs.extend(_node_graphs(node))
-    while graphs:
-        graph = graphs.pop()
+        roots += [graph for node in function.node for graph in _node_graphs(node)]
+    for graph in _graphs_below(roots):
         yield from graph.initializer
         yield from (sparse.values for sparse in graph.sparse_initializer)
         yield from _attribute_tensors(graph.node)
-        for node in graph.node:
-            graphs.extend(_node_graphs(node))
 
 
 def all_graphs(proto: onnx.ModelProto) -> Iterator[onnx.GraphProto]:
     """The main graph and every subgraph below it (not function bodies)."""
-    graphs = [proto.graph]
+    return _graphs_below([proto.graph])
+
+
+def _graphs_below(roots: list[onnx.GraphProto]) -> Iterator[onnx.GraphProto]:
+    """`roots` and every subgraph nested in their nodes' attributes."""
+    graphs = list(roots)
     while graphs:
         graph = graphs.pop()
         yield graph

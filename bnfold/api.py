@@ -113,12 +113,18 @@ def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: b
         check_output_path(Path(dst))
     step("loading", 0, 1)
     proto = load_proto(Path(src))
-    from bnfold.equivalence import verify
-    from bnfold.model_io import StagedOutput, external_data_files, external_data_threshold, load_model, model_file_bytes
+    from bnfold.model_io import (
+        external_data_files,
+        external_data_threshold,
+        load_model,
+        model_file_bytes,
+        read_small_external_tensors,
+    )
 
     model = load_model(src, proto)
     input_data = external_data_files(model)
     external_threshold = external_data_threshold(model, external_data, model_file_bytes(Path(src), input_data))
+    read_small_external_tensors(model)
     report = FoldReport(model=os.fspath(src))
     if dry_run:
         from bnfold.explain import diagnose
@@ -128,10 +134,14 @@ def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: b
     if dry_run:
         return report
     _refuse_overwriting_input_data(Path(src), Path(dst), input_data)
+    from bnfold.output import StagedOutput
+
     with StagedOutput(dst) as staged:
         step("writing", 0, 1)
         staged.write(model, external_threshold)
         if check:
+            from bnfold.equivalence import verify
+
             step("checking", 0, 1)
             report.check = verify(src, staged.path, inputs=inputs, shapes=shapes, rtol=rtol, atol=atol)
             if not report.check.passed:

@@ -49,10 +49,19 @@ def fold_output_channels(weight, bias, scale, shift, *, channel_axis: int = 0):
 
     Returns (W', b') with W'[o] = W[o]·s[o] and b' = b·s + t (b = 0 when absent).
     """
+    return scale_output_channels(weight, scale, channel_axis=channel_axis), output_bias(bias, scale, shift)
+
+
+def scale_output_channels(weight, scale, *, channel_axis: int = 0) -> np.ndarray:
+    """W'[o] = W[o]·s[o], o on `channel_axis`."""
     # The float64 scale promotes each product to float64 inside the ufunc: no float64 copy of W.
-    new_weight = np.multiply(weight, _per_axis(_f64(scale), np.ndim(weight), channel_axis), dtype=np.float64)
-    bias64 = np.zeros_like(scale) if bias is None else _f64(bias)
-    return new_weight, bias64 * scale + shift
+    return np.multiply(weight, _per_axis(_f64(scale), np.ndim(weight), channel_axis), dtype=np.float64)
+
+
+def output_bias(bias, scale, shift) -> np.ndarray:
+    """b' = b·s + t, the bias of a producer whose output channels were scaled by s (b = 0 when absent)."""
+    bias64 = np.zeros_like(_f64(scale)) if bias is None else _f64(bias)
+    return bias64 * scale + shift
 
 
 def conv_transpose_weight_scale(weight, scale, group: int) -> np.ndarray:
@@ -69,9 +78,7 @@ def conv_transpose_weight_scale(weight, scale, group: int) -> np.ndarray:
 
 
 def fold_conv_transpose(weight, bias, scale, shift, group: int):
-    new_weight = conv_transpose_weight_scale(weight, scale, group)
-    bias64 = np.zeros_like(scale) if bias is None else _f64(bias)
-    return new_weight, bias64 * scale + shift
+    return conv_transpose_weight_scale(weight, scale, group), output_bias(bias, scale, shift)
 
 
 def fold_gemm(b_matrix, c_bias, scale, shift, *, trans_b: bool, beta: float):
@@ -80,10 +87,34 @@ def fold_gemm(b_matrix, c_bias, scale, shift, *, trans_b: bool, beta: float):
     Column n of B' (row n of B when transB) is scaled by s[n]; the new C (used with
     β = 1) is β·C·s + t, with C broadcast against [N] first. α is unchanged.
     """
-    b64 = _f64(b_matrix)
-    new_b = b64 * (scale[:, None] if trans_b else scale[None, :])
+    return scale_gemm_columns(b_matrix, scale, trans_b=trans_b), gemm_output_bias(c_bias, scale, shift, beta=beta)
+
+
+def scale_gemm_columns(b_matrix, scale, *, trans_b: bool) -> np.ndarray:
+    return scale_output_channels(b_matrix, scale, channel_axis=0 if trans_b else 1)
+
+
+def gemm_output_bias(c_bias, scale, shift, *, beta: float) -> np.ndarray:
     c64 = np.zeros(1) if c_bias is None else _f64(c_bias)
-    return new_b, float(beta) * c64 * scale + shift
+    return float(beta) * c64 * scale + shift
+
+
+def product_fits(array: np.ndarray, factors: np.ndarray, dtype) -> bool:
+    """True when no element of `array` times any of `factors` can overflow `dtype` (a cheap bound).
+
+    Reads `array` twice and allocates nothing its size: this is how a large fold is
+    known to be safe before it is computed. False means "compute it and see".
+    """
+    try:
+        limit = float(np.finfo(dtype).max)
+    except (TypeError, ValueError):
+        return False
+    if array.size == 0 or np.size(factors) == 0:
+        return True
+    with np.errstate(over="ignore", invalid="ignore"):
+        largest = max(abs(float(np.max(array))), abs(float(np.min(array)))) * float(np.max(np.abs(factors)))
+    # The margin covers the float64 rounding of the bound itself; at most `limit` rounds to a finite value.
+    return bool(np.isfinite(largest)) and largest <= limit * (1 - 2.0**-40)
 
 
 def per_channel_broadcast(vector: np.ndarray, rank: int) -> np.ndarray:

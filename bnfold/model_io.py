@@ -1,29 +1,28 @@
-"""Loading and saving models: nothing added, nothing lost, atomic writes.
+"""Loading models and converting them back: nothing added, nothing lost.
 
 Loading validates the file (see validation.py) and deserializes into onnx-ir,
 undoing the two things the IR would otherwise change on the way back out: a
 value_info entry per initializer, and IR < 4's initializers listed as inputs.
-Saving goes through `to_proto` (which restores what onnx-ir cannot carry:
-sparse initializers), decides the external-data layout explicitly (one data file
-named after the output, never the input's), and writes into a staging folder
-beside the destination that is renamed into place only when complete.
+`to_proto` restores what onnx-ir cannot carry (sparse initializers), and
+`external_data_threshold` decides the output's layout explicitly (one data file
+named after the output, never the input's). Writing is in output.py.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
-from bnfold.errors import InputError, OutputError, first_line
+from bnfold.errors import InputError, first_line
 from bnfold.graph import initializer_values
-from bnfold.validation import all_graphs, check_output_path, load_proto
+from bnfold.validation import all_graphs, load_proto
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +31,9 @@ _INLINE_BUDGET = int(1.8 * 2**30)
 EXTERNAL_DATA_MODES = ("auto", "always", "never")
 _EXTERNAL_THRESHOLD_BYTES = 1024
 _SPARSE_KEY = "bnfold.sparse_initializers"
+# External tensors this small are read when loading: mapping the data file once
+# per tiny tensor (BN statistics, biases) costs more than reading them.
+_READ_AT_LOAD_BYTES = 64 * 1024
 
 
 def load_model(path: str | os.PathLike, proto: onnx.ModelProto | None = None) -> ir.Model:
@@ -43,6 +45,32 @@ def load_model(path: str | os.PathLike, proto: onnx.ModelProto | None = None) ->
     model = to_ir(load_proto(path) if proto is None else proto, str(path))
     ir.external_data.set_base_dir(model.graph, str(path.parent.resolve()))
     return model
+
+
+def read_small_external_tensors(model: ir.Model) -> None:
+    """Replace external initializers of at most 64 KiB by in-memory copies, opening each data file once.
+
+    Call it after the layout was decided (it looks at which tensors are external).
+    Their paths and extents were checked when the file was loaded (validation.py).
+    """
+    files: dict[str, BinaryIO] = {}
+    try:
+        for value in initializer_values(model):
+            tensor = value.const_value
+            if (not isinstance(tensor, ir.ExternalTensor) or tensor.nbytes > _READ_AT_LOAD_BYTES
+                    or tensor.dtype.bitwidth % 8 or tensor.dtype == ir.DataType.STRING):
+                continue
+            if tensor.path not in files:
+                files[tensor.path] = open(tensor.path, "rb")
+            data = files[tensor.path]
+            data.seek(tensor.offset or 0)
+            raw = data.read(tensor.nbytes)
+            array = np.frombuffer(raw, dtype=np.dtype(tensor.dtype.numpy()).newbyteorder("<"), count=tensor.size)
+            value.const_value = ir.Tensor(array.reshape(tensor.shape.numpy()), dtype=tensor.dtype, name=tensor.name,
+                                          doc_string=tensor.doc_string, metadata_props=tensor.metadata_props)
+    finally:
+        for data in files.values():
+            data.close()
 
 
 def to_ir(proto: onnx.ModelProto, label: str) -> ir.Model:
@@ -135,133 +163,3 @@ def external_data_threshold(model: ir.Model, mode: str, source_bytes: int) -> in
     if external_sizes:
         return min(min(external_sizes), _EXTERNAL_THRESHOLD_BYTES)
     return _EXTERNAL_THRESHOLD_BYTES if too_big else None
-
-
-class StagedOutput:
-    """Writes a model (and its data file) into a hidden folder beside `destination`.
-
-    `commit` fsyncs and renames the files into place (data file first, then the
-    model), so the destination is either the old file or the complete new one,
-    never a partial write; an existing symlink at the destination is replaced, not
-    written through. Leaving the `with` block without commit removes everything.
-    """
-
-    def __init__(self, destination: str | os.PathLike) -> None:
-        self.destination = Path(destination)
-        folder = self.destination.parent
-        check_output_path(self.destination)
-        try:
-            self._stage = Path(tempfile.mkdtemp(prefix=".bnfold-", dir=folder))
-        except OSError as error:
-            raise InputError(f"{self.destination}: cannot write in '{folder}' ({error.strerror})") from None
-        self.path = self._stage / self.destination.name
-        self.data_name = f"{self.destination.name}.data"
-
-    def write(self, model: ir.Model, external_threshold: int | None) -> None:
-        """Serialize `model` into the staging folder (the model is not usable afterwards).
-
-        `external_threshold`: tensors of at least this many bytes go to the data
-        file (see `external_data_threshold`); None writes everything inline.
-        """
-        try:
-            self._write(model, external_threshold)
-        except OSError as error:
-            raise OutputError(f"{self.destination}: cannot write it ({error.strerror or error})") from error
-
-    def _write(self, model: ir.Model, external_threshold: int | None) -> None:
-        if external_threshold is None:
-            write_streamed(model, self.path)
-        else:
-            # onnx-ir moves tensors strictly larger than its threshold, streaming them.
-            ir.external_data.unload_from_model(model, self._stage, self.data_name,
-                                               size_threshold_bytes=max(external_threshold - 1, 0))
-            onnx.save(to_proto(model), self.path)
-        data = self._stage / self.data_name
-        if data.exists() and data.stat().st_size == 0:
-            data.unlink()  # nothing was large enough: no empty data file beside the output
-        for written in self._stage.iterdir():
-            _fsync(written)
-
-    def commit(self) -> None:
-        data = self._stage / self.data_name
-        try:
-            if data.exists():
-                os.replace(data, self.destination.parent / self.data_name)
-            os.replace(self.path, self.destination)
-        except OSError as error:
-            raise OutputError(f"{self.destination}: cannot put it in place ({error.strerror or error})") from error
-        _fsync_folder(self.destination.parent)
-        self.discard()
-
-    def discard(self) -> None:
-        shutil.rmtree(self._stage, ignore_errors=True)
-
-    def __enter__(self) -> StagedOutput:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.discard()
-
-
-def write_streamed(model: ir.Model, path: Path) -> None:
-    """Write `model` with its data inline, holding one serialized tensor in memory at a time.
-
-    Protobuf merges repeated occurrences of a singular message field, so the file
-    is the model without the main graph's initializers, followed by one `graph`
-    field per initializer (each a GraphProto holding just that initializer). Every
-    protobuf parser (onnx.load, onnxruntime) reads it back as the one model.
-    """
-    relist_initializer_inputs(model)  # while the initializers are still registered
-    initializers = list(model.graph.initializers.values())
-    model.graph.initializers.clear()
-    try:
-        head = to_proto(model)
-    finally:
-        for value in initializers:
-            model.graph.initializers[value.name] = value
-    graph = head.graph.SerializeToString()
-    head.ClearField("graph")
-    with open(path, "wb") as handle:
-        handle.write(head.SerializeToString())
-        handle.write(_length_delimited(_GRAPH_FIELD, graph))
-        for value in initializers:
-            source = value.const_value
-            if isinstance(source, ir.ExternalTensor):  # inline its bytes, read through the memory map
-                source = ir.Tensor(source.numpy(), dtype=source.dtype, name=value.name)
-            tensor = ir.serde.serialize_tensor(source)
-            tensor.name = value.name
-            chunk = _length_delimited(_INITIALIZER_FIELD, tensor.SerializeToString())
-            handle.write(_length_delimited(_GRAPH_FIELD, chunk))
-
-
-_GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
-_INITIALIZER_FIELD = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
-
-
-def _length_delimited(field_number: int, payload: bytes) -> bytes:
-    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _varint(number: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, number = number & 0x7F, number >> 7
-        out.append(low | (0x80 if number else 0))
-        if not number:
-            return bytes(out)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

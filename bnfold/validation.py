@@ -158,27 +158,35 @@ def check_external_data(proto: onnx.ModelProto, base_dir: Path) -> None:
     absolute locations, '..', symlinks out of the folder, and out-of-range offsets.
     """
     base = base_dir.resolve()
+    file_sizes: dict[str, int] = {}  # checked once per location, however many tensors it holds
     for tensor in all_tensors(proto):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         info = {entry.key: entry.value for entry in tensor.external_data}
         location = info.get("location", "")
         where = f"external data of tensor '{tensor.name}'"
-        if not location:
-            raise InputError(f"{where} has no location")
-        if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location:
-            raise InputError(f"{where}: absolute location '{location}' is refused")
-        if ".." in location.replace("\\", "/").split("/"):
-            raise InputError(f"{where}: location '{location}' leaves the model's folder")
-        target = (base / location).resolve()
-        if base not in target.parents:
-            raise InputError(f"{where}: location '{location}' leads outside the model's folder")
-        if not target.is_file():
-            raise InputError(f"{where}: file '{location}' does not exist")
-        _check_extent(tensor, info, target, where)
+        if location not in file_sizes:
+            file_sizes[location] = _checked_file_size(base, location, where)
+        _check_extent(tensor, info, file_sizes[location], location, where)
 
 
-def _check_extent(tensor: onnx.TensorProto, info: dict[str, str], target: Path, where: str) -> None:
+def _checked_file_size(base: Path, location: str, where: str) -> int:
+    """The size of the data file at `location`, once it is known to be a file inside `base`."""
+    if not location:
+        raise InputError(f"{where} has no location")
+    if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location:
+        raise InputError(f"{where}: absolute location '{location}' is refused")
+    if ".." in location.replace("\\", "/").split("/"):
+        raise InputError(f"{where}: location '{location}' leaves the model's folder")
+    target = (base / location).resolve()
+    if base not in target.parents:
+        raise InputError(f"{where}: location '{location}' leads outside the model's folder")
+    if not target.is_file():
+        raise InputError(f"{where}: file '{location}' does not exist")
+    return target.stat().st_size
+
+
+def _check_extent(tensor: onnx.TensorProto, info: dict[str, str], size: int, location: str, where: str) -> None:
     try:
         offset = int(info.get("offset", "0"))
         length = int(info["length"]) if "length" in info else None
@@ -187,10 +195,9 @@ def _check_extent(tensor: onnx.TensorProto, info: dict[str, str], target: Path, 
     if length is None:
         itemsize = itemsize_of(tensor.data_type) or 0
         length = int(np.prod(tensor.dims, dtype=np.float64)) * itemsize
-    size = target.stat().st_size
     if offset < 0 or length < 0 or offset + length > size:
         raise InputError(f"{where}: bytes {offset}..{offset + length} lie past the end of "
-                         f"'{target.name}' ({size} bytes)")
+                         f"'{Path(location).name}' ({size} bytes)")
 
 
 def all_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:

@@ -11,7 +11,7 @@ from helpers import op_counts
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from bnfold import model_io
+from bnfold import output
 from bnfold.cli import app
 
 SAMPLE = Path(__file__).resolve().parent.parent / "models" / "sample_cnn.onnx"
@@ -232,7 +232,7 @@ def test_out_is_an_existing_symlink_elsewhere(tmp_path):
 def test_a_failing_write_leaves_nothing(tmp_path, monkeypatch):
     source = tmp_path / "in.onnx"
     shutil.copy(SAMPLE, source)
-    real_write = model_io.write_streamed
+    real_write = output.write_inline
 
     def full_disk(model, path):
         real_write(model, path)
@@ -240,5 +240,5 @@ def test_a_failing_write_leaves_nothing(tmp_path, monkeypatch):
             handle.truncate(100)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(model_io, "write_streamed", full_disk)
+    monkeypatch.setattr(output, "write_inline", full_disk)
     refuse(tmp_path, source, "cannot write it (No space left on device)")

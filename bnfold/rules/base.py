@@ -78,8 +78,8 @@ class FoldContext:
         graph.insert_before(user, constant)
         return constant.outputs[0]
 
-    def write_input(self, node: ir.Node, index: int, array: np.ndarray, role: str,
-                    recompute: Callable[[], np.ndarray] | None = None) -> None:
+    def write_input(self, node: ir.Node, index: int, array: np.ndarray | None, role: str,
+                    recompute: Callable[[], np.ndarray] | None = None, like: np.ndarray | None = None) -> None:
         """Make input `index` of `node` the constant `array`.
 
         An initializer that only this input uses is updated in place (it keeps its
@@ -87,23 +87,37 @@ class FoldContext:
         constant, so other users keep the original value. With `recompute`, a large
         array replacing a memory-mapped tensor is not kept: it is recomputed when
         the output is written, so memory stays bounded on models of any size.
+        `array` may be None where `defers` says so, with `like` giving its dtype and
+        shape; where it does not, `recompute` computes it now.
         """
         old = node.inputs[index] if index < len(node.inputs) else None
-        lazy = (recompute is not None and array.nbytes >= LAZY_TENSOR_BYTES and old is not None
-                and isinstance(old.const_value, ir.ExternalTensor) and node.graph not in self.function_graphs)
+        lazy = recompute is not None and self.defers(node, index)
+        if array is None and not lazy:
+            array = recompute()
+        stand_in = array if array is not None else like  # dtype and shape of the new value
         if old is not None and _exclusively_ours(old):
-            old.const_value = _tensor(array, old.name, recompute if lazy else None)
+            old.const_value = _tensor(stand_in, old.name, recompute if lazy else None)
             if old.shape is not None:
-                old.shape = ir.Shape(array.shape)
+                old.shape = ir.Shape(stand_in.shape)
             self.resolver.forget(old)
             return
         hint = f"{old.name}_bnfolded" if old is not None and old.name else f"{node.name or node.op_type}_{role}"
         if lazy:
             name = self.names.fresh(hint)
-            new_value = constant_value(node.graph, name, _tensor(array, name, recompute))
+            new_value = constant_value(node.graph, name, _tensor(stand_in, name, recompute))
         else:
             new_value = self.new_constant(node, hint, array)
         replace_input(node.graph, node, index, new_value)
+
+    def defers(self, node: ir.Node, index: int) -> bool:
+        """Whether a new value for input `index` is computed while the output is written, not now.
+
+        So it is for large tensors that replace memory-mapped ones (outside functions,
+        whose constants are inline Constant nodes).
+        """
+        old = node.inputs[index] if index < len(node.inputs) else None
+        return (old is not None and isinstance(old.const_value, ir.ExternalTensor)
+                and old.const_value.nbytes >= LAZY_TENSOR_BYTES and node.graph not in self.function_graphs)
 
     def mark_gemm_broadcast(self, gemm: ir.Node) -> None:
         """Gemm before opset 7 broadcasts C only when told to."""
@@ -138,17 +152,24 @@ def rounded(values: np.ndarray, like: np.ndarray) -> np.ndarray:
 def folded_commit(ctx: FoldContext, node: ir.Node, fold: Callable[[], tuple[np.ndarray, np.ndarray]],
                   weight: np.ndarray, bias_like: np.ndarray, *, roles: tuple[str, str] = ("weight", "bias"),
                   write_bias: bool = True, before: Callable[[], None] | None = None,
-                  after: Callable[[], None] | None = None) -> Commit:
+                  after: Callable[[], None] | None = None, bias_alone: Callable[[], np.ndarray] | None = None,
+                  factors: np.ndarray | None = None) -> Commit:
     """Check a fold now (it may overflow: Skip), and return the Commit that writes it.
 
     `fold()` gives (new weight, new bias) in float64 for inputs 1 and 2 of `node`.
     It is kept as the recipe for the weight: a large weight whose source is memory
     mapped is recomputed while the output is written instead of being held in memory.
+    When the fold multiplies each weight element by one of `factors` and
+    `bias_alone()` gives the new bias without the weight, such a weight is not
+    computed now at all: a bound on its values shows it cannot overflow.
     The bias is written first: that may free the weight of a second user (a Shape
     feeding the old bias), so the weight keeps its name.
     """
-    new_weight, new_bias = fold()
-    new_weight, new_bias = rounded(new_weight, weight), rounded(new_bias, bias_like)
+    if bias_alone is not None and ctx.defers(node, 1) and fold_math.product_fits(weight, factors, weight.dtype):
+        new_weight, new_bias = None, rounded(bias_alone(), bias_like)
+    else:
+        new_weight, new_bias = fold()
+        new_weight, new_bias = rounded(new_weight, weight), rounded(new_bias, bias_like)
 
     def make_weight() -> np.ndarray:
         return rounded(fold()[0], weight)
@@ -158,7 +179,7 @@ def folded_commit(ctx: FoldContext, node: ir.Node, fold: Callable[[], tuple[np.n
             before()
         if write_bias:
             ctx.write_input(node, 2, new_bias, roles[1])
-        ctx.write_input(node, 1, new_weight, roles[0], recompute=make_weight)
+        ctx.write_input(node, 1, new_weight, roles[0], recompute=make_weight, like=weight)
         if after is not None:
             after()
 

@@ -28,4 +28,5 @@ def prepare(ctx: FoldContext, conv: ir.Node, params: AffineParams) -> Commit:
     if bias is not None and bias.shape != (weight.shape[0],):
         raise Skip(f"bias of {describe(conv)} has shape {bias.shape}, expected ({weight.shape[0]},)")
     return folded_commit(ctx, conv, lambda: fold_math.fold_output_channels(weight, bias, scale, shift),
-                         weight, weight if bias is None else bias)
+                         weight, weight if bias is None else bias,
+                         bias_alone=lambda: fold_math.output_bias(bias, scale, shift), factors=scale)

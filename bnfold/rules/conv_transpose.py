@@ -39,4 +39,5 @@ def prepare(ctx: FoldContext, conv_t: ir.Node, params: AffineParams) -> Commit:
     if bias is not None and bias.shape != (out_channels,):
         raise Skip(f"bias of {describe(conv_t)} has shape {bias.shape}, expected ({out_channels},)")
     return folded_commit(ctx, conv_t, lambda: fold_math.fold_conv_transpose(weight, bias, scale, shift, group),
-                         weight, weight if bias is None else bias)
+                         weight, weight if bias is None else bias,
+                         bias_alone=lambda: fold_math.output_bias(bias, scale, shift), factors=scale)

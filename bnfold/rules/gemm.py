@@ -41,7 +41,8 @@ def prepare(ctx: FoldContext, gemm: ir.Node, params: AffineParams) -> Commit:
     return folded_commit(ctx, gemm,
                          lambda: fold_math.fold_gemm(b_matrix, c_bias, scale, shift, trans_b=trans_b, beta=beta),
                          b_matrix, b_matrix if c_bias is None else c_bias, roles=("B", "C"),
-                         after=lambda: set_beta_to_one(ctx, gemm))
+                         after=lambda: set_beta_to_one(ctx, gemm),
+                         bias_alone=lambda: fold_math.gemm_output_bias(c_bias, scale, shift, beta=beta), factors=scale)
 
 
 def set_beta_to_one(ctx: FoldContext, gemm: ir.Node) -> None:

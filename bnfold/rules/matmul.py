@@ -36,14 +36,18 @@ def prepare(ctx: FoldContext, matmul: ir.Node, params: AffineParams) -> Commit:
     b_matrix = _b_matrix(ctx, matmul)
     scale, shift = params.for_channels(b_matrix.shape[1], f"output of {describe(matmul)}")
     return become_gemm(ctx, matmul, lambda: fold_math.fold_gemm(b_matrix, None, scale, shift, trans_b=False, beta=1.0),
-                       b_matrix)
+                       b_matrix, bias_alone=lambda: fold_math.gemm_output_bias(None, scale, shift, beta=1.0),
+                       factors=scale)
 
 
-def become_gemm(ctx: FoldContext, matmul: ir.Node, fold, b_matrix) -> Commit:
-    """A Commit turning MatMul(A, B) into Gemm(A, B', C) in place; `fold()` gives (B', C) in float64."""
+def become_gemm(ctx: FoldContext, matmul: ir.Node, fold, b_matrix, **deferral) -> Commit:
+    """A Commit turning MatMul(A, B) into Gemm(A, B', C) in place; `fold()` gives (B', C) in float64.
+
+    `deferral`: `bias_alone` and `factors`, as for `folded_commit`.
+    """
 
     def to_gemm() -> None:
         matmul.op_type = "Gemm"
 
     return folded_commit(ctx, matmul, fold, b_matrix, b_matrix, before=to_gemm,
-                         after=lambda: ctx.mark_gemm_broadcast(matmul))
+                         after=lambda: ctx.mark_gemm_broadcast(matmul), **deferral)

@@ -1,0 +1,291 @@
+"""Writing the folded model: staged beside the destination, renamed into place when complete.
+
+Both layouts are written tensor by tensor, never as one serialized model:
+- inline: the model without its initializers, then one `graph` chunk per initializer;
+- external data: the model file, plus one data file that tensors are appended to.
+A folded weight that was left to be computed while writing (a LazyTensor, see
+rules/base.py) is computed in a second thread one tensor ahead of the writer, and
+an untouched external tensor is copied file to file (`copy_file_range` where the
+platform has it) without passing through Python. On Linux, each finished part of
+a file is handed to the kernel for write-back at once, so the fsync that makes
+the output durable before it is renamed into place has little left to wait for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import BinaryIO
+
+import onnx
+import onnx_ir as ir
+
+from bnfold.errors import InputError, OutputError
+from bnfold.graph import initializer_values, model_graphs
+from bnfold.model_io import relist_initializer_inputs, to_proto
+from bnfold.validation import check_output_path
+
+logger = logging.getLogger(__name__)
+
+# Tensors this large start on a page boundary of the data file, where a reader can map them.
+_ALIGNED_TENSOR_BYTES = 1 << 20
+_PAGE = 4096
+_HAND_OVER_BYTES = 8 << 20
+
+
+class StagedOutput:
+    """Writes a model (and its data file) into a hidden folder beside `destination`.
+
+    `commit` renames the files into place (data file first, then the model), so
+    the destination is either the old file or the complete new one, never a
+    partial write, also after a crash: every file is fsynced before it is renamed.
+    An existing symlink at the destination is replaced, not written through.
+    Leaving the `with` block without commit removes everything.
+    """
+
+    def __init__(self, destination: str | os.PathLike) -> None:
+        self.destination = Path(destination)
+        folder = self.destination.parent
+        check_output_path(self.destination)
+        try:
+            self._stage = Path(tempfile.mkdtemp(prefix=".bnfold-", dir=folder))
+        except OSError as error:
+            raise InputError(f"{self.destination}: cannot write in '{folder}' ({error.strerror})") from None
+        self.path = self._stage / self.destination.name
+        self.data_name = f"{self.destination.name}.data"
+
+    def write(self, model: ir.Model, external_threshold: int | None) -> None:
+        """Serialize `model` into the staging folder (the model is not usable afterwards).
+
+        `external_threshold`: tensors of at least this many bytes go to the data
+        file (see model_io.external_data_threshold); None writes everything inline.
+        """
+        try:
+            if external_threshold is None:
+                write_inline(model, self.path)
+            else:
+                write_external(model, self._stage, self.data_name, external_threshold)
+                write_model_file(to_proto(model), self.path)
+        except OSError as error:
+            raise OutputError(f"{self.destination}: cannot write it ({error.strerror or error})") from error
+
+    def commit(self) -> None:
+        data = self._stage / self.data_name
+        try:
+            if data.exists():
+                os.replace(data, self.destination.parent / self.data_name)
+            os.replace(self.path, self.destination)
+        except OSError as error:
+            raise OutputError(f"{self.destination}: cannot put it in place ({error.strerror or error})") from error
+        _fsync_folder(self.destination.parent)
+        self.discard()
+
+    def discard(self) -> None:
+        shutil.rmtree(self._stage, ignore_errors=True)
+
+    def __enter__(self) -> StagedOutput:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.discard()
+
+
+class _DurableFile:
+    """A file written front to back whose finished part is sent to disk while the rest is still produced."""
+
+    def __init__(self, path: Path) -> None:
+        self.handle: BinaryIO = open(path, "wb")
+        self._handed_over = 0
+
+    def hand_over(self) -> None:
+        """Start write-back of what was written so far, without waiting for it (Linux; elsewhere a no-op).
+
+        Done in steps of at least _HAND_OVER_BYTES. POSIX_FADV_DONTNEED writes dirty
+        pages back asynchronously and drops only pages already clean, so nothing
+        just written is evicted.
+        """
+        if not hasattr(os, "posix_fadvise") or self.handle.tell() - self._handed_over < _HAND_OVER_BYTES:
+            return
+        self.handle.flush()
+        end = self.handle.tell()
+        os.posix_fadvise(self.handle.fileno(), self._handed_over, end - self._handed_over, os.POSIX_FADV_DONTNEED)
+        self._handed_over = end
+
+    def __enter__(self) -> _DurableFile:
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        try:
+            if exc_type is None:
+                self.handle.flush()
+                os.fsync(self.handle.fileno())
+        finally:
+            self.handle.close()
+
+
+def write_external(model: ir.Model, folder: Path, data_name: str, threshold: int) -> None:
+    """Move every tensor of at least `threshold` bytes into `folder/data_name`, in declaration order.
+
+    Afterwards those tensors (initializers, and tensor attributes such as a
+    Constant's value) are ExternalTensors of the new file; smaller tensors that
+    were external are read into memory, to be written inline.
+    """
+    moving = []
+    for slot in tensor_slots(model):
+        if slot.tensor.nbytes >= threshold and slot.tensor.dtype != ir.DataType.STRING:
+            moving.append(slot)
+        elif isinstance(slot.tensor, ir.ExternalTensor):
+            slot.put(_in_memory(slot.tensor))
+    if not moving:
+        return  # no empty data file beside the output
+    with _DurableFile(folder / data_name) as data, ThreadPoolExecutor(max_workers=1) as pool:
+        for slot, tensor in zip(moving, _evaluated_ahead(pool, [slot.tensor for slot in moving]), strict=True):
+            offset = _aligned(data.handle.tell(), tensor.nbytes)
+            data.handle.seek(offset)
+            tensor.tofile(data.handle)
+            data.hand_over()
+            slot.put(ir.ExternalTensor(data_name, offset, tensor.nbytes, tensor.dtype, shape=tensor.shape,
+                                       name=slot.name, base_dir=str(folder)))
+
+
+@dataclass
+class TensorSlot:
+    """A place in the model that holds a tensor: an initializer, or (an item of) a tensor attribute."""
+
+    tensor: ir.TensorProtocol
+    name: str | None
+    put: Callable[[ir.TensorProtocol], None]
+
+
+def tensor_slots(model: ir.Model) -> Iterator[TensorSlot]:
+    """Every tensor the model stores, initializers first, in declaration order."""
+    for value in initializer_values(model):
+        if value.const_value is not None:
+            yield TensorSlot(value.const_value, value.name, partial(setattr, value, "const_value"))
+    for graph, _ in model_graphs(model):
+        for node in graph:
+            for attribute in list(node.attributes.values()):
+                yield from _attribute_slots(node, attribute)
+
+
+def _attribute_slots(node: ir.Node, attribute: ir.Attr) -> Iterator[TensorSlot]:
+    if attribute.type == ir.AttributeType.TENSOR:
+        def put(tensor: ir.TensorProtocol) -> None:
+            node.attributes[attribute.name] = ir.AttrTensor(attribute.name, tensor, doc_string=attribute.doc_string)
+
+        yield TensorSlot(attribute.value, attribute.value.name, put)
+    elif attribute.type == ir.AttributeType.TENSORS:
+        for index, item in enumerate(attribute.value):
+            def put_item(tensor: ir.TensorProtocol, index: int = index) -> None:
+                items = list(node.attributes[attribute.name].value)
+                items[index] = tensor
+                node.attributes[attribute.name] = ir.AttrTensors(attribute.name, items,
+                                                                 doc_string=attribute.doc_string)
+
+            yield TensorSlot(item, item.name, put_item)
+
+
+def _in_memory(tensor: ir.ExternalTensor) -> ir.Tensor:
+    return ir.Tensor(tensor.numpy().copy(), dtype=tensor.dtype, name=tensor.name, doc_string=tensor.doc_string,
+                     metadata_props=tensor.metadata_props)
+
+
+def _aligned(offset: int, nbytes: int) -> int:
+    if nbytes < _ALIGNED_TENSOR_BYTES:
+        return offset
+    return -(-offset // _PAGE) * _PAGE
+
+
+def _evaluated_ahead(pool: ThreadPoolExecutor, tensors: Iterable[ir.TensorProtocol]) -> Iterator[ir.TensorProtocol]:
+    """`tensors` in order; a LazyTensor comes out computed, in `pool` while the one before it is written.
+
+    At most two computed tensors exist at a time: the one being written and the next.
+    """
+    queue: deque[ir.TensorProtocol | Future] = deque()
+    for tensor in tensors:
+        queue.append(pool.submit(tensor.raw) if isinstance(tensor, ir.LazyTensor) else tensor)
+        if len(queue) > 1:
+            yield _ready(queue.popleft())
+    while queue:
+        yield _ready(queue.popleft())
+
+
+def _ready(item: ir.TensorProtocol | Future) -> ir.TensorProtocol:
+    return item.result() if isinstance(item, Future) else item
+
+
+def write_model_file(proto: onnx.ModelProto, path: Path) -> None:
+    with _DurableFile(path) as model_file:
+        model_file.handle.write(proto.SerializeToString())
+
+
+def write_inline(model: ir.Model, path: Path) -> None:
+    """Write `model` with its data inline, holding one serialized tensor in memory at a time.
+
+    Protobuf merges repeated occurrences of a singular message field, so the file
+    is the model without the main graph's initializers, followed by one `graph`
+    field per initializer (each a GraphProto holding just that initializer). Every
+    protobuf parser (onnx.load, onnxruntime) reads it back as the one model.
+    """
+    relist_initializer_inputs(model)  # while the initializers are still registered
+    initializers = list(model.graph.initializers.values())
+    streamed = {id(value.const_value) for value in initializers}
+    for slot in tensor_slots(model):  # the rest is written with the head: nothing may point to the input's data
+        if isinstance(slot.tensor, ir.ExternalTensor) and id(slot.tensor) not in streamed:
+            slot.put(_in_memory(slot.tensor))
+    model.graph.initializers.clear()
+    try:
+        head = to_proto(model)
+    finally:
+        for value in initializers:
+            model.graph.initializers[value.name] = value
+    graph = head.graph.SerializeToString()
+    head.ClearField("graph")
+    with _DurableFile(path) as out, ThreadPoolExecutor(max_workers=1) as pool:
+        out.handle.write(head.SerializeToString())
+        out.handle.write(_length_delimited(_GRAPH_FIELD, graph))
+        sources = _evaluated_ahead(pool, [value.const_value for value in initializers])
+        for value, source in zip(initializers, sources, strict=True):
+            if isinstance(source, ir.ExternalTensor):  # inline its bytes, read through the memory map
+                source = ir.Tensor(source.numpy(), dtype=source.dtype, name=value.name)
+            tensor = ir.serde.serialize_tensor(source)
+            tensor.name = value.name
+            chunk = _length_delimited(_INITIALIZER_FIELD, tensor.SerializeToString())
+            out.handle.write(_length_delimited(_GRAPH_FIELD, chunk))
+            out.hand_over()
+
+
+_GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
+_INITIALIZER_FIELD = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
+
+
+def _length_delimited(field_number: int, payload: bytes) -> bytes:
+    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _varint(number: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, number = number & 0x7F, number >> 7
+        out.append(low | (0x80 if number else 0))
+        if not number:
+            return bytes(out)
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

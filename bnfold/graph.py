@@ -6,7 +6,9 @@ Nothing here knows about BatchNormalization; the rules and the pass build on it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import onnx
@@ -279,6 +281,45 @@ def initializer_values(model: ir.Model) -> Iterator[ir.Value]:
         yield from graph.initializers.values()
 
 
+@dataclass
+class TensorSlot:
+    """A place in the model that holds a tensor: an initializer, or (an item of) a tensor attribute."""
+
+    tensor: ir.TensorProtocol
+    name: str | None
+    put: Callable[[ir.TensorProtocol], None]
+
+
+def tensor_slots(model: ir.Model) -> Iterator[TensorSlot]:
+    """Every tensor the model stores, initializers first, in declaration order."""
+    for value in initializer_values(model):
+        if value.const_value is not None:
+            yield TensorSlot(value.const_value, value.name, partial(setattr, value, "const_value"))
+    for graph, _ in model_graphs(model):
+        for node in graph:
+            for attribute in list(node.attributes.values()):
+                yield from _attribute_slots(node, attribute)
+
+
+def _attribute_slots(node: ir.Node, attribute: ir.Attr) -> Iterator[TensorSlot]:
+    if attribute.is_ref():  # a function's attribute reference holds no tensor
+        return
+    if attribute.type == ir.AttributeType.TENSOR:
+        def put(tensor: ir.TensorProtocol) -> None:
+            node.attributes[attribute.name] = ir.AttrTensor(attribute.name, tensor, doc_string=attribute.doc_string)
+
+        yield TensorSlot(attribute.value, attribute.value.name, put)
+    elif attribute.type == ir.AttributeType.TENSORS:
+        for index, item in enumerate(attribute.value):
+            def put_item(tensor: ir.TensorProtocol, index: int = index) -> None:
+                items = list(node.attributes[attribute.name].value)
+                items[index] = tensor
+                node.attributes[attribute.name] = ir.AttrTensors(attribute.name, items,
+                                                                 doc_string=attribute.doc_string)
+
+            yield TensorSlot(item, item.name, put_item)
+
+
 def values_in_use(values: Iterable[ir.Value | None]) -> list[ir.Value]:
     return [v for v in values if v is not None and (v.is_graph_output() or len(v.uses()) > 0)]
 
@@ -340,9 +381,19 @@ def remove_if_dead(graph: ir.Graph, value: ir.Value | None) -> None:
         stack.extend(inputs)
 
 
+def tensor_of(array: np.ndarray, name: str | None = None) -> ir.TensorProtocol:
+    """An onnx-ir tensor holding `array`.
+
+    ir.Tensor directly: ir.tensor's runtime protocol checks cost more than a fold on graphs of many small layers.
+    """
+    if array.dtype.kind in "OSU":  # strings
+        return ir.tensor(array, name=name)
+    return ir.Tensor(array, dtype=ir.DataType.from_numpy(array.dtype), name=name)
+
+
 def constant_value(graph: ir.Graph, name: str, array) -> ir.Value:
     """Register `array` (a numpy array or an onnx-ir tensor) as a new initializer of `graph` called `name`."""
-    tensor = ir.tensor(array, name=name) if isinstance(array, np.ndarray) else array
+    tensor = tensor_of(array, name) if isinstance(array, np.ndarray) else array
     value = ir.Value(name=name, const_value=tensor)
     # The tensor carries dtype and shape; a value_info entry would only repeat them.
     value.type = None

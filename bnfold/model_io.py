@@ -21,7 +21,7 @@ import onnx
 import onnx_ir as ir
 
 from bnfold.errors import InputError, first_line
-from bnfold.graph import initializer_values
+from bnfold.graph import initializer_values, tensor_slots
 from bnfold.validation import all_graphs, load_proto
 
 logger = logging.getLogger(__name__)
@@ -131,9 +131,9 @@ def relist_initializer_inputs(model: ir.Model) -> None:
 
 
 def external_data_files(model: ir.Model) -> set[Path]:
-    """The resolved data files the model's external tensors read from."""
-    return {Path(value.const_value.path).resolve() for value in initializer_values(model)
-            if isinstance(value.const_value, ir.ExternalTensor)}
+    """The resolved data files the model's external tensors (initializers and attributes) read from."""
+    paths = {slot.tensor.path for slot in tensor_slots(model) if isinstance(slot.tensor, ir.ExternalTensor)}
+    return {Path(path).resolve() for path in paths}
 
 
 def model_file_bytes(path: Path, data_files: set[Path]) -> int:

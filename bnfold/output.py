@@ -18,10 +18,8 @@ import os
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,7 +27,7 @@ import onnx
 import onnx_ir as ir
 
 from bnfold.errors import InputError, OutputError
-from bnfold.graph import initializer_values, model_graphs
+from bnfold.graph import tensor_slots
 from bnfold.model_io import relist_initializer_inputs, to_proto
 from bnfold.validation import check_output_path
 
@@ -154,43 +152,6 @@ def write_external(model: ir.Model, folder: Path, data_name: str, threshold: int
             data.hand_over()
             slot.put(ir.ExternalTensor(data_name, offset, tensor.nbytes, tensor.dtype, shape=tensor.shape,
                                        name=slot.name, base_dir=str(folder)))
-
-
-@dataclass
-class TensorSlot:
-    """A place in the model that holds a tensor: an initializer, or (an item of) a tensor attribute."""
-
-    tensor: ir.TensorProtocol
-    name: str | None
-    put: Callable[[ir.TensorProtocol], None]
-
-
-def tensor_slots(model: ir.Model) -> Iterator[TensorSlot]:
-    """Every tensor the model stores, initializers first, in declaration order."""
-    for value in initializer_values(model):
-        if value.const_value is not None:
-            yield TensorSlot(value.const_value, value.name, partial(setattr, value, "const_value"))
-    for graph, _ in model_graphs(model):
-        for node in graph:
-            for attribute in list(node.attributes.values()):
-                yield from _attribute_slots(node, attribute)
-
-
-def _attribute_slots(node: ir.Node, attribute: ir.Attr) -> Iterator[TensorSlot]:
-    if attribute.type == ir.AttributeType.TENSOR:
-        def put(tensor: ir.TensorProtocol) -> None:
-            node.attributes[attribute.name] = ir.AttrTensor(attribute.name, tensor, doc_string=attribute.doc_string)
-
-        yield TensorSlot(attribute.value, attribute.value.name, put)
-    elif attribute.type == ir.AttributeType.TENSORS:
-        for index, item in enumerate(attribute.value):
-            def put_item(tensor: ir.TensorProtocol, index: int = index) -> None:
-                items = list(node.attributes[attribute.name].value)
-                items[index] = tensor
-                node.attributes[attribute.name] = ir.AttrTensors(attribute.name, items,
-                                                                 doc_string=attribute.doc_string)
-
-            yield TensorSlot(item, item.name, put_item)
 
 
 def _in_memory(tensor: ir.ExternalTensor) -> ir.Tensor:

@@ -16,7 +16,7 @@ import onnx_ir as ir
 
 from bnfold import fold_math
 from bnfold.affine import Skip
-from bnfold.graph import ConstantResolver, NameAuthority, TypeHints, constant_value, replace_input
+from bnfold.graph import ConstantResolver, NameAuthority, TypeHints, constant_value, replace_input, tensor_of
 
 QUANTIZATION_OPS = frozenset({"DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear"})
 
@@ -72,7 +72,7 @@ class FoldContext:
         name = self.names.fresh(hint)
         if graph not in self.function_graphs:
             return constant_value(graph, name, array)
-        constant = ir.node("Constant", [], attributes={"value": ir.tensor(array, name=name)},
+        constant = ir.node("Constant", [], attributes={"value": tensor_of(array, name)},
                            name=self.names.fresh(f"{hint}_constant"))
         constant.outputs[0].name = name
         graph.insert_before(user, constant)
@@ -131,8 +131,8 @@ LAZY_TENSOR_BYTES = 1 << 20
 
 def _tensor(array: np.ndarray, name: str, recompute: Callable[[], np.ndarray] | None):
     if recompute is None:
-        return ir.tensor(array, name=name)
-    return ir.LazyTensor(lambda: ir.tensor(recompute()), dtype=ir.DataType.from_numpy(array.dtype),
+        return tensor_of(array, name)
+    return ir.LazyTensor(lambda: tensor_of(recompute()), dtype=ir.DataType.from_numpy(array.dtype),
                          shape=ir.Shape(array.shape), name=name)
 
 

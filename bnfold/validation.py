@@ -192,9 +192,12 @@ def _check_extent(tensor: onnx.TensorProto, info: dict[str, str], size: int, loc
         length = int(info["length"]) if "length" in info else None
     except ValueError:
         raise InputError(f"{where}: offset/length are not integers") from None
+    itemsize = itemsize_of(tensor.data_type)
+    claimed = None if itemsize is None else int(np.prod(tensor.dims, dtype=np.float64)) * itemsize
     if length is None:
-        itemsize = itemsize_of(tensor.data_type) or 0
-        length = int(np.prod(tensor.dims, dtype=np.float64)) * itemsize
+        length = claimed or 0
+    elif claimed is not None and length < claimed:
+        raise InputError(f"{where}: length {length} is less than the {claimed} bytes its dims claim")
     if offset < 0 or length < 0 or offset + length > size:
         raise InputError(f"{where}: bytes {offset}..{offset + length} lie past the end of "
                          f"'{Path(location).name}' ({size} bytes)")

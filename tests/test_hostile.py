@@ -178,6 +178,11 @@ def test_external_data_past_the_end_of_the_file(tmp_path):
     refuse(tmp_path, source, "lie past the end of 'weights.bin'")
 
 
+def test_external_data_shorter_than_the_tensor(tmp_path):
+    source = external_model(tmp_path / "m", "weights.bin", length=4)
+    refuse(tmp_path, source, "length 4 is less than the")
+
+
 # --- the output path ---------------------------------------------------------------------------
 
 def test_output_folder_missing(tmp_path):

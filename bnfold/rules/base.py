@@ -165,7 +165,8 @@ def folded_commit(ctx: FoldContext, node: ir.Node, fold: Callable[[], tuple[np.n
     The bias is written first: that may free the weight of a second user (a Shape
     feeding the old bias), so the weight keeps its name.
     """
-    if bias_alone is not None and ctx.defers(node, 1) and fold_math.product_fits(weight, factors, weight.dtype):
+    if (bias_alone is not None and factors is not None and ctx.defers(node, 1)
+            and fold_math.product_fits(weight, factors, weight.dtype)):
         new_weight, new_bias = None, rounded(bias_alone(), bias_like)
     else:
         new_weight, new_bias = fold()

@@ -183,7 +183,11 @@ def _checked_file_size(base: Path, location: str, where: str) -> int:
         raise InputError(f"{where}: location '{location}' leads outside the model's folder")
     if not target.is_file():
         raise InputError(f"{where}: file '{location}' does not exist")
-    return target.stat().st_size
+    status = target.stat()
+    if status.st_nlink > 1:  # onnx-ir refuses these too: the other name could be any file on the disk
+        raise InputError(f"{where}: file '{location}' has {status.st_nlink} hard links, so it could be "
+                         "any file on the disk; fold a copy of it")
+    return status.st_size
 
 
 def _check_extent(tensor: onnx.TensorProto, info: dict[str, str], size: int, location: str, where: str) -> None:

@@ -168,6 +168,12 @@ def test_external_data_through_a_symlink_out_of_the_folder(tmp_path):
     refuse(tmp_path, source, "leads outside the model's folder")
 
 
+def test_external_data_file_with_a_second_hard_link(tmp_path):
+    source = external_model(tmp_path / "m", "weights.bin")
+    os.link(tmp_path / "m" / "weights.bin", tmp_path / "elsewhere.bin")
+    refuse(tmp_path, source, "file 'weights.bin' has 2 hard links, so it could be any file on the disk; fold a copy")
+
+
 def test_external_data_file_missing(tmp_path):
     source = external_model(tmp_path / "m", "gone.bin")
     refuse(tmp_path, source, "file 'gone.bin' does not exist")

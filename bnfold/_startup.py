@@ -1,4 +1,4 @@
-"""Start-up cost of the command line: defer onnx-ir's sympy import.
+"""Settings for the command-line process, which bnfold owns: sympy deferred, a calmer garbage collector.
 
 onnx-ir imports sympy when it is imported (about 0.2 s and 33 MiB on the
 project's machine) but uses it only for arithmetic on symbolic dimensions, which
@@ -8,10 +8,12 @@ imports the real module on its first attribute access and then behaves exactly a
 it. The library (`import bnfold`) never does this: other people's processes keep
 their imports as they are. Anything unexpected (sympy or onnx-ir already imported,
 a different layout of onnx-ir) leaves the normal imports in place.
+`calm_garbage_collector` likewise changes only the CLI process's collector.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
 import importlib.util
 import sys
@@ -48,3 +50,15 @@ def defer_sympy() -> bool:
     for name in DEFERRED:
         sys.modules[name] = _Deferred(name)
     return True
+
+
+# A fold builds and edits a graph of many small, long-lived objects; with Python's
+# default threshold (700) the collector rescans them over and over (15-30% of the
+# time on a 5,000-layer model). Cycles are still collected, just less often.
+GC_FIRST_GENERATION_THRESHOLD = 10_000
+
+
+def calm_garbage_collector() -> None:
+    """Collect the youngest generation every 10,000 allocations instead of 700 (CLI process only)."""
+    first, second, third = gc.get_threshold()
+    gc.set_threshold(max(first, GC_FIRST_GENERATION_THRESHOLD), second, third)

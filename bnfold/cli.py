@@ -189,9 +189,10 @@ def _load_inputs(path: Optional[Path]):
 
 
 def main() -> None:
-    from bnfold._startup import defer_sympy
+    from bnfold._startup import calm_garbage_collector, defer_sympy
 
     defer_sympy()  # this process is ours: skip onnx-ir's unused sympy import (see _startup.py)
+    calm_garbage_collector()
     app(prog_name="bnfold")
 
 

@@ -21,7 +21,7 @@ import onnx
 import onnx_ir as ir
 
 from bnfold.errors import InputError, first_line
-from bnfold.graph import initializer_values, tensor_slots
+from bnfold.graph import initializer_values, subgraphs, tensor_slots
 from bnfold.validation import all_graphs, load_proto
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def _legacy_graphs(model: ir.Model) -> Iterator[ir.Graph]:
     """Graphs of an IR < 4 model, where every initializer had to be a graph input too."""
     if (model.ir_version or 0) < 4:
         yield model.graph
-        yield from model.graph.subgraphs()
+        yield from subgraphs(model.graph)
 
 
 def unlist_initializer_inputs(model: ir.Model) -> None:

@@ -114,7 +114,11 @@ class _DurableFile:
             return
         self.handle.flush()
         end = self.handle.tell()
-        os.posix_fadvise(self.handle.fileno(), self._handed_over, end - self._handed_over, os.POSIX_FADV_DONTNEED)
+        try:
+            os.posix_fadvise(self.handle.fileno(), self._handed_over, end - self._handed_over,
+                             os.POSIX_FADV_DONTNEED)
+        except OSError:  # advice only: a file system that does not take it still gets the fsync
+            logger.debug("posix_fadvise refused on %s", self.handle.name)
         self._handed_over = end
 
     def __enter__(self) -> _DurableFile:

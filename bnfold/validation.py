@@ -7,11 +7,11 @@ before a byte of its external data is read.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from bnfold.errors import InputError, first_line
@@ -128,7 +128,7 @@ def _check_inline_size(tensor: onnx.TensorProto, label: str) -> None:
     """An inline tensor must hold exactly as much data as its dims claim."""
     if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.data_type in _SUB_BYTE_TYPES:
         return
-    elements = int(np.prod(tensor.dims, dtype=np.float64))
+    elements = math.prod(tensor.dims)
     if tensor.HasField("raw_data"):
         itemsize = itemsize_of(tensor.data_type)
         if itemsize is not None and elements * itemsize != len(tensor.raw_data):
@@ -197,7 +197,7 @@ def _check_extent(tensor: onnx.TensorProto, info: dict[str, str], size: int, loc
     except ValueError:
         raise InputError(f"{where}: offset/length are not integers") from None
     itemsize = itemsize_of(tensor.data_type)
-    claimed = None if itemsize is None else int(np.prod(tensor.dims, dtype=np.float64)) * itemsize
+    claimed = None if itemsize is None else math.prod(tensor.dims) * itemsize
     if length is None:
         length = claimed or 0
     elif claimed is not None and length < claimed:

@@ -35,3 +35,27 @@ def test_nothing_is_deferred_once_sympy_or_onnx_ir_is_imported():
     before = dict(sys.modules)
     assert defer_sympy() is False
     assert sys.modules["sympy"] is before["sympy"]
+
+
+GC_SCRIPT = """
+import gc, sys
+import bnfold
+print(gc.get_threshold()[0])
+sys.argv = ["bnfold", "--version"]
+from bnfold.cli import main
+try:
+    main()
+except SystemExit:
+    pass
+print(gc.get_threshold()[0])
+"""
+
+
+def test_only_the_cli_process_gets_the_calmer_garbage_collector():
+    default = subprocess.run([sys.executable, "-c", "import gc; print(gc.get_threshold()[0])"],
+                             capture_output=True, text=True).stdout.strip()
+    run = subprocess.run([sys.executable, "-c", GC_SCRIPT], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == default  # importing the library leaves the collector alone
+    assert int(lines[-1]) == max(int(default), 10_000)

@@ -314,13 +314,14 @@ class TensorSlot:
     tensor: ir.TensorProtocol
     name: str | None
     put: Callable[[ir.TensorProtocol], None]
+    initializer: bool = False
 
 
 def tensor_slots(model: ir.Model) -> Iterator[TensorSlot]:
     """Every tensor the model stores, initializers first, in declaration order."""
     for value in initializer_values(model):
         if value.const_value is not None:
-            yield TensorSlot(value.const_value, value.name, partial(setattr, value, "const_value"))
+            yield TensorSlot(value.const_value, value.name, partial(setattr, value, "const_value"), initializer=True)
     for graph, _ in model_graphs(model):
         for node in graph:
             for attribute in list(attributes_of(node)):

@@ -134,17 +134,19 @@ class _DurableFile:
 
 
 def write_external(model: ir.Model, folder: Path, data_name: str, threshold: int) -> None:
-    """Move every tensor of at least `threshold` bytes into `folder/data_name`, in declaration order.
+    """Move every initializer of at least `threshold` bytes into `folder/data_name`, in declaration order.
 
-    Afterwards those tensors (initializers, and tensor attributes such as a
-    Constant's value) are ExternalTensors of the new file; smaller tensors that
-    were external are read into memory, to be written inline.
+    Tensor attributes (a Constant's value) of that size move too if the input
+    stored them externally; otherwise they stay inline, as onnx.save leaves them.
+    Smaller tensors that were external are read into memory, to be written inline.
     """
     moving = []
     for slot in tensor_slots(model):
-        if slot.tensor.nbytes >= threshold and slot.tensor.dtype != ir.DataType.STRING:
+        external = isinstance(slot.tensor, ir.ExternalTensor)
+        big = slot.tensor.nbytes >= threshold and slot.tensor.dtype != ir.DataType.STRING
+        if big and (slot.initializer or external):
             moving.append(slot)
-        elif isinstance(slot.tensor, ir.ExternalTensor):
+        elif external:
             slot.put(_in_memory(slot.tensor))
     if not moving:
         return  # no empty data file beside the output

@@ -27,13 +27,13 @@ def conv_bn_model(rng, *, extra_nodes=(), extra_inits=None, outputs=(("z", F32, 
     return make_model(nodes, [("x", F32, ["N", BIG[1], 4, 4])], list(outputs), inits)
 
 
-def save_external(model, folder: Path) -> Path:
+def save_external(model, folder: Path, convert_attribute=True) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.onnx"
     copy = onnx.ModelProto()
     copy.CopyFrom(model)  # onnx.save would move the caller's tensors out
     onnx.save(copy, path, save_as_external_data=True, location="model.onnx.data", size_threshold=0,
-              convert_attribute=True)
+              convert_attribute=convert_attribute)
     return path
 
 
@@ -121,6 +121,20 @@ def test_constant_attributes_stored_externally_move_into_the_output(tmp_path):
         assert ("k" in entries) is expected_external
         assert all(e["location"] == "folded.onnx.data" for e in entries.values())
         assert_same_outputs(model, onnx.load(out))
+
+
+def test_constant_attributes_stored_inline_stay_inline(tmp_path):
+    rng = np.random.default_rng(7)
+    offset = helper.make_node("Constant", [], ["k"], name="k",
+                              value=numpy_helper.from_array(rng.normal(size=(1, BIG[0], 1, 1)).astype(F32), "k"))
+    add = helper.make_node("Add", ["z", "k"], ["out"], name="add")
+    model = conv_bn_model(rng, extra_nodes=[offset, add], outputs=[("out", F32, None)])
+    source = save_external(model, tmp_path / "src", convert_attribute=False)
+    out = tmp_path / "folded.onnx"
+    bnfold.fold_file(source, out, check=False, external_data="always")
+    assert "k" not in external_entries(source) and "k" not in external_entries(out)
+    assert "w" in external_entries(out)
+    assert_same_outputs(model, onnx.load(out))
 
 
 def test_subgraph_initializers_stored_externally_are_inlined(tmp_path):

@@ -27,6 +27,14 @@ def conv_bn_model(rng, *, extra_nodes=(), extra_inits=None, outputs=(("z", F32, 
     return make_model(nodes, [("x", F32, ["N", BIG[1], 4, 4])], list(outputs), inits)
 
 
+def conv_bn_plus_constant_model(rng):
+    """Conv → BN, plus a Constant 'k' (1 KiB) added to the result."""
+    offset = helper.make_node("Constant", [], ["k"], name="k",
+                              value=numpy_helper.from_array(rng.normal(size=(1, BIG[0], 1, 1)).astype(F32), "k"))
+    add = helper.make_node("Add", ["z", "k"], ["out"], name="add")
+    return conv_bn_model(rng, extra_nodes=[offset, add], outputs=[("out", F32, None)])
+
+
 def save_external(model, folder: Path, convert_attribute=True) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.onnx"
@@ -107,10 +115,7 @@ def test_product_fits_is_a_safe_bound(array, factors, fits):
 def test_constant_attributes_stored_externally_move_into_the_output(tmp_path):
     """A Constant's value in the input's data file must not be left pointing there."""
     rng = np.random.default_rng(3)
-    offset = helper.make_node("Constant", [], ["k"], name="k",
-                              value=numpy_helper.from_array(rng.normal(size=(1, BIG[0], 1, 1)).astype(F32), "k"))
-    add = helper.make_node("Add", ["z", "k"], ["out"], name="add")
-    model = conv_bn_model(rng, extra_nodes=[offset, add], outputs=[("out", F32, None)])
+    model = conv_bn_plus_constant_model(rng)
     source = save_external(model, tmp_path / "src")
     assert "k" in external_entries(source)
     for layout, expected_external in (("auto", True), ("never", False)):
@@ -125,10 +130,7 @@ def test_constant_attributes_stored_externally_move_into_the_output(tmp_path):
 
 def test_constant_attributes_stored_inline_stay_inline(tmp_path):
     rng = np.random.default_rng(7)
-    offset = helper.make_node("Constant", [], ["k"], name="k",
-                              value=numpy_helper.from_array(rng.normal(size=(1, BIG[0], 1, 1)).astype(F32), "k"))
-    add = helper.make_node("Add", ["z", "k"], ["out"], name="add")
-    model = conv_bn_model(rng, extra_nodes=[offset, add], outputs=[("out", F32, None)])
+    model = conv_bn_plus_constant_model(rng)
     source = save_external(model, tmp_path / "src", convert_attribute=False)
     out = tmp_path / "folded.onnx"
     bnfold.fold_file(source, out, check=False, external_data="always")

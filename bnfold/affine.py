@@ -9,9 +9,15 @@ layer, so chains such as Conv → Mul → Add → BN or BN → Mul → Conv fold
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
+
+if TYPE_CHECKING:
+    from bnfold.graph import ConstantResolver
+
+QUANTIZATION_OPS = frozenset({"DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear"})
 
 
 class Skip(Exception):
@@ -20,6 +26,24 @@ class Skip(Exception):
     @property
     def reason(self) -> str:
         return str(self)
+
+
+def constant_input(resolver: ConstantResolver, value: ir.Value | None, label: str, *,
+                   refuse_quantized: bool = False) -> np.ndarray:
+    """The constant array behind `value`; Skip, naming `label`, when it is missing, can be
+    overridden at run time, is quantized (with `refuse_quantized`) or is computed at run time."""
+    if value is None:
+        raise Skip(f"{label} is missing")
+    if resolver.is_overridable_initializer(value):
+        raise Skip(f"{label} is a graph input (can be overridden at run time)")
+    if refuse_quantized:
+        quantization = sorted(resolver.ops_behind(value) & QUANTIZATION_OPS)
+        if quantization:
+            raise Skip(f"{label} is quantized ({quantization[0]}); fold before quantizing")
+    array = resolver.value_of(value)
+    if array is None:
+        raise Skip(f"{label} is not constant (computed at run time)")
+    return array
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold import fold_math
-from bnfold.affine import AffineParams, Skip
+from bnfold.affine import AffineParams, Skip, constant_input
 from bnfold.graph import ConstantResolver, TypeHints, float_attr, int_attr, values_in_use
 
 PARAMETER_NAMES = ("scale", "B", "input_mean", "input_var")
@@ -52,16 +52,8 @@ def read_raw_params(bn: ir.Node, resolver: ConstantResolver) -> list[np.ndarray]
 
 
 def _parameter(bn: ir.Node, index: int, resolver: ConstantResolver) -> np.ndarray:
-    name = PARAMETER_NAMES[index - 1]
     value = bn.inputs[index] if index < len(bn.inputs) else None
-    if value is None:
-        raise Skip(f"parameter '{name}' is missing")
-    if resolver.is_overridable_initializer(value):
-        raise Skip(f"parameter '{name}' is a graph input (can be overridden at run time)")
-    array = resolver.value_of(value)
-    if array is None:
-        raise Skip(f"parameter '{name}' is not constant (computed at run time)")
-    return array
+    return constant_input(resolver, value, f"parameter '{PARAMETER_NAMES[index - 1]}'")
 
 
 def _check_shapes(data_shape: tuple | None, arrays: list[np.ndarray], per_element: bool) -> None:

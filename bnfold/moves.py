@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
-from bnfold.affine import AffineParams, Skip
+from bnfold.affine import QUANTIZATION_OPS, AffineParams, Skip
 from bnfold.graph import bypass_node, int_attr, retire_node
 from bnfold.rules import FORWARD_RULES, PRODUCER_RULES
-from bnfold.rules.base import QUANTIZATION_OPS, Commit, FoldContext, describe
+from bnfold.rules.base import Commit, FoldContext, describe
 
 PRODUCERS = "Conv, ConvTranspose, Gemm or MatMul"
 CONSUMERS = "Conv, Gemm or MatMul"

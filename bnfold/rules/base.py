@@ -15,10 +15,8 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold import fold_math
-from bnfold.affine import Skip
+from bnfold.affine import Skip, constant_input
 from bnfold.graph import ConstantResolver, NameAuthority, TypeHints, constant_value, replace_input, tensor_of
-
-QUANTIZATION_OPS = frozenset({"DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear"})
 
 Commit = Callable[[], None]
 
@@ -49,17 +47,7 @@ class FoldContext:
     def weight(self, node: ir.Node, index: int, role: str) -> np.ndarray:
         """The constant array at input `index` of `node`; Skip when it is not one."""
         value = node.inputs[index] if index < len(node.inputs) else None
-        if value is None:
-            raise Skip(f"{role} of {describe(node)} is missing")
-        if self.resolver.is_overridable_initializer(value):
-            raise Skip(f"{role} of {describe(node)} is a graph input (can be overridden at run time)")
-        quantization = sorted(self.resolver.ops_behind(value) & QUANTIZATION_OPS)
-        if quantization:
-            raise Skip(f"{role} of {describe(node)} is quantized ({quantization[0]}); fold before quantizing")
-        array = self.resolver.value_of(value)
-        if array is None:
-            raise Skip(f"{role} of {describe(node)} is not constant (computed at run time)")
-        return array
+        return constant_input(self.resolver, value, f"{role} of {describe(node)}", refuse_quantized=True)
 
     def optional_weight(self, node: ir.Node, index: int, role: str) -> np.ndarray | None:
         if index >= len(node.inputs) or node.inputs[index] is None:

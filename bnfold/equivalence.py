@@ -100,15 +100,13 @@ def verify(original, folded, *, inputs: Mapping[str, np.ndarray] | None = None,
                 f"onnxruntime cannot run the original model ({first_line(error)}); "
                 "use --no-check to write the folded model without verification") from error
         names = [output.name for output in session.get_outputs()]
-        shapes_fed = {name: list(array.shape) for name, array in feeds.items()}
         try:
             actual = _session(folded).run(names, feeds)
         except Exception as error:  # noqa: BLE001 - the folded model is ours: report, don't crash
-            return _unrunnable(names, f"onnxruntime cannot run the folded model: {first_line(error)}", shapes_fed)
+            return _unrunnable(names, f"onnxruntime cannot run the folded model: {first_line(error)}", feeds)
         references = _float32_reference(original, feeds, names, expected)
-    outputs = [compare_output(n, e, a, tolerance.rtol, tolerance.atol, reference=r)
-               for n, e, a, r in zip(names, expected, actual, references, strict=True)]
-    return CheckResult(passed=all(o.passed for o in outputs), outputs=outputs, inputs=shapes_fed)
+    return _result([compare_output(n, e, a, tolerance.rtol, tolerance.atol, reference=r)
+                    for n, e, a, r in zip(names, expected, actual, references, strict=True)], feeds)
 
 
 def compare_output(name: str, expected, actual, rtol: float | None = None, atol: float | None = None,
@@ -152,9 +150,18 @@ def _max_magnitude(a64: np.ndarray) -> float:
     return float(np.max(np.abs(a64[np.isfinite(a64)]), initial=0.0))
 
 
-def _unrunnable(names: list[str], note: str, shapes_fed: dict) -> CheckResult:
+def _result(outputs: list[OutputCheck], feeds: Mapping[str, np.ndarray]) -> CheckResult:
+    """The check's verdict over `outputs`, with the input shapes it ran on."""
+    return CheckResult(passed=all(o.passed for o in outputs), outputs=outputs, inputs=_shapes(feeds))
+
+
+def _unrunnable(names: list[str], note: str, feeds: Mapping[str, np.ndarray]) -> CheckResult:
     failed = [OutputCheck(name, float("inf"), float("inf"), 0.0, False, note) for name in names]
-    return CheckResult(passed=False, outputs=failed, inputs=shapes_fed)
+    return CheckResult(passed=False, outputs=failed, inputs=_shapes(feeds))
+
+
+def _shapes(feeds: Mapping[str, np.ndarray]) -> dict[str, list[int]]:
+    return {name: list(array.shape) for name, array in feeds.items()}
 
 
 def _float32_reference(original, feeds: dict, names: list[str], expected: list) -> list:
@@ -199,8 +206,7 @@ def _check_in_float32(original, folded, inputs, shapes, seed: int, tolerance: _T
         check = compare_output(name, e, a, rtol, atol)
         outputs.append(OutputCheck(check.name, check.max_abs_err, check.max_rel_err, check.tolerance,
                                    check.passed, check.note or note))
-    shapes_fed = {name: list(array.shape) for name, array in feeds.items()}
-    return CheckResult(passed=all(o.passed for o in outputs), outputs=outputs, inputs=shapes_fed)
+    return _result(outputs, feeds)
 
 
 def _float32_stand_in(model: onnx.ModelProto):

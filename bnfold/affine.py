@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_ir as ir
 
+from bnfold.graph import in_default_domain
+
 if TYPE_CHECKING:
     from bnfold.graph import ConstantResolver
 
@@ -101,7 +103,7 @@ def read_elementwise(node: ir.Node, constant_of, rank_of, channels_of) -> Elemen
     `constant_of(value)` gives a constant's array or None; `rank_of(value)` and
     `channels_of(value)` give the data's rank and axis-1 size, or None when unknown.
     """
-    if node.op_type not in ELEMENTWISE_OPS or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+    if node.op_type not in ELEMENTWISE_OPS or not in_default_domain(node) or len(node.inputs) != 2:
         raise Skip(f"{node.op_type} is not an elementwise affine op")
     if "broadcast" in node.attributes:
         raise Skip("legacy broadcast (opset < 7)")

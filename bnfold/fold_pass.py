@@ -28,7 +28,7 @@ import onnx_ir as ir
 
 from bnfold.affine import ELEMENTWISE_OPS, AffineParams, Skip, read_elementwise
 from bnfold.batchnorm import read_params, training_reason
-from bnfold.graph import ConstantResolver, NameAuthority, TypeHints, model_graphs, opset_of
+from bnfold.graph import ConstantResolver, NameAuthority, TypeHints, in_default_domain, model_graphs, opset_of
 from bnfold.moves import AffineNode, Folded, fold_backward, fold_forward
 from bnfold.report import BnRecord
 from bnfold.rules import standalone
@@ -269,7 +269,7 @@ def _affine_run(context: FoldContext, node: ir.Node, bns) -> tuple[set[ir.Node],
 
 
 def _is_elementwise_candidate(context: FoldContext, node: ir.Node) -> bool:
-    return (node.op_type in ELEMENTWISE_OPS and node.domain in ("", "ai.onnx") and len(node.inputs) == 2
+    return (node.op_type in ELEMENTWISE_OPS and in_default_domain(node) and len(node.inputs) == 2
             and _data_input(context, node) is not None)
 
 
@@ -291,7 +291,7 @@ def _record(name: str, action, into: str | None = None, reason: str | None = Non
 
 
 def _is_batch_norm(node: ir.Node) -> bool:
-    return node.op_type == "BatchNormalization" and node.domain in ("", "ai.onnx")
+    return node.op_type == "BatchNormalization" and in_default_domain(node)
 
 
 def batch_norms(model: ir.Model):

@@ -95,7 +95,7 @@ class ConstantResolver:
         return array
 
     def _evaluable(self, node: ir.Node) -> bool:
-        if node.domain not in ("", "ai.onnx") or node.op_type in _NONDETERMINISTIC_OPS:
+        if not in_default_domain(node) or node.op_type in _NONDETERMINISTIC_OPS:
             return False
         return not any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
                        for attr in node.attributes.values())
@@ -454,6 +454,11 @@ def str_attr(node: ir.Node, name: str, default: str) -> str:
         return default
     value = attr.value
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def in_default_domain(node: ir.Node) -> bool:
+    """The node is a standard ONNX operator (domain "" or its alias "ai.onnx")."""
+    return node.domain in ("", "ai.onnx")
 
 
 def opset_of(node: ir.Node, graph_opsets: dict[str, int]) -> int:

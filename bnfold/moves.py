@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import onnx_ir as ir
 
 from bnfold.affine import QUANTIZATION_OPS, AffineParams, Skip
-from bnfold.graph import bypass_node, int_attr, retire_node
+from bnfold.graph import bypass_node, in_default_domain, int_attr, retire_node
 from bnfold.rules import FORWARD_RULES, PRODUCER_RULES
 from bnfold.rules.base import Commit, FoldContext, describe
 
@@ -58,7 +58,7 @@ def fold_backward(ctx: FoldContext, affine: AffineNode) -> Folded:
     producer = data.producer()
     if producer is not None and producer.op_type in QUANTIZATION_OPS | QUANTIZED_PRODUCERS:
         raise Skip(f"its input comes from {describe(producer)}, a quantized op; fold before quantizing")
-    if producer is not None and producer.op_type == "Concat" and producer.domain in ("", "ai.onnx"):
+    if producer is not None and producer.op_type == "Concat" and in_default_domain(producer):
         return _fold_into_concat(ctx, affine, producer)
     _check_foldable_producer(affine.node, data, producer)
     commit = PRODUCER_RULES[producer.op_type].prepare(ctx, producer, affine.params)
@@ -70,7 +70,7 @@ def fold_backward(ctx: FoldContext, affine: AffineNode) -> Folded:
 
 def _check_foldable_producer(user: ir.Node, value: ir.Value, producer: ir.Node | None) -> None:
     """`value` must come from a rule's producer, in the same graph, and feed nothing but `user`."""
-    if producer is None or producer.domain not in ("", "ai.onnx") or producer.op_type not in PRODUCER_RULES:
+    if producer is None or not in_default_domain(producer) or producer.op_type not in PRODUCER_RULES:
         raise Skip(f"no {PRODUCERS} before it")
     if producer.graph is not user.graph:
         raise Skip(f"{describe(producer)} is in an outer graph")
@@ -136,11 +136,11 @@ def fold_forward(ctx: FoldContext, affine: AffineNode) -> Folded:
 def _prepare_consumer(ctx: FoldContext, affine: AffineNode, consumer: ir.Node, index: int):
     params = affine.params
     through = ""
-    if consumer.op_type in FLATTENING_OPS and index == 0 and consumer.domain in ("", "ai.onnx"):
+    if consumer.op_type in FLATTENING_OPS and index == 0 and in_default_domain(consumer):
         params = params.repeated(_features_per_channel(ctx, affine, consumer))
         through = f" (through {describe(consumer)})"
         consumer, index = _only_consumer(consumer)
-    rule = FORWARD_RULES.get(consumer.op_type) if consumer.domain in ("", "ai.onnx") else None
+    rule = FORWARD_RULES.get(consumer.op_type) if in_default_domain(consumer) else None
     if rule is None:
         raise Skip(f"its output feeds {describe(consumer)}, not a {CONSUMERS}")
     if index != 0:

@@ -34,7 +34,6 @@ from bnfold.rules import PRODUCER_RULES
 EPSILON_DOMINANCE = 10.0
 DEAD_GAMMA = 1e-6
 FLOAT16_MAX = 65504.0
-WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
 
 
 @dataclass(frozen=True)
@@ -140,7 +139,7 @@ def _largest_weight(bn: ir.Node, resolver: ConstantResolver) -> float:
     producer = bn.inputs[0].producer() if bn.inputs and bn.inputs[0] is not None else None
     if producer is None or producer.op_type not in PRODUCER_RULES:
         return 1.0
-    weight = resolver.value_of(producer.inputs[WEIGHT_INPUT[producer.op_type]])
+    weight = resolver.value_of(producer.inputs[1])  # every producer rule's weight is its input 1
     return 1.0 if weight is None or weight.size == 0 else float(np.max(np.abs(weight.astype(np.float64))))
 
 

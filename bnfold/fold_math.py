@@ -87,11 +87,8 @@ def fold_gemm(b_matrix, c_bias, scale, shift, *, trans_b: bool, beta: float):
     Column n of B' (row n of B when transB) is scaled by s[n]; the new C (used with
     β = 1) is β·C·s + t, with C broadcast against [N] first. α is unchanged.
     """
-    return scale_gemm_columns(b_matrix, scale, trans_b=trans_b), gemm_output_bias(c_bias, scale, shift, beta=beta)
-
-
-def scale_gemm_columns(b_matrix, scale, *, trans_b: bool) -> np.ndarray:
-    return scale_output_channels(b_matrix, scale, channel_axis=0 if trans_b else 1)
+    new_b = scale_output_channels(b_matrix, scale, channel_axis=0 if trans_b else 1)
+    return new_b, gemm_output_bias(c_bias, scale, shift, beta=beta)
 
 
 def gemm_output_bias(c_bias, scale, shift, *, beta: float) -> np.ndarray:

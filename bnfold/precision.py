@@ -11,6 +11,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from bnfold.validation import all_tensors, every_graph
+
 HALF_TYPES = frozenset({TensorProto.FLOAT16, TensorProto.BFLOAT16})
 _TYPE_ATTRIBUTES = {("Cast", "to"), ("RandomNormal", "dtype"), ("RandomUniform", "dtype"),
                     ("RandomNormalLike", "dtype"), ("RandomUniformLike", "dtype"), ("EyeLike", "dtype")}
@@ -20,34 +22,19 @@ def convert_float_type(model: onnx.ModelProto, source: frozenset[int], target: i
     """A copy of `model` (with its data loaded) in which every `source`-typed float becomes `target`."""
     converted = onnx.ModelProto.FromString(model.SerializeToString())
     target_dtype = helper.tensor_dtype_to_np_dtype(target)
-    graphs = [converted.graph]
-    for function in converted.functions:
-        _convert_nodes(function.node, source, target, target_dtype, graphs)
-    while graphs:
-        graph = graphs.pop()
-        for tensor in graph.initializer:
-            _convert_tensor(tensor, source, target_dtype)
-        for sparse in graph.sparse_initializer:
-            _convert_tensor(sparse.values, source, target_dtype)
+    for tensor in all_tensors(converted):
+        _convert_tensor(tensor, source, target_dtype)
+    graphs = list(every_graph(converted))
+    for graph in graphs:
         for info in (*graph.input, *graph.output, *graph.value_info):
             if info.type.tensor_type.elem_type in source:
                 info.type.tensor_type.elem_type = target
-        _convert_nodes(graph.node, source, target, target_dtype, graphs)
+    for nodes in [function.node for function in converted.functions] + [graph.node for graph in graphs]:
+        for node in nodes:
+            for attribute in node.attribute:
+                if (node.op_type, attribute.name) in _TYPE_ATTRIBUTES and attribute.i in source:
+                    attribute.i = target
     return converted
-
-
-def _convert_nodes(nodes, source, target: int, target_dtype, graphs: list) -> None:
-    for node in nodes:
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                _convert_tensor(attribute.t, source, target_dtype)
-            for tensor in attribute.tensors:
-                _convert_tensor(tensor, source, target_dtype)
-            if (node.op_type, attribute.name) in _TYPE_ATTRIBUTES and attribute.i in source:
-                attribute.i = target
-            if attribute.HasField("g"):
-                graphs.append(attribute.g)
-            graphs.extend(attribute.graphs)
 
 
 def _convert_tensor(tensor: TensorProto, source, target_dtype) -> None:

@@ -209,14 +209,20 @@ def _check_extent(tensor: onnx.TensorProto, info: dict[str, str], size: int, loc
 
 def all_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """Every TensorProto of the model: initializers, sparse values, attributes, in all graphs and functions."""
-    roots = [proto.graph]
     for function in proto.functions:
         yield from _attribute_tensors(function.node)
-        roots += [graph for node in function.node for graph in _node_graphs(node)]
-    for graph in _graphs_below(roots):
+    for graph in every_graph(proto):
         yield from graph.initializer
         yield from (sparse.values for sparse in graph.sparse_initializer)
         yield from _attribute_tensors(graph.node)
+
+
+def every_graph(proto: onnx.ModelProto) -> Iterator[onnx.GraphProto]:
+    """The main graph, its subgraphs, and the subgraphs inside function bodies."""
+    roots = [proto.graph]
+    for function in proto.functions:
+        roots += [graph for node in function.node for graph in _node_graphs(node)]
+    return _graphs_below(roots)
 
 
 def all_graphs(proto: onnx.ModelProto) -> Iterator[onnx.GraphProto]:

@@ -83,6 +83,14 @@ class AffineParams:
             return self
         return replace(self, scale=self.scale[start:stop], shift=self.shift[start:stop])
 
+    def then(self, after: AffineParams) -> AffineParams:
+        """The map x ↦ after(self(x)): scale s₁·s₂, shift t₁·s₂ + t₂ (a one-number map broadcasts)."""
+        if self.per_element or after.per_element:
+            raise Skip("per-element statistics (spatial=0) do not combine with a per-channel map")
+        if 1 not in (self.channels, after.channels) and self.channels != after.channels:
+            raise Skip(f"an affine map of {self.channels} channels feeds one of {after.channels}")
+        return AffineParams(self.scale * after.scale, self.shift * after.scale + after.shift)
+
     def repeated(self, times: int) -> AffineParams:
         """Each channel's (s, t) repeated `times`: channel c becomes features c·times … c·times + times − 1."""
         return replace(self, scale=np.repeat(self.scale, times), shift=np.repeat(self.shift, times))
@@ -125,6 +133,8 @@ def _per_channel_vector(constant: np.ndarray, rank: int | None) -> np.ndarray:
     """The constant as a [C] (or [1]) vector, if it broadcasts along axis 1 only."""
     if rank is not None and constant.ndim > rank:
         raise Skip(f"the constant has rank {constant.ndim}, more than the input's {rank}")
+    if rank is None and constant.ndim > 1:  # it could raise the output's rank
+        raise Skip("rank of the input is unknown, so the broadcast axis is too")
     if constant.size == 1:
         return constant.reshape(1).astype(np.float64)
     if rank is None:

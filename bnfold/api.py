@@ -39,28 +39,30 @@ class FoldResult:
         return FoldReport(records=list(self.records))
 
 
-def fold(model, *, keep_standalone: bool = False) -> FoldResult:
+def fold(model, *, standalone: str = "bn") -> FoldResult:
     """Fold every BatchNormalization that can be folded.
 
     `model` is an onnx.ModelProto (an onnx.ModelProto comes back), an onnx_ir.Model
     (a new onnx_ir.Model comes back; the one given is not changed), an
     onnx-graphsurgeon Graph (a new Graph comes back; needs the `graphsurgeon` extra)
-    or a path (an onnx_ir.Model comes back). Nothing is verified here: see `verify`
-    and `fold_file`.
+    or a path (an onnx_ir.Model comes back). `standalone` is what a BN with nothing
+    to fold into becomes: "bn" (it stays one BatchNormalization, absorbing its
+    per-channel Mul/Add neighbours) or "mul-add". Nothing is verified here: see
+    `verify` and `fold_file`.
     """
     if isinstance(model, onnx.ModelProto):
         validate_proto(model, "model")
         from bnfold.model_io import to_ir, to_proto
 
-        folded, records = _run_pass(to_ir(model, "model"), keep_standalone)
+        folded, records = _run_pass(to_ir(model, "model"), standalone)
         return FoldResult(to_proto(folded), records)
     if _is_graphsurgeon_graph(model):
-        return _fold_graphsurgeon(model, keep_standalone)
+        return _fold_graphsurgeon(model, standalone)
     if isinstance(model, (str, os.PathLike)):
         proto = load_proto(Path(model))
         from bnfold.model_io import load_model
 
-        return FoldResult(*_run_pass(load_model(model, proto), keep_standalone))
+        return FoldResult(*_run_pass(load_model(model, proto), standalone))
     import onnx_ir as ir
 
     if isinstance(model, ir.Model):
@@ -68,7 +70,7 @@ def fold(model, *, keep_standalone: bool = False) -> FoldResult:
 
         clone = model.clone()
         unlist_initializer_inputs(clone)
-        folded, records = _run_pass(clone, keep_standalone)
+        folded, records = _run_pass(clone, standalone)
         relist_initializer_inputs(folded)
         return FoldResult(folded, records)
     raise InputError(f"cannot fold a {type(model).__name__}; pass an onnx.ModelProto, onnx_ir.Model or path")
@@ -78,24 +80,24 @@ def _is_graphsurgeon_graph(model) -> bool:
     return type(model).__module__.startswith("onnx_graphsurgeon") and type(model).__name__ == "Graph"
 
 
-def _fold_graphsurgeon(graph, keep_standalone: bool) -> FoldResult:
+def _fold_graphsurgeon(graph, standalone: str) -> FoldResult:
     """onnx-graphsurgeon interop (extra `graphsurgeon`): a gs.Graph in, a gs.Graph back."""
     import onnx_graphsurgeon as gs
 
-    folded = fold(gs.export_onnx(graph), keep_standalone=keep_standalone)
+    folded = fold(gs.export_onnx(graph), standalone=standalone)
     return FoldResult(gs.import_onnx(folded.model), folded.records)
 
 
-def _run_pass(model: ir.Model, keep_standalone: bool, progress=None) -> tuple[ir.Model, list[BnRecord]]:
+def _run_pass(model: ir.Model, standalone: str, progress=None) -> tuple[ir.Model, list[BnRecord]]:
     from bnfold.fold_pass import BatchNormFoldPass
 
-    fold_pass = BatchNormFoldPass(keep_standalone=keep_standalone, progress=progress)
+    fold_pass = BatchNormFoldPass(standalone=standalone, progress=progress)
     result = fold_pass(model)
     return result.model, fold_pass.records
 
 
 def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: bool = True,
-              keep_standalone: bool = False, external_data: str = "auto", dry_run: bool = False,
+              standalone: str = "bn", external_data: str = "auto", dry_run: bool = False,
               inputs: Mapping[str, np.ndarray] | None = None,
               shapes: Mapping[str, tuple[int, ...]] | None = None,
               rtol: float | None = None, atol: float | None = None, progress=None) -> FoldReport:
@@ -130,7 +132,7 @@ def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: b
         from bnfold.explain import diagnose
 
         report.diagnostics = diagnose(model)
-    report.records = _run_pass(model, keep_standalone, progress)[1]
+    report.records = _run_pass(model, standalone, progress)[1]
     if dry_run:
         return report
     _refuse_overwriting_input_data(Path(src), Path(dst), input_data)

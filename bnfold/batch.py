@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bnfold.errors import BnfoldError, CheckFailedError, InputError, first_line
-from bnfold.report import FoldReport
+from bnfold.report import ACTIONS, FoldReport
 
 
 @dataclass
@@ -91,12 +91,12 @@ def worst_exit_code(items: list[BatchItem]) -> int:
 
 def batch_table(items: list[BatchItem]) -> list[str]:
     """One line per model: BN counts, the check, the outcome."""
-    lines = ["| model | BN | folded | converted | skipped | check | result |", "|---|---|---|---|---|---|---|"]
+    lines = ["| model | BN | folded | kept | converted | skipped | check | result |", "|---" * 8 + "|"]
     for item in items:
-        numbers = ["–"] * 4
+        numbers = ["–"] * 5
         if item.report is not None:
             counts = item.report.counts()
-            numbers = [len(item.report.batch_norms()), counts["folded"], counts["converted"], counts["skipped"]]
+            numbers = [len(item.report.batch_norms()), *(counts[action] for action in ACTIONS)]
         check = "–"
         if item.report is not None and item.report.check is not None:
             worst = item.report.check.worst()

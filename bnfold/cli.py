@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 import traceback
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -20,6 +21,12 @@ import typer
 
 from bnfold import __version__
 from bnfold.errors import BnfoldError, CheckFailedError, InputError, first_line
+
+
+class Standalone(str, Enum):
+    bn = "bn"
+    mul_add = "mul-add"
+
 
 app = typer.Typer(add_completion=True, pretty_exceptions_enable=False, rich_markup_mode=None)
 
@@ -45,8 +52,10 @@ def run(
     no_check: bool = typer.Option(False, "--no-check", help="Write without the onnxruntime equivalence check."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report (every BN, the check) here."),
     json_out: bool = typer.Option(False, "--json", help="Print the JSON report on stdout (for pipelines)."),
-    keep_standalone: bool = typer.Option(False, "--keep-standalone",
-                                         help="Leave BNs that fold into nothing as BN (default: rewrite as Mul+Add)."),
+    standalone: Standalone = typer.Option(Standalone.bn, "--standalone", case_sensitive=False,
+                                          help="What a BN with nothing to fold into becomes: bn (one "
+                                               "BatchNormalization, absorbing its per-channel Mul/Add neighbours) "
+                                               "or mul-add (for runtimes without BatchNormalization)."),
     shape: list[str] = typer.Option([], "--shape", help="Input shape for the check, NAME=1x3x224x224 (repeatable)."),
     inputs: Optional[Path] = typer.Option(None, "--inputs",
                                           help="An .npz of input arrays for the check (by input name)."),
@@ -61,8 +70,9 @@ def run(
 ) -> None:
     """Fold BatchNormalization into Conv/ConvTranspose/Gemm/MatMul, check the result on onnxruntime, write it.
 
-    BNs with nothing to fold into become Mul+Add; BNs that cannot be changed safely
-    (training mode, non-constant parameters, ...) are left as they are, with the reason.
+    A BN with nothing to fold into stays one BatchNormalization (absorbing its
+    per-channel Mul/Add neighbours); BNs that cannot be changed safely (training mode,
+    non-constant parameters, ...) are left as they are, with the reason.
 
     \b
     bnfold in.onnx out.onnx                fold, check, write
@@ -71,7 +81,7 @@ def run(
     bnfold a.onnx b.onnx models/ -o out/   batch; --jobs N for parallel processes
     """
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="bnfold: %(message)s")
-    options = dict(check=not no_check, keep_standalone=keep_standalone, external_data=external_data,
+    options = dict(check=not no_check, standalone=standalone.value, external_data=external_data,
                    rtol=rtol, atol=atol)
     try:
         options.update(inputs=_load_inputs(inputs), shapes=_parse_shapes(shape))

@@ -89,7 +89,7 @@ def explain(source: str | os.PathLike, node: str) -> Explanation:
     numbers, diagnosis = _study(ConstantResolver(model), bn, scope)
     input_name = bn.inputs[0].name if bn.inputs and bn.inputs[0] is not None else "?"
     name = bn.name or "(unnamed BatchNormalization)"
-    plan = _run_pass(model, keep_standalone=False)[1][index]
+    plan = _run_pass(model, standalone="bn")[1][index]
     return Explanation(name, index, scope.label, input_name, numbers, diagnosis, plan)
 
 
@@ -170,6 +170,8 @@ def _plan(plan: BnRecord) -> str:
         return f"folds into {plan.into} ({plan.pattern})"
     if plan.action == "converted":
         return f"becomes {plan.into}: {plan.reason}"
+    if plan.action == "kept":
+        return f"keeps it as {plan.into}: {plan.reason}"
     return f"leaves it: {plan.reason}"
 
 

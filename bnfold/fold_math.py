@@ -27,6 +27,17 @@ def bn_scale_shift(gamma, beta, mean, var, epsilon: float) -> tuple[np.ndarray, 
     return scale, shift
 
 
+def bn_parameters(scale, shift, epsilon: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(γ, β, μ, σ²) for which BatchNormalization with this ε computes exactly y = s·x + t.
+
+    μ = 0, σ² = 1, γ = s·√(1 + ε), β = t. ε stays the node's own rather than 0: some
+    runtimes raise a small ε to their minimum (cuDNN), which would then change the scale.
+    """
+    scale64, shift64 = _f64(scale), _f64(shift)
+    gamma = scale64 * np.sqrt(1.0 + float(epsilon))
+    return gamma, shift64, np.zeros_like(scale64), np.ones_like(scale64)
+
+
 def round_to(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Round float64 `values` once to `dtype`; refuse values the dtype cannot hold."""
     with np.errstate(over="ignore"):  # overflow is detected and reported below

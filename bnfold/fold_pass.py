@@ -11,12 +11,20 @@ model-local function body (folded in place, never inlined).
    producer (or the producers behind a channel Concat), then forward into its
    consumers. Sweeps repeat until nothing changes, so chains such as
    Conv → Mul → BN, BN → BN, or BN → Mul → Conv fold completely.
-3. BNs that no move could take become Mul + Add (unless keep_standalone); the
-   fixpoint runs again, since a Mul alone may fold where the BN could not (a pure
-   scale folds forward into a Conv that pads its input with zeros; the shift cannot).
+3. Collapse: a BN that no move could take absorbs the affine nodes joined to it by
+   single-use edges (other such BNs, Mul/Add/Sub/Div by per-channel constants) on
+   either side: the chain becomes one BatchNormalization, its parameters the
+   composed map computed in float64 and rounded once. A chain never costs more nodes.
+4. Convert: when the consumers take a pure scale (a Conv that pads with zeros
+   does, the shift it does not), the scale folds forward and the BN becomes one
+   Add. Otherwise the BN stays one node (standalone="bn", the default: BN is the one
+   ONNX op that applies a per-channel affine map in one pass) or becomes Mul + Add
+   (standalone="mul-add", for runtimes without BatchNormalization), and the
+   fixpoint runs again.
 
-Every BN gets one record: folded (into what, by which pattern), converted (and
-what became of its Mul and Add), or skipped, always with the reason.
+Every BN gets one record: folded (into what, by which pattern), kept (one BN,
+with what it absorbed), converted (into what and why), or skipped (left exactly as
+it was), always with the reason.
 """
 
 from __future__ import annotations
@@ -24,35 +32,60 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import numpy as np
 import onnx_ir as ir
 
+from bnfold import fold_math
 from bnfold.affine import ELEMENTWISE_OPS, AffineParams, Skip, read_elementwise
 from bnfold.batchnorm import read_params, training_reason
-from bnfold.graph import ConstantResolver, NameAuthority, TypeHints, in_default_domain, model_graphs, opset_of
-from bnfold.moves import AffineNode, Folded, fold_backward, fold_forward
+from bnfold.errors import InputError
+from bnfold.graph import (
+    ConstantResolver,
+    NameAuthority,
+    TypeHints,
+    float_attr,
+    in_default_domain,
+    model_graphs,
+    opset_of,
+    remove_if_dead,
+    take_over_output,
+)
+from bnfold.moves import AffineNode, Folded, fold_backward, fold_forward, prepare_forward
 from bnfold.report import BnRecord
 from bnfold.rules import standalone
-from bnfold.rules.base import FoldContext
+from bnfold.rules.base import FoldContext, describe, rounded
 
 logger = logging.getLogger(__name__)
 
 MOVES = (fold_backward, fold_forward)
+STANDALONE_FORMS = ("bn", "mul-add")
+
+
+def check_standalone(form: str) -> str:
+    if form not in STANDALONE_FORMS:
+        raise InputError(f"standalone must be one of {', '.join(STANDALONE_FORMS)}, not '{form}'")
+    return form
 
 
 class BatchNormFoldPass(ir.passes.InPlacePass):
-    """Folds BatchNormalization nodes; `records` describes what happened to each."""
+    """Folds BatchNormalization nodes; `records` describes what happened to each.
 
-    def __init__(self, keep_standalone: bool = False, progress=None) -> None:
+    `standalone`: what a BN with nothing to fold into becomes, "bn" (one
+    BatchNormalization, the default) or "mul-add".
+    """
+
+    def __init__(self, standalone: str = "bn", progress=None) -> None:
         super().__init__()
-        self.keep_standalone = keep_standalone
+        self.standalone = check_standalone(standalone)
         self.progress = progress  # called as progress("folding", done, total)
         self.records: list[BnRecord] = []
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        run = _Run(model, self.keep_standalone, self.progress)
+        run = _Run(model, self.standalone, self.progress)
         run.execute()
         self.records = run.records()
-        modified = any(record.action != "skipped" for record in self.records)
+        modified = any(record.action not in ("skipped", "kept") or record.pattern == "collapsed"
+                       for record in self.records)
         return ir.passes.PassResult(model, modified)
 
 
@@ -71,19 +104,20 @@ class _BnState:
     params: AffineParams | None = None
     final: BnRecord | None = None  # set once the BN is folded or given up
     reason: str | None = None  # why the last attempt failed
-    rewrite: tuple[ir.Node, ir.Node] | None = None  # its Mul and Add, once converted
-    later: dict[str, str] = dataclasses.field(default_factory=dict)  # "Mul"/"Add" -> where it folded
+    absorbed: list[str] = dataclasses.field(default_factory=list)  # neighbours it took in: "Mul 'm'"
+    created: dict[str, ir.Node] = dataclasses.field(default_factory=dict)  # "Mul"/"Add" it became
+    elsewhere: dict[str, str] = dataclasses.field(default_factory=dict)  # "Mul"/"Add" -> where it folded
 
     @property
     def pending(self) -> bool:
-        return self.final is None and self.rewrite is None
+        return self.final is None and not self.created
 
 
 class _Run:
     """One execution of the pass over one model."""
 
-    def __init__(self, model: ir.Model, keep_standalone: bool, progress=None) -> None:
-        self.keep_standalone = keep_standalone
+    def __init__(self, model: ir.Model, standalone_form: str, progress=None) -> None:
+        self.standalone = standalone_form
         self.progress = progress
         self.settled = 0  # BNs folded or given up, for progress
         self.scopes = list(_scopes(model))
@@ -93,7 +127,7 @@ class _Run:
         self.bns: dict[ir.Node, _BnState] = {}
         self.elementwise_records: list[BnRecord] = []
         self.chain: set[ir.Node] = set()  # elementwise nodes that belong to a BN's chain
-        self.rewrite_of: dict[ir.Node, _BnState] = {}  # a rewrite's Mul/Add -> its BN
+        self.created_by: dict[ir.Node, _BnState] = {}  # a conversion's Mul/Add -> its BN
         self.elementwise_reasons: dict[ir.Node, tuple[_Scope, str]] = {}  # chain members that stayed
         for node, scope in batch_norms(model):
             self.bns[node] = _BnState(node.name or "(unnamed BatchNormalization)", scope)
@@ -102,15 +136,17 @@ class _Run:
         for bn, state in self.bns.items():
             self._screen(bn, state)
         self._fixpoint()
-        self._rewrite_leftovers()
-        next(iter(self.contexts.values())).hints.invalidate()  # shared: the rewrites added values
+        if self._collapse_leftovers():
+            self._fixpoint()
+        self._convert_leftovers()
+        next(iter(self.contexts.values())).hints.invalidate()  # shared: the conversions added values
         self._fixpoint()
 
     def records(self) -> list[BnRecord]:
         """BNs in graph order, then the Mul/Add/Sub/Div of their chains: folded, or left with the reason."""
         left = [_record(node.name or f"({node.op_type})", "skipped", reason=reason, scope=scope, op=node.op_type)
                 for node, (scope, reason) in self.elementwise_reasons.items()
-                if node.graph is not None and node not in self.rewrite_of]
+                if node.graph is not None and node not in self.created_by]
         return [self._bn_record(state) for state in self.bns.values()] + self.elementwise_records + left
 
     def _screen(self, bn: ir.Node, state: _BnState) -> None:
@@ -162,19 +198,22 @@ class _Run:
         except Skip as skip:
             self.elementwise_reasons[node] = (scope, skip.reason)
             return False
-        op, name = node.op_type, node.name or f"({node.op_type})"
         folded, reason = _try_moves(context, AffineNode(node, found.data_index, found.params))
         if folded is None:
             self.elementwise_reasons[node] = (scope, reason)
             return False
-        self.elementwise_reasons.pop(node, None)
-        owner = self.rewrite_of.get(node)
-        if owner is not None:
-            owner.later[op] = f"{folded.into} ({folded.pattern})"
-        else:
-            self.elementwise_records.append(
-                _record(name, "folded", folded.into, None, scope, pattern=folded.pattern, op=op))
+        self._elementwise_gone(node, scope, f"{folded.into} ({folded.pattern})", folded.into, folded.pattern)
         return True
+
+    def _elementwise_gone(self, node: ir.Node, scope: _Scope, where: str, into: str, pattern: str) -> None:
+        """Record a Mul/Add/Sub/Div of a chain (or of a BN's conversion) that folded away."""
+        self.elementwise_reasons.pop(node, None)
+        owner = self.created_by.get(node)
+        if owner is not None:
+            owner.elsewhere[node.op_type] = where
+            return
+        self.elementwise_records.append(_record(node.name or f"({node.op_type})", "folded", into, None, scope,
+                                                pattern=pattern, op=node.op_type))
 
     def _in_chain(self, context: FoldContext, node: ir.Node) -> bool:
         """Whether `node` sits in an unbranched run of affine nodes that contains a BN."""
@@ -185,44 +224,170 @@ class _Run:
             self.chain.update(members)
         return touches_bn
 
-    def _rewrite_leftovers(self) -> None:
+    # --- 3. collapse -------------------------------------------------------------------------------
+
+    def _collapse_leftovers(self) -> bool:
+        collapsed = False
+        for bn, state in self.bns.items():
+            if state.pending and self._refuse_channel_mismatch(bn, state):
+                continue
+            if state.pending and not state.params.per_element:
+                collapsed |= self._collapse(bn, state)
+        return collapsed
+
+    def _refuse_channel_mismatch(self, bn: ir.Node, state: _BnState) -> bool:
+        """Leave a BN exactly as it is when its parameters do not match its input's channels (as far as inferred)."""
+        channels = self.contexts[state.scope.graph].hints.dim(bn.inputs[0], 1)
+        if state.params.per_element or channels is None or state.params.channels == channels:
+            return False
+        mismatch = f"parameter shape ({state.params.channels},) does not match channel count {channels}"
+        state.final = _record(state.name, "skipped", reason=f"{state.reason}; {mismatch}", scope=state.scope)
+        self._settle()
+        return True
+
+    def _collapse(self, bn: ir.Node, state: _BnState) -> bool:
+        """Absorb the affine neighbours of `bn` into its parameters; False (graph untouched) when there are none."""
+        context = self.contexts[state.scope.graph]
+        before, after = self._neighbours(context, bn, backward=True), self._neighbours(context, bn, backward=False)
+        if not before and not after:
+            return False
+        try:
+            params = state.params
+            for _, _, found in before:
+                params = found.then(params)
+            for _, _, found in after:
+                params = params.then(found)
+            arrays = _bn_arrays(context, bn, params)
+        except Skip as skip:
+            logger.info("BatchNormalization %s keeps its neighbours: %s", state.name, skip.reason)
+            return False
+        if before:
+            node, index, _ = before[-1]
+            old = bn.inputs[0]
+            bn.replace_input_with(0, node.inputs[index])
+            remove_if_dead(bn.graph, old)
+        if after:
+            last = after[-1][0].outputs[0]
+            take_over_output(last, bn.outputs[0])
+            remove_if_dead(bn.graph, last)
+        for index, (role, array) in enumerate(arrays, start=1):
+            context.write_input(bn, index, array, role)
+        for node, _, _ in before + after:
+            state.absorbed.append(describe(node))
+            self._absorbed(node, state)
+        state.params = params
+        return True
+
+    def _neighbours(self, context: FoldContext, bn: ir.Node, backward: bool) -> list:
+        """(node, data index, AffineParams) of the affine nodes joined to `bn` by single-use edges, nearest first."""
+        found: list = []
+        current, data_index = bn, 0
+        while True:
+            value = current.inputs[data_index] if backward else current.outputs[0]
+            neighbour = _single_use_neighbour(value, backward)
+            affine = None if neighbour is None else self._leftover_affine(context, neighbour)
+            if affine is None or neighbour.graph is not bn.graph or (
+                    not backward and neighbour.inputs[affine[0]] is not value):
+                return found
+            found.append((neighbour, *affine))
+            current, data_index = neighbour, affine[0]
+
+    def _leftover_affine(self, context: FoldContext, node: ir.Node) -> tuple[int, AffineParams] | None:
+        """(data index, map) of a BN no move took, or of a per-channel Mul/Add/Sub/Div; None otherwise."""
+        state = self.bns.get(node)
+        if state is not None:
+            return (0, state.params) if state.pending and not state.params.per_element else None
+        if node.op_type not in ELEMENTWISE_OPS or node in self.created_by:
+            return None
+        try:
+            found = read_elementwise(node, context.resolver.value_of, context.hints.rank,
+                                     lambda value: context.hints.dim(value, 1))
+        except Skip:
+            return None
+        return found.data_index, found.params
+
+    def _absorbed(self, node: ir.Node, into: _BnState) -> None:
+        target = f"BatchNormalization '{into.name}'"
+        state = self.bns.get(node)
+        if state is None:
+            self._elementwise_gone(node, into.scope, target, target, "collapsed")
+            return
+        state.final = _record(state.name, "folded", target, state.reason, state.scope, pattern="collapsed")
+        self._settle()
+
+    # --- 4. convert --------------------------------------------------------------------------------
+
+    def _convert_leftovers(self) -> None:
         for bn, state in self.bns.items():
             if not state.pending:
                 continue
             self._settle()
-            if self.keep_standalone:
-                state.final = _record(state.name, "skipped", reason=f"{state.reason}; kept as BN (keep_standalone)",
-                                      scope=state.scope)
+            context = self.contexts[state.scope.graph]
+            if self._scale_forward(context, bn, state):
+                continue
+            if self.standalone == "bn":
+                state.final = self._kept(state)
                 continue
             try:
-                mul, add = standalone.rewrite(self.contexts[state.scope.graph], bn, state.params,
-                                              shift_first=_feeds_only_convs(bn))
+                mul, add = standalone.rewrite_as_mul_add(context, bn, state.params)
             except Skip as skip:
-                state.final = _record(state.name, "skipped", reason=f"{state.reason}; cannot rewrite: {skip.reason}",
-                                      scope=state.scope)
+                state.final = self._kept(state, f"; cannot rewrite it as Mul+Add: {skip.reason}")
                 continue
-            state.rewrite = (mul, add)
-            self.chain.update((mul, add))
-            self.rewrite_of.update({mul: state, add: state})
+            self._created(state, mul, add)
+
+    def _scale_forward(self, context: FoldContext, bn: ir.Node, state: _BnState) -> bool:
+        """Fold the scale forward into consumers that take no shift (a Conv padding with zeros); the BN becomes Add."""
+        params = state.params
+        if params.per_element or not params.has_shift or np.any(params.scale == 0):
+            return False
+        try:
+            commit, into = prepare_forward(context, AffineNode(bn, 0, AffineParams(params.scale, 0 * params.shift)))
+            add = standalone.rewrite_as_shift(context, bn, params)
+        except Skip:
+            return False
+        commit()
+        self._created(state, add)
+        state.elsewhere["Mul"] = f"{into} (forward)"
+        return True
+
+    def _created(self, state: _BnState, *nodes: ir.Node) -> None:
+        for node in nodes:
+            state.created[node.op_type] = node
+            self.chain.add(node)
+            self.created_by[node] = state
+
+    def _kept(self, state: _BnState, note: str = "") -> BnRecord:
+        into = "BatchNormalization" + (f" (absorbed {', '.join(state.absorbed)})" if state.absorbed else "")
+        return _record(state.name, "kept", into, f"{state.reason}{note}", state.scope,
+                       pattern="collapsed" if state.absorbed else None)
 
     def _bn_record(self, state: _BnState) -> BnRecord:
         if state.final is not None:
             return state.final
-        if len(state.later) == 2:  # its Mul and its Add both folded away after the rewrite
-            into = "; ".join(f"{op} into {where}" for op, where in sorted(state.later.items(), reverse=True))
-            return _record(state.name, "folded", into, state.reason, state.scope, pattern="mul-add")
-        if state.later:
-            (folded_op, where), = state.later.items()
-            kept = "Add" if folded_op == "Mul" else "Mul"
-            into = f"{kept} ({folded_op} folded into {where})"
-            return _record(state.name, "converted", into, state.reason, state.scope, pattern="mul-add")
-        return _record(state.name, "converted", "Mul+Add", state.reason, state.scope, pattern="mul-add")
+        pattern = "mul-add" if "Mul" in state.created else "scale-forward"
+        remaining = [op for op in state.created if op not in state.elsewhere]
+        if not remaining:  # everything it became folded away too
+            into = "; ".join(f"{op} into {where}" for op, where in sorted(state.elsewhere.items(), reverse=True))
+            return _record(state.name, "folded", into, state.reason, state.scope, pattern=pattern)
+        into = "+".join(remaining)
+        if state.elsewhere:
+            into += " (" + "; ".join(f"{op} folded into {where}" for op, where in state.elsewhere.items()) + ")"
+        return _record(state.name, "converted", into, state.reason, state.scope, pattern=pattern)
 
 
-def _feeds_only_convs(node: ir.Node) -> bool:
-    uses = list(node.outputs[0].uses())
-    return bool(uses) and not node.outputs[0].is_graph_output() and all(
-        use.node.op_type == "Conv" and use.idx == 0 for use in uses)
+def _single_use_neighbour(value: ir.Value | None, backward: bool) -> ir.Node | None:
+    """The producer (backward) or the one consumer (forward) of `value`, when `value` is that edge's only use."""
+    if value is None or value.is_graph_output() or len(value.uses()) != 1:
+        return None
+    return value.producer() if backward else next(iter(value.uses())).node
+
+
+def _bn_arrays(context: FoldContext, bn: ir.Node, params: AffineParams) -> list[tuple[str, np.ndarray]]:
+    """The BN's four parameters computing `params` exactly, each rounded once to its current dtype."""
+    values = fold_math.bn_parameters(params.scale, params.shift, float_attr(bn, "epsilon", 1e-5))
+    roles = ("scale", "B", "input_mean", "input_var")
+    return [(role, rounded(array, context.resolver.value_of(bn.inputs[index])))
+            for index, (role, array) in enumerate(zip(roles, values, strict=True), start=1)]
 
 
 def _try_moves(context: FoldContext, affine: AffineNode) -> tuple[Folded | None, str | None]:

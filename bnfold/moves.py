@@ -115,6 +115,14 @@ def _fold_into_concat(ctx: FoldContext, affine: AffineNode, concat: ir.Node) -> 
 
 def fold_forward(ctx: FoldContext, affine: AffineNode) -> Folded:
     """Fold into every consumer of the affine node's output; all of them must take it."""
+    commit, into = prepare_forward(ctx, affine)
+    commit()
+    bypass_node(affine.node, affine.data)
+    return Folded(into, "forward")
+
+
+def prepare_forward(ctx: FoldContext, affine: AffineNode) -> tuple[Commit, str]:
+    """Check that every consumer takes the affine map; the Commit changes their weights (not the affine node)."""
     output = affine.output
     if output.is_graph_output():
         raise Skip("its output is a graph output")
@@ -127,10 +135,12 @@ def fold_forward(ctx: FoldContext, affine: AffineNode) -> Folded:
         commit, target = _prepare_consumer(ctx, affine, use.node, use.idx)
         commits.append(commit)
         targets.append(target)
-    for commit in commits:
-        commit()
-    bypass_node(affine.node, affine.data)
-    return Folded(", ".join(targets), "forward")
+
+    def commit_all() -> None:
+        for commit in commits:
+            commit()
+
+    return commit_all, ", ".join(targets)
 
 
 def _prepare_consumer(ctx: FoldContext, affine: AffineNode, consumer: ir.Node, index: int):

@@ -7,7 +7,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-Action = Literal["folded", "converted", "skipped"]
+Action = Literal["folded", "kept", "converted", "skipped"]
+ACTIONS: tuple[Action, ...] = ("folded", "kept", "converted", "skipped")
 
 
 @dataclass(frozen=True)
@@ -16,10 +17,12 @@ class BnRecord:
 
     name: str
     action: Action
-    into: str | None = None  # e.g. "Conv 'conv1'", "Conv 'a'[0:64], Conv 'b'[64:128]", "Mul+Add"
-    reason: str | None = None  # why it was not folded (for converted and skipped)
+    into: str | None = None  # e.g. "Conv 'conv1'", "Conv 'a'[0:64], Conv 'b'[64:128]", "BatchNormalization", "Mul+Add"
+    reason: str | None = None  # why it was not folded (kept, converted, skipped)
     graph: str = "main"  # the graph or function it lives in
-    pattern: str | None = None  # "backward", "concat", "forward", "mul-add" (rewritten)
+    # "backward", "concat", "forward"; "collapsed" (merged into one BN), "scale-forward" (became an Add,
+    # its scale folded forward), "mul-add" (became Mul+Add)
+    pattern: str | None = None
     op: str = "BatchNormalization"
 
 
@@ -66,7 +69,7 @@ class FoldReport:
         counts = self.counts()
         return {
             "model": self.model,
-            "summary": {action: counts.get(action, 0) for action in ("folded", "converted", "skipped")},
+            "summary": {action: counts.get(action, 0) for action in ACTIONS},
             "nodes": [asdict(record) for record in self.records],
             "check": None if self.check is None else self.check.to_dict(),
             **({} if self.diagnostics is None else {
@@ -82,17 +85,14 @@ class FoldReport:
         bns = self.batch_norms()
         folded_into = Counter(_target_kind(r) for r in bns if r.action == "folded")
         targets = ", ".join(f"{n} {kind}" for kind, n in sorted(folded_into.items()))
-        head = (f"{len(bns)} BatchNormalization: {counts.get('folded', 0)} folded"
-                + (f" ({targets})" if targets else "")
-                + f", {counts.get('converted', 0)} converted to Mul+Add, {counts.get('skipped', 0)} skipped")
-        lines = [head]
+        lines = [_totals(len(bns), counts, targets)]
         others = [r for r in self.records if r.op != "BatchNormalization"]
         if others:
             kinds = Counter(r.op for r in others)
             lines.append("  also folded: " + ", ".join(f"{n} {op}" for op, n in sorted(kinds.items())))
         for record in bns:
-            if record.action == "converted":
-                lines.append(f"  converted {record.name} to {record.into}: {record.reason}")
+            if record.action in ("kept", "converted"):
+                lines.append(f"  {record.action} {record.name} as {record.into}: {record.reason}")
             elif record.action == "skipped":
                 lines.append(f"  skipped {record.name}: {record.reason}")
         lines.extend(_check_lines(self.check))
@@ -106,11 +106,17 @@ class FoldReport:
         for r in self.records:
             lines.append(f"| {r.name} | {r.op} | {r.action} | {r.pattern or ''} | {r.into or ''} | {r.reason or ''} |")
         counts = self.counts()
-        lines += ["", f"{len(self.batch_norms())} BatchNormalization: {counts.get('folded', 0)} would fold, "
-                      f"{counts.get('converted', 0)} become Mul/Add, {counts.get('skipped', 0)} stay"]
+        lines += ["", _totals(len(self.batch_norms()), counts) + " (planned; nothing written)"]
         if self.diagnostics is not None:
             lines.append(_diagnostics_line(self.diagnostics))
         return lines
+
+
+def _totals(count: int, counts: Counter, targets: str = "") -> str:
+    """'8 BatchNormalization: 6 folded (…), 1 kept, 1 converted, 0 skipped'."""
+    folded = f"{counts.get('folded', 0)} folded" + (f" ({targets})" if targets else "")
+    rest = ", ".join(f"{counts.get(action, 0)} {action}" for action in ACTIONS[1:])
+    return f"{count} BatchNormalization: {folded}, {rest}"
 
 
 def _diagnostics_line(diagnostics: dict) -> str:
@@ -130,8 +136,10 @@ def _target_kind(record: BnRecord) -> str:
         return f"forward into {op}"
     if record.pattern == "concat":
         return "into producers behind a Concat"
-    if record.pattern == "mul-add":
+    if record.pattern in ("mul-add", "scale-forward"):
         return "as Mul+Add, both folded"
+    if record.pattern == "collapsed":
+        return "into a neighbouring BN"
     return f"into {op}"
 
 

@@ -103,12 +103,67 @@ def op_counts(model: onnx.ModelProto) -> Counter:
     return Counter(node.op_type for node in model.graph.node)
 
 
+def assert_sample_folded(model: onnx.ModelProto) -> None:
+    """models/sample_cnn.onnx after a fold: of its 8 BN only bn3 is left (its Conv's output is shared), as one node."""
+    counts = op_counts(model)
+    assert counts["BatchNormalization"] == 1 and counts["Mul"] == 0, counts
+
+
 def fold_and_check(model, rtol=FP32_RTOL, **kwargs):
-    """Fold `model`, assert the checker passes and outputs match; return (folded, records)."""
+    """Fold `model`, assert the checker passes, outputs match and (by default) it costs no more;
+    return (folded, records)."""
     result = bnfold.fold(model, **kwargs)
     onnx.checker.check_model(result.model, full_check=True)
     assert_same_outputs(model, result.model, rtol=rtol)
+    if kwargs.get("standalone", "bn") == "bn":
+        assert_never_costlier(model, result.model)
     return result.model, result.records
+
+
+# --- the "never costlier" contract, counted here independently of bnfold's own code ----------------
+
+AFFINE_ELEMENTWISE = frozenset({"Mul", "Add", "Sub", "Div"})
+
+
+def every_node_list(model: onnx.ModelProto):
+    """The node lists of the main graph, of every subgraph, and of every function body."""
+    lists = [model.graph.node] + [f.node for f in model.functions]
+    pending = list(lists)
+    while pending:
+        for node in pending.pop():
+            for attr in node.attribute:
+                for graph in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    lists.append(graph.node)
+                    pending.append(graph.node)
+    return lists
+
+
+def node_total(model: onnx.ModelProto) -> int:
+    return sum(len(nodes) for nodes in every_node_list(model))
+
+
+def affine_node_total(model: onnx.ModelProto) -> int:
+    """BatchNormalization nodes plus Mul/Add/Sub/Div with a constant operand (an initializer or a Constant)."""
+    constants = {t.name for t in model.graph.initializer}
+    for nodes in every_node_list(model):
+        constants.update(n.output[0] for n in nodes if n.op_type == "Constant")
+    pending = [model.graph]
+    while pending:
+        graph = pending.pop()
+        constants.update(t.name for t in graph.initializer)
+        for node in graph.node:
+            for attr in node.attribute:
+                pending.extend(([attr.g] if attr.HasField("g") else []) + list(attr.graphs))
+    return sum(node.op_type == "BatchNormalization"
+               or (node.op_type in AFFINE_ELEMENTWISE and any(name in constants for name in node.input))
+               for nodes in every_node_list(model) for node in nodes)
+
+
+def assert_never_costlier(original: onnx.ModelProto, folded: onnx.ModelProto) -> None:
+    """No more nodes, and no more per-channel affine nodes, than the original had."""
+    assert node_total(folded) <= node_total(original), (node_total(original), node_total(folded))
+    assert affine_node_total(folded) <= affine_node_total(original), (
+        affine_node_total(original), affine_node_total(folded))
 
 
 def only_record(records):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import op_counts
+from helpers import assert_sample_folded, op_counts
 from typer.testing import CliRunner
 
 from bnfold import fold_math
@@ -41,9 +41,9 @@ def test_fold_writes_a_checked_model_and_report(sample, tmp_path):
     out, report = tmp_path / "out.onnx", tmp_path / "report.json"
     result = invoke(sample, out, "--report", report)
     assert result.exit_code == 0, result.output
-    assert "BatchNormalization" not in op_counts(onnx.load(out))
+    assert op_counts(onnx.load(out))["BatchNormalization"] == 1  # bn3: nothing to fold into, kept as one node
     data = json.loads(report.read_text())
-    assert {r["action"] for r in data["nodes"]} == {"folded", "converted"}
+    assert {r["action"] for r in data["nodes"]} == {"folded", "kept", "converted"}
     for record in data["nodes"]:
         assert set(record) >= {"name", "action", "into", "reason"}
     assert data["check"]["passed"] is True
@@ -57,7 +57,7 @@ def test_dry_run_writes_nothing(sample, tmp_path):
     result = invoke(sample, "--dry-run")
     assert result.exit_code == 0, result.output
     assert sorted(os.listdir(tmp_path)) == before
-    assert "| bn3 | BatchNormalization | converted | mul-add | Mul+Add | output of Conv 'pw' has 2 consumers" in result.stdout
+    assert "| bn3 | BatchNormalization | kept |  | BatchNormalization | output of Conv 'pw' has 2 consumers" in result.stdout
     assert "diagnostics: ε dominates σ² in 0 channels" in result.stdout
 
 
@@ -146,7 +146,7 @@ def test_unknown_option_is_a_usage_error(sample):
 def test_same_file_in_and_out_is_replaced_atomically(sample):
     result = invoke(sample, sample)
     assert result.exit_code == 0, result.output
-    assert "BatchNormalization" not in op_counts(onnx.load(sample))
+    assert_sample_folded(onnx.load(sample))
 
 
 def test_real_subprocess_entry_points(sample, tmp_path):

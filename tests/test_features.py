@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from helpers import assert_same_outputs, bn_arrays, bn_node, make_model, op_counts
+from helpers import assert_same_outputs, assert_sample_folded, bn_arrays, bn_node, make_model
 from onnx import helper
 from typer.testing import CliRunner
 
@@ -53,7 +53,7 @@ def test_explain_shows_the_formula_and_the_numbers(tmp_path, node):
     assert row.split() == ["0", "1", "0", "0", "1", "0.9995004", "0"]
     assert "ε dominates σ² (σ² < 10·ε, so ε sets the scale): 1 channel (2)" in out
     assert "dead: γ ≈ 0 (|γ| < 1e-06; the channel outputs β whatever its input): 1 channel (1)" in out
-    assert "bnfold: becomes Mul+Add: no Conv, ConvTranspose, Gemm or MatMul before it" in out
+    assert "bnfold: keeps it as BatchNormalization: no Conv, ConvTranspose, Gemm or MatMul before it" in out
 
 
 def test_explain_a_training_mode_bn(tmp_path):
@@ -110,10 +110,10 @@ def test_dry_run_json_has_the_diagnostics(tmp_path):
 def assert_report_schema(report: dict) -> None:
     """The documented schema: DESIGN.md's fields plus bnfold's additions, with their types."""
     assert set(report) >= {"model", "summary", "nodes", "check"}
-    assert set(report["summary"]) == {"folded", "converted", "skipped"}
+    assert set(report["summary"]) == {"folded", "kept", "converted", "skipped"}
     for node in report["nodes"]:
         assert set(node) == {"name", "action", "into", "reason", "graph", "pattern", "op"}
-        assert node["action"] in ("folded", "converted", "skipped")
+        assert node["action"] in ("folded", "kept", "converted", "skipped")
         assert isinstance(node["name"], str) and (node["into"] is None or isinstance(node["into"], str))
         assert node["reason"] is None or isinstance(node["reason"], str)
         assert node["action"] == "folded" or node["reason"]
@@ -146,7 +146,7 @@ def test_batch_with_a_failing_model_among_good_ones(tmp_path, jobs):
     assert result.exit_code == 2
     assert (out / "a.onnx").exists() and (out / "nested" / "b.onnx").exists() and not (out / "broken.onnx").exists()
     table = result.stderr
-    assert "| model | BN | folded | converted | skipped | check | result |" in table
+    assert "| model | BN | folded | kept | converted | skipped | check | result |" in table
     assert f"wrote {out / 'a.onnx'}" in table and "exit 2: " in table and "not an ONNX model" in table
     report = json.loads((tmp_path / "batch.json").read_text())
     assert report["exit_code"] == 2 and [m["exit_code"] for m in report["models"]] == [0, 0, 2]
@@ -259,7 +259,7 @@ def test_the_pass_runs_in_an_onnx_ir_pass_manager():
     result = manager(model)
     assert result.modified
     folded = ir.serde.serialize_model(result.model)
-    assert "BatchNormalization" not in op_counts(folded)
+    assert_sample_folded(folded)
     assert_same_outputs(onnx.load(SAMPLE), folded)
 
 
@@ -268,7 +268,7 @@ def test_graphsurgeon_graph_in_graphsurgeon_graph_out():
     graph = gs.import_onnx(onnx.load(SAMPLE))
     result = bnfold.fold(graph)
     assert isinstance(result.model, gs.Graph)
-    assert not any(node.op == "BatchNormalization" for node in result.model.nodes)
+    assert [node.name for node in result.model.nodes if node.op == "BatchNormalization"] == ["bn3"]
     assert_same_outputs(onnx.load(SAMPLE), gs.export_onnx(result.model))
     assert [r.action for r in result.records].count("folded") == 6
 

@@ -5,6 +5,8 @@ import pytest
 from helpers import bn_arrays, bn_node, fold_and_check, make_model, only_record, op_counts
 from onnx import helper
 
+import bnfold
+
 F32 = np.float32
 
 
@@ -109,11 +111,12 @@ def test_matmul_2d_becomes_gemm():
     assert folded.graph.node[0].name == "mm"
 
 
-def test_matmul_rank3_is_rewritten_standalone_with_reason():
-    folded, records = fold_and_check(matmul_bn_model(["N", 3, 4]))
-    assert op_counts(folded) == {"MatMul": 1, "Mul": 1, "Add": 1}
+def test_matmul_rank3_keeps_its_bn_with_reason():
+    model = matmul_bn_model(["N", 3, 4])
+    folded, records = fold_and_check(model)
+    assert folded == model  # kept as it was: one BN is one pass
     record = only_record(records)
-    assert record.action == "converted"
+    assert (record.action, record.into) == ("kept", "BatchNormalization")
     assert record.reason == ("output of MatMul 'mm' has rank 3; BN's channel axis 1 is not the weight's column axis"
                              "; its output is a graph output")
 
@@ -129,26 +132,34 @@ def test_conv_bn_bn_chain_folds_both():
 
 
 @pytest.mark.parametrize("rank", [2, 3, 4, 5])
-def test_standalone_bn_becomes_mul_add(rank):
+def test_standalone_bn_stays_one_node_by_default(rank):
+    rng = np.random.default_rng(rank)
+    model = make_model([bn_node("x", "z")], [("x", F32, ["N", 3] + [4] * (rank - 2))], [("z", F32, None)],
+                       bn_arrays(rng, 3))
+    folded, records = fold_and_check(model)
+    assert folded == model
+    record = only_record(records)
+    assert (record.action, record.into, record.pattern) == ("kept", "BatchNormalization", None)
+    assert record.reason == "no Conv, ConvTranspose, Gemm or MatMul before it; its output is a graph output"
+
+
+@pytest.mark.parametrize("rank", [2, 3, 4, 5])
+def test_standalone_mul_add_rewrites_it(rank):
     rng = np.random.default_rng(rank)
     shape = ["N", 3] + [4] * (rank - 2)
     model = make_model([bn_node("x", "z")], [("x", F32, shape)], [("z", F32, None)], bn_arrays(rng, 3))
-    folded, records = fold_and_check(model)
+    folded, records = fold_and_check(model, standalone="mul-add")
     assert op_counts(folded) == {"Mul": 1, "Add": 1}
     record = only_record(records)
-    assert (record.action, record.into) == ("converted", "Mul+Add")
+    assert (record.action, record.into, record.pattern) == ("converted", "Mul+Add", "mul-add")
     assert record.reason == "no Conv, ConvTranspose, Gemm or MatMul before it; its output is a graph output"
     scale = next(i for i in folded.graph.initializer if i.name.endswith("_scale"))
     assert list(scale.dims) == [3] + [1] * (rank - 2)
 
 
-def test_keep_standalone_leaves_the_bn():
-    rng = np.random.default_rng(0)
-    model = make_model([bn_node("x", "z")], [("x", F32, ["N", 3, 4])], [("z", F32, None)], bn_arrays(rng, 3))
-    folded, records = fold_and_check(model, keep_standalone=True)
-    assert op_counts(folded) == {"BatchNormalization": 1}
-    assert only_record(records).action == "skipped"
-    assert only_record(records).reason.endswith("kept as BN (keep_standalone)")
+def test_an_unknown_standalone_form_is_refused():
+    with pytest.raises(bnfold.InputError, match="standalone must be one of bn, mul-add, not 'keep'"):
+        bnfold.fold(conv_bn_model(1, 1, True), standalone="keep")
 
 
 @pytest.mark.parametrize("op", ["Conv", "ConvTranspose"])
@@ -174,7 +185,7 @@ def test_standalone_in_other_dtypes(dtype, rtol):
     rng = np.random.default_rng(0)
     model = make_model([bn_node("x", "z")], [("x", dtype, ["N", 3, 4])], [("z", dtype, None)],
                        bn_arrays(rng, 3, dtype=dtype))
-    folded, _ = fold_and_check(model, rtol=rtol)
+    folded, _ = fold_and_check(model, rtol=rtol, standalone="mul-add")
     assert op_counts(folded) == {"Mul": 1, "Add": 1}
 
 

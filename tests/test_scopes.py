@@ -57,8 +57,8 @@ def test_bn_in_if_branches_with_outer_scope_weights_and_params():
         assert_same_outputs(model, result.model, feeds=_feeds(cond))
     records = {r.name: r for r in result.records}
     assert records["then_bn"].action == "folded" and records["then_bn"].graph == "subgraph then_body"
-    assert records["else_bn"].action == "converted"
-    assert "BatchNormalization" not in _all_ops(result.model)
+    assert records["else_bn"].action == "kept"  # Relu → BN → branch output: nothing to fold into
+    assert _all_ops(result.model).count("BatchNormalization") == 1
     # The outer weight is used by both branches: it is never overwritten.
     outer = {i.name: numpy_helper.to_array(i) for i in result.model.graph.initializer}
     np.testing.assert_array_equal(outer["w_outer"], numpy_helper.to_array(model.graph.initializer[0]))
@@ -141,13 +141,21 @@ def test_bn_in_local_functions_folds_without_inlining():
     folded, records = fold_and_check(model)
     by_name = {r.name: r for r in records}
     assert by_name["fn_bn"].action == "folded" and by_name["fn_bn"].graph == "function local::ConvBn"
-    # Its weight is a function input, and the input's rank may differ per call: left, with the reason.
+    # Its weight is a function input: kept as one BN, with the reason.
     weight_input = by_name["fn_bn_input_weight"]
     assert (weight_input.action, weight_input.reason) == (
-        "skipped", "weight of Conv (unnamed) is not constant (computed at run time); its output is a graph output; "
-        "cannot rewrite: rank of the input is unknown, so the channel axis cannot be broadcast")
+        "kept", "weight of Conv (unnamed) is not constant (computed at run time); its output is a graph output")
     assert [f.name for f in folded.functions] == ["ConvBn", "ConvWeightInput"]
     assert op_counts(folded) == {"ConvBn": 2, "ConvWeightInput": 1}
     conv_bn = folded.functions[0]
     assert [n.op_type for n in conv_bn.node] == ["Constant", "Constant", "Conv"]
     assert [i.name for i in folded.graph.initializer] == ["w2"]  # nothing leaked into the main graph
+
+
+def test_a_bn_in_a_function_whose_input_rank_is_not_fixed_stays_bn_under_mul_add():
+    # The input's rank may differ from one call to the next: no [C, 1, …, 1] constant fits every call.
+    record = next(r for r in bnfold.fold(function_model(), standalone="mul-add").records
+                  if r.name == "fn_bn_input_weight")
+    assert (record.action, record.reason) == (
+        "kept", "weight of Conv (unnamed) is not constant (computed at run time); its output is a graph output; "
+        "cannot rewrite it as Mul+Add: rank of the input is unknown, so the channel axis cannot be broadcast")

@@ -1,14 +1,17 @@
-"""Standalone BN → Mul + Add.
+"""A BN with nothing to fold into, rewritten as elementwise nodes.
 
-Before:  Y = BN(X)                      X: [N, C, D1, …]
-After:   Y = Add(Mul(X, s'), t')        s', t': [C, 1, …, 1] in X's dtype
-   or    Y = Mul(Add(X, t'/s'), s')     when the BN feeds Convs that pad with zeros, so
-                                        that the Mul can still fold forward into them
+Mul + Add (`--standalone mul-add`, for runtimes without BatchNormalization):
+    Before:  Y = BN(X)                      X: [N, C, D1, …]
+    After:   Y = Add(Mul(X, s'), t')        s', t': [C, 1, …, 1] in X's dtype
 
-For a per-element BN (spatial=0, opset < 9) s' and t' keep the full parameter
+One Add, when the scale s folds forward into the consumers (a Conv that pads its
+input with zeros takes a pure scale, but not a shift):
+    After:   Y = Add(X, t'/s')              and the consumers' weights absorb s
+
+For a per-element BN (spatial=0, opset < 9) the constants keep the full parameter
 shape [C, D1, …], which broadcasts onto X from the right just as BN does.
 Before opset 7 Mul/Add broadcast only with `broadcast=1, axis=1`, which aligns
-s' and t' (then shaped [C] or [C, D1, …]) with X's axis 1.
+the constants (then shaped [C] or [C, D1, …]) with X's axis 1.
 """
 
 from __future__ import annotations
@@ -24,33 +27,35 @@ from bnfold.rules.base import FoldContext, rounded
 LEGACY_BROADCAST_BEFORE = 7
 
 
-def rewrite(ctx: FoldContext, bn: ir.Node, params: AffineParams, *,
-            shift_first: bool = False) -> tuple[ir.Node, ir.Node]:
-    """Replace `bn` by Mul + Add (or, `shift_first`, by Add(t/s) + Mul); returns (mul, add).
+def rewrite_as_mul_add(ctx: FoldContext, bn: ir.Node, params: AffineParams) -> tuple[ir.Node, ir.Node]:
+    """Replace `bn` by Mul(s) then Add(t); returns (mul, add). Skip (graph untouched) when impossible."""
+    scale = _channel_constant(ctx, bn, params.scale, params)
+    shift = _channel_constant(ctx, bn, params.shift, params)
+    mul, add = _replace(ctx, bn, [("Mul", scale, "scale", "scaled", "mul"), ("Add", shift, "shift", "shifted", "add")])
+    return mul, add
 
-    Shift first suits a BN that feeds a Conv padding its input with zeros: the
-    trailing Mul (a pure scale) can then still fold forward into that Conv.
-    """
-    if shift_first:
-        if params.per_element or np.any(params.scale == 0):
-            raise Skip("a zero scale cannot be moved after the shift")
-        params = AffineParams(params.scale, params.shift / params.scale)
+
+def rewrite_as_shift(ctx: FoldContext, bn: ir.Node, params: AffineParams) -> ir.Node:
+    """Replace `bn` by Add(t/s), for when its scale s goes elsewhere; returns the Add."""
+    if params.per_element or np.any(params.scale == 0):
+        raise Skip("a zero scale cannot be moved after the shift")
+    shift = _channel_constant(ctx, bn, params.shift / params.scale, params)
+    (add,) = _replace(ctx, bn, [("Add", shift, "shift", "shifted", "add")])
+    return add
+
+
+def _channel_constant(ctx: FoldContext, bn: ir.Node, vector: np.ndarray, params: AffineParams) -> np.ndarray:
+    """`vector` shaped to broadcast on the BN input's channel axis, rounded to the input's dtype."""
     data = bn.inputs[0]
     channels = ctx.hints.dim(data, 1)
     if channels is not None and not params.per_element and channels != params.channels:
         raise Skip(f"parameter shape ({params.channels},) does not match channel count {channels}")
-    if params.per_element or ctx.opset < LEGACY_BROADCAST_BEFORE:
-        scale, shift = params.scale, params.shift
-    else:
+    if not params.per_element and ctx.opset >= LEGACY_BROADCAST_BEFORE:
         rank = ctx.hints.rank(data)
         if rank is None:
             raise Skip("rank of the input is unknown, so the channel axis cannot be broadcast")
-        scale = fold_math.per_channel_broadcast(params.scale, rank)
-        shift = fold_math.per_channel_broadcast(params.shift, rank)
-    dtype = _data_dtype(ctx, bn)
-    like = np.empty(0, dtype=dtype)
-    scale, shift = rounded(scale, like), rounded(shift, like)
-    return _replace_with_mul_add(ctx, bn, scale, shift, shift_first)
+        vector = fold_math.per_channel_broadcast(vector, rank)
+    return rounded(vector, np.empty(0, dtype=_data_dtype(ctx, bn)))
 
 
 def _data_dtype(ctx: FoldContext, bn: ir.Node) -> np.dtype:
@@ -61,22 +66,18 @@ def _data_dtype(ctx: FoldContext, bn: ir.Node) -> np.dtype:
     raise Skip("element type of the input is unknown")
 
 
-def _replace_with_mul_add(ctx: FoldContext, bn: ir.Node, scale: np.ndarray, shift: np.ndarray,
-                          shift_first: bool) -> tuple[ir.Node, ir.Node]:
+def _replace(ctx: FoldContext, bn: ir.Node, steps: list[tuple[str, np.ndarray, str, str, str]]) -> list[ir.Node]:
+    """Put a chain of elementwise nodes (op, constant, constant/output/node name hints) where `bn` was."""
     base = bn.name or "BatchNormalization"
-    scale_value = ctx.new_constant(bn, f"{base}_scale", scale)
-    shift_value = ctx.new_constant(bn, f"{base}_shift", shift)
     # Before opset 7, Mul/Add broadcast only when told so, aligning B at `axis`.
     legacy = {"broadcast": 1, "axis": 1} if ctx.opset < LEGACY_BROADCAST_BEFORE else None
-    steps = [("Add", shift_value, "shifted", "add"), ("Mul", scale_value, "scaled", "mul")]
-    if not shift_first:
-        steps.reverse()
-    nodes, current = {}, bn.inputs[0]
-    for op, constant, output_hint, node_hint in steps:
+    nodes, current = [], bn.inputs[0]
+    for op, array, constant_hint, output_hint, node_hint in steps:
+        constant = ctx.new_constant(bn, f"{base}_{constant_hint}", array)
         node = ir.node(op, [current, constant], attributes=legacy, name=ctx.names.fresh(f"{base}_{node_hint}"))
         node.outputs[0].name = ctx.names.fresh(f"{base}_{output_hint}")
-        nodes[op] = node
+        nodes.append(node)
         current = node.outputs[0]
-    bn.graph.insert_before(bn, [nodes[op] for op, *_ in steps])
+    bn.graph.insert_before(bn, nodes)
     retire_node(bn, current)
-    return nodes["Mul"], nodes["Add"]
+    return nodes

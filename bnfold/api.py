@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,8 +18,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
+from bnfold.compare import Tolerance
 from bnfold.errors import CheckFailedError, InputError
-from bnfold.report import BnRecord, FoldReport
+from bnfold.report import BnRecord, FoldReport, Site
 from bnfold.validation import check_output_path, load_proto, validate_proto
 
 if TYPE_CHECKING:
@@ -54,7 +56,7 @@ def fold(model, *, standalone: str = "bn") -> FoldResult:
         validate_proto(model, "model")
         from bnfold.model_io import to_ir, to_proto
 
-        folded, records = _run_pass(to_ir(model, "model"), standalone)
+        folded, records, _ = _run_pass(to_ir(model, "model"), standalone)
         return FoldResult(to_proto(folded), records)
     if _is_graphsurgeon_graph(model):
         return _fold_graphsurgeon(model, standalone)
@@ -62,7 +64,7 @@ def fold(model, *, standalone: str = "bn") -> FoldResult:
         proto = load_proto(Path(model))
         from bnfold.model_io import load_model
 
-        return FoldResult(*_run_pass(load_model(model, proto), standalone))
+        return FoldResult(*_run_pass(load_model(model, proto), standalone)[:2])
     import onnx_ir as ir
 
     if isinstance(model, ir.Model):
@@ -70,7 +72,7 @@ def fold(model, *, standalone: str = "bn") -> FoldResult:
 
         clone = model.clone()
         unlist_initializer_inputs(clone)
-        folded, records = _run_pass(clone, standalone)
+        folded, records, _ = _run_pass(clone, standalone)
         relist_initializer_inputs(folded)
         return FoldResult(folded, records)
     raise InputError(f"cannot fold a {type(model).__name__}; pass an onnx.ModelProto, onnx_ir.Model or path")
@@ -88,25 +90,35 @@ def _fold_graphsurgeon(graph, standalone: str) -> FoldResult:
     return FoldResult(gs.import_onnx(folded.model), folded.records)
 
 
-def _run_pass(model: ir.Model, standalone: str, progress=None) -> tuple[ir.Model, list[BnRecord]]:
+def _run_pass(model: ir.Model, standalone: str, progress=None) -> tuple[ir.Model, list[BnRecord], list[Site]]:
     from bnfold.fold_pass import BatchNormFoldPass
 
     fold_pass = BatchNormFoldPass(standalone=standalone, progress=progress)
     result = fold_pass(model)
-    return result.model, fold_pass.records
+    return result.model, fold_pass.records, fold_pass.sites
+
+
+# Up to this size the original's check runs while the output is written; larger models run it after,
+# so that the two are never in memory together.
+_CONCURRENT_CHECK_BYTES = 1 << 30
 
 
 def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: bool = True,
               standalone: str = "bn", external_data: str = "auto", dry_run: bool = False,
               inputs: Mapping[str, np.ndarray] | None = None,
               shapes: Mapping[str, tuple[int, ...]] | None = None,
-              rtol: float | None = None, atol: float | None = None, progress=None) -> FoldReport:
+              rtol: float | None = None, atol: float | None = None, strict: bool = False,
+              progress=None) -> FoldReport:
     """Fold `src`, check it against the original (unless `check=False`), write `dst`.
 
-    The output is staged beside `dst` and renamed into place only after the check
-    passed; on CheckFailedError nothing is written. `dry_run` folds in memory and
-    writes nothing (and does not check); its report carries per-BN diagnostics.
-    `progress(step, done, total)` is told about loading, folding, writing, checking.
+    The output is staged beside `dst` and renamed into place only after the check;
+    on CheckFailedError nothing is written. The check's verdict is "passed",
+    "failed" (CheckFailedError) or "inconclusive" (nothing differed, but no changed
+    value held evidence): written, unless `strict`, which raises CheckFailedError.
+    A model with nothing to fold is written as it is, without a check. `dry_run`
+    folds in memory and writes nothing (and does not check); its report carries
+    per-BN diagnostics. `progress(step, done, total)` is told about loading,
+    folding, writing, checking.
     """
     step = progress or (lambda *_: None)
     if not dry_run:
@@ -115,6 +127,10 @@ def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: b
         check_output_path(Path(dst))
     step("loading", 0, 1)
     proto = load_proto(Path(src))
+    if check and not dry_run:
+        from bnfold.draws import check_user_inputs, input_specs
+
+        check_user_inputs(input_specs(proto), inputs or {}, shapes or {})
     from bnfold.model_io import (
         external_data_files,
         external_data_threshold,
@@ -125,35 +141,63 @@ def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: b
 
     model = load_model(src, proto)
     input_data = external_data_files(model)
-    external_threshold = external_data_threshold(model, external_data, model_file_bytes(Path(src), input_data))
+    source_bytes = model_file_bytes(Path(src), input_data)
+    external_threshold = external_data_threshold(model, external_data, source_bytes)
     read_small_external_tensors(model)
     report = FoldReport(model=os.fspath(src))
     if dry_run:
         from bnfold.explain import diagnose
 
         report.diagnostics = diagnose(model)
-    report.records = _run_pass(model, standalone, progress)[1]
+    _, report.records, sites = _run_pass(model, standalone, progress)
     if dry_run:
         return report
     _refuse_overwriting_input_data(Path(src), Path(dst), input_data)
+    report.unchanged = not sites
+    checker = None
+    if check and sites:
+        from bnfold.equivalence import Check, Source
+
+        checker = Check(Source(proto, Path(src).resolve().parent), sites, Tolerance(rtol, atol), inputs or {},
+                        shapes or {}, seed=0)
     from bnfold.output import StagedOutput
 
     with StagedOutput(dst) as staged:
         step("writing", 0, 1)
-        staged.write(model, external_threshold)
-        if check:
-            from bnfold.equivalence import verify
-
-            step("checking", 0, 1)
-            report.check = verify(src, staged.path, inputs=inputs, shapes=shapes, rtol=rtol, atol=atol)
-            if not report.check.passed:
-                worst = report.check.worst()
-                raise CheckFailedError(
-                    f"check failed: output '{worst.name}' differs (max abs err {worst.max_abs_err:.3e}, "
-                    f"max rel err {worst.max_rel_err:.3e}); nothing written", report)
+        if checker is not None and source_bytes <= _CONCURRENT_CHECK_BYTES:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                original = pool.submit(checker.original)
+                staged.write(model, external_threshold)
+                step("checking", 0, 1)
+                original.result()
+        else:
+            staged.write(model, external_threshold)
+            del model  # its memory-mapped weights, before onnxruntime loads the original's
+            if checker is not None:
+                step("checking", 0, 1)
+                checker.original()
+        if checker is not None:
+            report.check = checker.folded(Source(load_proto(staged.path), staged.path.parent))
+            _judge(report, strict)
         staged.commit()
     logger.info("wrote %s", dst)
     return report
+
+
+def _judge(report: FoldReport, strict: bool) -> None:
+    """Raise CheckFailedError for a failed check (or, with `strict`, an inconclusive one)."""
+    check = report.check
+    if check.failed:
+        failure = check.first_failure()
+        where = f"at BatchNormalization {failure.bn}, " if failure.bn else ""
+        kind = "site" if failure in check.sites else "output"
+        channel = f" channel {failure.channel}" if failure.channel is not None else ""
+        raise CheckFailedError(
+            f"check failed {where}{kind} '{failure.name}'{channel} differs (max abs err {failure.max_abs_err:.3e}, "
+            f"max rel err {failure.max_rel_err:.3e}); nothing written", report)
+    if check.verdict == "inconclusive" and strict:
+        raise CheckFailedError("check inconclusive: no value a fold changed held evidence (all NaN/Inf, constant "
+                               "or never reached); nothing written (--strict)", report)
 
 
 def _refuse_overwriting_input_data(src: Path, dst: Path, input_data: set[Path]) -> None:

@@ -50,6 +50,9 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="Show the plan for every BN and per-model diagnostics; write nothing."),
     no_check: bool = typer.Option(False, "--no-check", help="Write without the onnxruntime equivalence check."),
+    strict: bool = typer.Option(False, "--strict",
+                                help="Treat an inconclusive check (no changed value held evidence) as failed: "
+                                     "exit 1, nothing written."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report (every BN, the check) here."),
     json_out: bool = typer.Option(False, "--json", help="Print the JSON report on stdout (for pipelines)."),
     standalone: Standalone = typer.Option(Standalone.bn, "--standalone", case_sensitive=False,
@@ -82,7 +85,7 @@ def run(
     """
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="bnfold: %(message)s")
     options = dict(check=not no_check, standalone=standalone.value, external_data=external_data,
-                   rtol=rtol, atol=atol)
+                   rtol=rtol, atol=atol, strict=strict)
     try:
         options.update(inputs=_load_inputs(inputs), shapes=_parse_shapes(shape))
         if explain is not None:

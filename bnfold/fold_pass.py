@@ -51,9 +51,10 @@ from bnfold.graph import (
     take_over_output,
 )
 from bnfold.moves import AffineNode, Folded, fold_backward, fold_forward, prepare_forward
-from bnfold.report import BnRecord
+from bnfold.report import BnRecord, Site
 from bnfold.rules import standalone
 from bnfold.rules.base import FoldContext, describe, rounded
+from bnfold.sites import SiteLocator
 
 logger = logging.getLogger(__name__)
 
@@ -79,11 +80,12 @@ class BatchNormFoldPass(ir.passes.InPlacePass):
         self.standalone = check_standalone(standalone)
         self.progress = progress  # called as progress("folding", done, total)
         self.records: list[BnRecord] = []
+        self.sites: list[Site] = []  # every value a fold changed, for the check
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         run = _Run(model, self.standalone, self.progress)
         run.execute()
-        self.records = run.records()
+        self.records, self.sites = run.records()
         modified = any(record.action not in ("skipped", "kept") or record.pattern == "collapsed"
                        for record in self.records)
         return ir.passes.PassResult(model, modified)
@@ -105,6 +107,7 @@ class _BnState:
     final: BnRecord | None = None  # set once the BN is folded or given up
     reason: str | None = None  # why the last attempt failed
     absorbed: list[str] = dataclasses.field(default_factory=list)  # neighbours it took in: "Mul 'm'"
+    sites: list[ir.Value] = dataclasses.field(default_factory=list)  # values its fold changed
     created: dict[str, ir.Node] = dataclasses.field(default_factory=dict)  # "Mul"/"Add" it became
     elsewhere: dict[str, str] = dataclasses.field(default_factory=dict)  # "Mul"/"Add" -> where it folded
 
@@ -120,12 +123,14 @@ class _Run:
         self.standalone = standalone_form
         self.progress = progress
         self.settled = 0  # BNs folded or given up, for progress
+        self.model = model
         self.scopes = list(_scopes(model))
         shared = FoldContext(ConstantResolver(model), NameAuthority(model), TypeHints(model), opset=1,
                              function_graphs=frozenset(s.graph for s in self.scopes if s.in_function))
         self.contexts = {s.graph: dataclasses.replace(shared, opset=s.opsets.get("", 1)) for s in self.scopes}
         self.bns: dict[ir.Node, _BnState] = {}
-        self.elementwise_records: list[BnRecord] = []
+        # with the values each changed and its scope
+        self.elementwise_records: list[tuple[BnRecord, list[ir.Value], _Scope]] = []
         self.chain: set[ir.Node] = set()  # elementwise nodes that belong to a BN's chain
         self.created_by: dict[ir.Node, _BnState] = {}  # a conversion's Mul/Add -> its BN
         self.elementwise_reasons: dict[ir.Node, tuple[_Scope, str]] = {}  # chain members that stayed
@@ -142,12 +147,23 @@ class _Run:
         next(iter(self.contexts.values())).hints.invalidate()  # shared: the conversions added values
         self._fixpoint()
 
-    def records(self) -> list[BnRecord]:
-        """BNs in graph order, then the Mul/Add/Sub/Div of their chains: folded, or left with the reason."""
-        left = [_record(node.name or f"({node.op_type})", "skipped", reason=reason, scope=scope, op=node.op_type)
-                for node, (scope, reason) in self.elementwise_reasons.items()
-                if node.graph is not None and node not in self.created_by]
-        return [self._bn_record(state) for state in self.bns.values()] + self.elementwise_records + left
+    def records(self) -> tuple[list[BnRecord], list[Site]]:
+        """BNs in graph order, then the Mul/Add/Sub/Div of their chains: folded, or left with the reason;
+        and the sites: every main-graph value a fold changed, with the BN (or chain node) that changed it."""
+        locate = SiteLocator(self.model)
+        records, claims = [], []
+        changed = [(self._bn_record(state), state.sites, state.scope) for state in self.bns.values()]
+        changed += self.elementwise_records
+        for record, values, scope in changed:
+            found = locate(values, scope.graph, None)
+            records.append(dataclasses.replace(record, site=found[0].name) if found else record)
+            own = record.pattern not in ("forward", "scale-forward")  # the site is its own output, not a consumer's
+            claims += [(site, record.name, own) for site in found]
+        sites = _attributed(claims)
+        records += [_record(node.name or f"({node.op_type})", "skipped", reason=reason, scope=scope, op=node.op_type)
+                    for node, (scope, reason) in self.elementwise_reasons.items()
+                    if node.graph is not None and node not in self.created_by]
+        return records, sites
 
     def _screen(self, bn: ir.Node, state: _BnState) -> None:
         context = self.contexts[state.scope.graph]
@@ -183,6 +199,7 @@ class _Run:
         if folded is None:
             return False
         state.final = _record(state.name, "folded", folded.into, None, state.scope, pattern=folded.pattern)
+        state.sites = list(folded.sites)
         self._settle()
         return True
 
@@ -202,18 +219,22 @@ class _Run:
         if folded is None:
             self.elementwise_reasons[node] = (scope, reason)
             return False
-        self._elementwise_gone(node, scope, f"{folded.into} ({folded.pattern})", folded.into, folded.pattern)
+        self._elementwise_gone(node, scope, f"{folded.into} ({folded.pattern})", folded.into, folded.pattern,
+                               folded.sites)
         return True
 
-    def _elementwise_gone(self, node: ir.Node, scope: _Scope, where: str, into: str, pattern: str) -> None:
-        """Record a Mul/Add/Sub/Div of a chain (or of a BN's conversion) that folded away."""
+    def _elementwise_gone(self, node: ir.Node, scope: _Scope, where: str, into: str, pattern: str,
+                          sites) -> None:
+        """Record a Mul/Add/Sub/Div of a chain (or of a BN's conversion) that folded away, changing `sites`."""
         self.elementwise_reasons.pop(node, None)
         owner = self.created_by.get(node)
         if owner is not None:
             owner.elsewhere[node.op_type] = where
+            owner.sites.extend(sites)
             return
-        self.elementwise_records.append(_record(node.name or f"({node.op_type})", "folded", into, None, scope,
-                                                pattern=pattern, op=node.op_type))
+        record = _record(node.name or f"({node.op_type})", "folded", into, None, scope, pattern=pattern,
+                         op=node.op_type)
+        self.elementwise_records.append((record, list(sites), scope))
 
     def _in_chain(self, context: FoldContext, node: ir.Node) -> bool:
         """Whether `node` sits in an unbranched run of affine nodes that contains a BN."""
@@ -272,9 +293,10 @@ class _Run:
             remove_if_dead(bn.graph, last)
         for index, (role, array) in enumerate(arrays, start=1):
             context.write_input(bn, index, array, role)
+        state.sites = [bn.outputs[0]]
         for node, _, _ in before + after:
             state.absorbed.append(describe(node))
-            self._absorbed(node, state)
+            self._absorbed(node, state, bn.outputs[0])
         state.params = params
         return True
 
@@ -306,13 +328,14 @@ class _Run:
             return None
         return found.data_index, found.params
 
-    def _absorbed(self, node: ir.Node, into: _BnState) -> None:
+    def _absorbed(self, node: ir.Node, into: _BnState, site: ir.Value) -> None:
         target = f"BatchNormalization '{into.name}'"
         state = self.bns.get(node)
         if state is None:
-            self._elementwise_gone(node, into.scope, target, target, "collapsed")
+            self._elementwise_gone(node, into.scope, target, target, "collapsed", [site])
             return
         state.final = _record(state.name, "folded", target, state.reason, state.scope, pattern="collapsed")
+        state.sites = [site]
         self._settle()
 
     # --- 4. convert --------------------------------------------------------------------------------
@@ -334,6 +357,7 @@ class _Run:
                 state.final = self._kept(state, f"; cannot rewrite it as Mul+Add: {skip.reason}")
                 continue
             self._created(state, mul, add)
+            state.sites = [add.outputs[0]]
 
     def _scale_forward(self, context: FoldContext, bn: ir.Node, state: _BnState) -> bool:
         """Fold the scale forward into consumers that take no shift (a Conv padding with zeros); the BN becomes Add."""
@@ -341,13 +365,15 @@ class _Run:
         if params.per_element or not params.has_shift or np.any(params.scale == 0):
             return False
         try:
-            commit, into = prepare_forward(context, AffineNode(bn, 0, AffineParams(params.scale, 0 * params.shift)))
+            scale = AffineNode(bn, 0, AffineParams(params.scale, 0 * params.shift))
+            commit, into, consumers = prepare_forward(context, scale)
             add = standalone.rewrite_as_shift(context, bn, params)
         except Skip:
             return False
         commit()
         self._created(state, add)
         state.elsewhere["Mul"] = f"{into} (forward)"
+        state.sites = list(consumers)  # not the Add's output: without the scale it is not the BN's output
         return True
 
     def _created(self, state: _BnState, *nodes: ir.Node) -> None:
@@ -373,6 +399,18 @@ class _Run:
         if state.elsewhere:
             into += " (" + "; ".join(f"{op} folded into {where}" for op, where in state.elsewhere.items()) + ")"
         return _record(state.name, "converted", into, state.reason, state.scope, pattern=pattern)
+
+
+def _attributed(claims: list[tuple[Site, str, bool]]) -> list[Site]:
+    """One Site per value, naming every node whose fold changed it: those whose own output it is first."""
+    names: dict[str, list[str]] = {}
+    first: dict[str, Site] = {}
+    for site, name, _ in sorted(claims, key=lambda claim: not claim[2]):
+        first.setdefault(site.name, site)
+        if name not in names.setdefault(site.name, []):
+            names[site.name].append(name)
+    order = list(dict.fromkeys(site.name for site, _, _ in claims))
+    return [dataclasses.replace(first[n], bn=", ".join(names[n])) for n in order]
 
 
 def _single_use_neighbour(value: ir.Value | None, backward: bool) -> ir.Node | None:

@@ -50,6 +50,7 @@ class AffineNode:
 class Folded:
     into: str  # e.g. "Conv 'conv1'", "Conv 'a'[0:64], Conv 'b'[64:128]"
     pattern: str  # "backward", "concat", "forward"
+    sites: tuple[ir.Value, ...] = ()  # the values whose computation changed: what the check compares
 
 
 def fold_backward(ctx: FoldContext, affine: AffineNode) -> Folded:
@@ -65,7 +66,7 @@ def fold_backward(ctx: FoldContext, affine: AffineNode) -> Folded:
     target = describe(producer)  # before the commit: MatMul becomes Gemm
     commit()
     retire_node(affine.node, data)
-    return Folded(target, "backward")
+    return Folded(target, "backward", (data,))
 
 
 def _check_foldable_producer(user: ir.Node, value: ir.Value, producer: ir.Node | None) -> None:
@@ -110,19 +111,22 @@ def _fold_into_concat(ctx: FoldContext, affine: AffineNode, concat: ir.Node) -> 
     for commit in commits:
         commit()
     retire_node(affine.node, data)
-    return Folded(", ".join(targets), "concat")
+    return Folded(", ".join(targets), "concat", (data,))
 
 
 def fold_forward(ctx: FoldContext, affine: AffineNode) -> Folded:
     """Fold into every consumer of the affine node's output; all of them must take it."""
-    commit, into = prepare_forward(ctx, affine)
+    commit, into, sites = prepare_forward(ctx, affine)
     commit()
     bypass_node(affine.node, affine.data)
-    return Folded(into, "forward")
+    return Folded(into, "forward", sites)
 
 
-def prepare_forward(ctx: FoldContext, affine: AffineNode) -> tuple[Commit, str]:
-    """Check that every consumer takes the affine map; the Commit changes their weights (not the affine node)."""
+def prepare_forward(ctx: FoldContext, affine: AffineNode) -> tuple[Commit, str, tuple[ir.Value, ...]]:
+    """Check that every consumer takes the affine map; the Commit changes their weights (not the affine node).
+
+    Also returns what they take it into, and their outputs (the values the fold changes).
+    """
     output = affine.output
     if output.is_graph_output():
         raise Skip("its output is a graph output")
@@ -131,16 +135,18 @@ def prepare_forward(ctx: FoldContext, affine: AffineNode) -> tuple[Commit, str]:
         raise Skip("its output is not used")
     commits: list[Commit] = []
     targets: list[str] = []
+    sites: list[ir.Value] = []
     for use in uses:
-        commit, target = _prepare_consumer(ctx, affine, use.node, use.idx)
+        commit, target, site = _prepare_consumer(ctx, affine, use.node, use.idx)
         commits.append(commit)
         targets.append(target)
+        sites.append(site)
 
     def commit_all() -> None:
         for commit in commits:
             commit()
 
-    return commit_all, ", ".join(targets)
+    return commit_all, ", ".join(targets), tuple(sites)
 
 
 def _prepare_consumer(ctx: FoldContext, affine: AffineNode, consumer: ir.Node, index: int):
@@ -156,7 +162,7 @@ def _prepare_consumer(ctx: FoldContext, affine: AffineNode, consumer: ir.Node, i
     if index != 0:
         raise Skip(f"its output is input {index} of {describe(consumer)}, not the data input")
     target = describe(consumer)
-    return rule(ctx, consumer, params), target + through
+    return rule(ctx, consumer, params), target + through, consumer.outputs[0]
 
 
 def _features_per_channel(ctx: FoldContext, affine: AffineNode, flatten: ir.Node) -> int:

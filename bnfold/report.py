@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 Action = Literal["folded", "kept", "converted", "skipped"]
@@ -24,23 +24,73 @@ class BnRecord:
     # its scale folded forward), "mul-add" (became Mul+Add)
     pattern: str | None = None
     op: str = "BatchNormalization"
+    site: str | None = None  # the value the check compares for it (its output, now computed by the fold)
+
+
+@dataclass(frozen=True)
+class Site:
+    """A value of the main graph whose computation a fold changed: the check compares it in both models.
+
+    A fold inside an If/Loop/Scan body or a function is seen through the outputs of the
+    main-graph node that holds it. `branch` is (the If's condition, the value that selects
+    the changed branch) when only one branch of an If changed: a draw that takes the
+    other branch does not exercise the site.
+    """
+
+    name: str
+    bn: str | None = None
+    branch: tuple[str, bool] | None = None
 
 
 @dataclass(frozen=True)
 class OutputCheck:
+    """One compared value: a graph output, or a site (a value whose computation a fold changed)."""
+
     name: str
     max_abs_err: float
-    max_rel_err: float
-    tolerance: float  # the allowed max_abs_err: atol + rtol·max|reference|
+    max_rel_err: float  # in the worst channel, relative to that channel's largest value
+    tolerance: float  # the allowed max_abs_err in the worst channel: atol + rtol·max|reference| there
     passed: bool
-    note: str | None = None  # e.g. "NaN positions differ", "shape (2, 3) vs (2, 4)"
+    note: str | None = None  # e.g. "NaN/Inf positions differ", "shape (2, 3) instead of (2, 4)"
+    channel: int | None = None  # the worst channel (axis 1), when there is more than one
+    informative: bool = True  # it held evidence: not all NaN/Inf, not the same for every input draw
+    bn: str | None = None  # for a site: the BatchNormalizations whose folds changed it
+    exercised: bool = True  # False for a site the inputs never reached (an If branch not taken)
+    value_rel_err: float = 0.0  # max_abs_err relative to the largest |value| of the whole value
+
+    def with_context(self, **changes) -> OutputCheck:
+        return replace(self, **changes)
+
+
+Verdict = Literal["passed", "failed", "inconclusive"]
 
 
 @dataclass(frozen=True)
 class CheckResult:
-    passed: bool
+    """The equivalence check: `verdict`, every graph output and every site compared, the input shapes fed.
+
+    passed: every comparison passed and at least one site a fold touched held evidence;
+    inconclusive: nothing failed, but no touched site held evidence (all NaN/Inf,
+    constant, or never reached); failed: a comparison failed.
+    """
+
+    verdict: Verdict
     outputs: list[OutputCheck] = field(default_factory=list)
+    sites: list[OutputCheck] = field(default_factory=list)
     inputs: dict[str, list[int]] = field(default_factory=dict)  # shapes fed to both models
+    note: str | None = None  # e.g. "both models run converted to float32"
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "passed"
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict == "failed"
+
+    def first_failure(self) -> OutputCheck | None:
+        """The first site (in graph order) that failed, else the first failed output."""
+        return next((c for c in [*self.sites, *self.outputs] if not c.passed), None)
 
     def worst(self) -> OutputCheck | None:
         failing = [o for o in self.outputs if not o.passed]
@@ -48,7 +98,8 @@ class CheckResult:
         return max(pool, key=lambda o: o.max_rel_err, default=None)
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "outputs": [asdict(o) for o in self.outputs], "inputs": self.inputs}
+        return {"verdict": self.verdict, "passed": self.passed, "outputs": [asdict(o) for o in self.outputs],
+                "sites": [asdict(s) for s in self.sites], "inputs": self.inputs, "note": self.note}
 
 
 @dataclass
@@ -57,6 +108,7 @@ class FoldReport:
     check: CheckResult | None = None
     model: str | None = None
     diagnostics: dict | None = None  # BN name -> explain.Diagnosis (dry runs)
+    unchanged: bool = False  # nothing was folded: written as it was, with no check needed
 
     def counts(self) -> Counter:
         """Actions of the BatchNormalization records."""
@@ -72,6 +124,7 @@ class FoldReport:
             "summary": {action: counts.get(action, 0) for action in ACTIONS},
             "nodes": [asdict(record) for record in self.records],
             "check": None if self.check is None else self.check.to_dict(),
+            "unchanged": self.unchanged,
             **({} if self.diagnostics is None else {
                 "diagnostics": {name: d.to_dict() for name, d in self.diagnostics.items()}}),
         }
@@ -95,7 +148,7 @@ class FoldReport:
                 lines.append(f"  {record.action} {record.name} as {record.into}: {record.reason}")
             elif record.action == "skipped":
                 lines.append(f"  skipped {record.name}: {record.reason}")
-        lines.extend(_check_lines(self.check))
+        lines.extend(_check_lines(self.check, self.unchanged))
         return lines
 
 
@@ -143,17 +196,34 @@ def _target_kind(record: BnRecord) -> str:
     return f"into {op}"
 
 
-def _check_lines(check: CheckResult | None) -> list[str]:
+def _check_lines(check: CheckResult | None, unchanged: bool = False) -> list[str]:
     if check is None:
-        return ["check: not run"]
-    worst = check.worst()
+        return ["check: not needed (nothing was changed)" if unchanged else "check: not run"]
+    counted = f"{len(check.outputs)} outputs, {len(check.sites)} sites"
     if check.passed:
-        detail = "" if worst is None else f", max rel err {worst.max_rel_err:.2e} ({worst.name})"
-        return [f"check: passed ({len(check.outputs)} outputs{detail})"]
-    lines = ["check: FAILED"]
-    for output in check.outputs:
-        if not output.passed:
-            note = f" ({output.note})" if output.note else ""
-            lines.append(f"  output {output.name}: max abs err {output.max_abs_err:.3e}, "
-                         f"max rel err {output.max_rel_err:.3e}, allowed {output.tolerance:.3e}{note}")
+        compared = [*check.outputs, *check.sites]
+        value = max(compared, key=lambda c: c.value_rel_err, default=None)
+        channel = max(compared, key=lambda c: c.max_rel_err, default=None)
+        detail = "" if value is None else (f"; max rel err {value.value_rel_err:.2e} ({value.name}), "
+                                           f"{channel.max_rel_err:.2e} of one channel's own values ({channel.name})")
+        return [f"check: passed ({counted}{detail})"]
+    if check.verdict == "inconclusive":
+        unreached = [c.name for c in check.sites if not c.exercised]
+        reason = "no value a fold changed held evidence: each was all NaN/Inf or the same for every input draw"
+        if unreached:
+            reason += f"; never reached: {', '.join(unreached[:5])}"
+        return [f"check: INCONCLUSIVE ({counted}): {reason} (written; --strict refuses)"]
+    lines = [f"check: FAILED ({counted})"]
+    for kind, values in (("site", check.sites), ("output", check.outputs)):
+        for value in values:
+            if not value.passed:
+                lines.append("  " + _failure_line(kind, value))
     return lines
+
+
+def _failure_line(kind: str, value: OutputCheck) -> str:
+    where = f" (BatchNormalization {value.bn})" if value.bn else ""
+    channel = f" channel {value.channel}" if value.channel is not None else ""
+    note = f" ({value.note})" if value.note else ""
+    return (f"{kind} {value.name}{where}{channel}: max abs err {value.max_abs_err:.3e}, max rel err "
+            f"{value.max_rel_err:.3e}, allowed {value.tolerance:.3e}{note}")

@@ -151,6 +151,11 @@ def itemsize_of(data_type: int) -> int | None:
         return None
 
 
+def uses_external_data(proto: onnx.ModelProto) -> bool:
+    """Whether any tensor of the model keeps its data in an external file."""
+    return any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in all_tensors(proto))
+
+
 def check_external_data(proto: onnx.ModelProto, base_dir: Path) -> None:
     """Refuse external-data references that could leave the model's folder or overrun a file.
 

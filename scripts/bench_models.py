@@ -2,7 +2,7 @@
 torchvision's ResNet-18, a pre-activation ResNet, DenseNet-121 and a BN1d MLP, with random weights
 (He-scaled, so activations stay in range) and random BN statistics and affine parameters.
 
-    python scripts/bench_models.py OUT_DIR        # writes resnet18.onnx, preact_resnet.onnx, densenet121.onnx, mlp.onnx
+    python scripts/bench_models.py OUT_DIR        # resnet18, resnet50, preact_resnet, densenet121, mlp (.onnx)
 """
 
 from __future__ import annotations
@@ -90,6 +90,23 @@ def resnet18(size: int = 96) -> onnx.ModelProto:
     return net.model(["N", 3, size, size], net.head(x, 512), ["N", 100], "resnet18")
 
 
+def resnet50(size: int = 224) -> onnx.ModelProto:
+    """torchvision ResNet-50 (25.6 M parameters, ~100 MB in float32): bottleneck blocks, every BN after a Conv."""
+    net = Net(5)
+    x = net.op("Relu", [net.bn(net.conv("input", 3, 64, 7, 2), 64)])
+    x = net.op("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    cin = 64
+    for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+        for block in range(blocks):
+            step = stride if block == 0 else 1
+            y = net.op("Relu", [net.bn(net.conv(x, cin, width, 1), width)])
+            y = net.op("Relu", [net.bn(net.conv(y, width, width, 3, step), width)])
+            y = net.bn(net.conv(y, width, 4 * width, 1), 4 * width)
+            skip = x if block else net.bn(net.conv(x, cin, 4 * width, 1, step), 4 * width)
+            x, cin = net.op("Relu", [net.op("Add", [y, skip])]), 4 * width
+    return net.model(["N", 3, size, size], net.head(x, 2048, 1000), ["N", 1000], "resnet50")
+
+
 def preact_resnet(size: int = 96) -> onnx.ModelProto:
     """Pre-activation ResNet-18 (He et al. 2016): BN → ReLU → Conv; the block's first BN follows an Add."""
     net = Net(2)
@@ -140,9 +157,9 @@ def mlp(features: int = 256, width: int = 1024, depth: int = 4) -> onnx.ModelPro
     return net.model(["N", features], net.linear(x, fin, 10), ["N", 10], "mlp")
 
 
-BUILDERS = {"resnet18": resnet18, "preact_resnet": preact_resnet, "densenet121": densenet121, "mlp": mlp}
+BUILDERS = {"resnet18": resnet18, "resnet50": resnet50, "preact_resnet": preact_resnet, "densenet121": densenet121, "mlp": mlp}
 # Inputs for the benchmark: batch 1 for the CNNs (latency), 64 rows for the MLP.
-BATCH = {"resnet18": 1, "preact_resnet": 1, "densenet121": 1, "mlp": 64}
+BATCH = {"resnet18": 1, "resnet50": 1, "preact_resnet": 1, "densenet121": 1, "mlp": 64}
 
 
 def main() -> None:

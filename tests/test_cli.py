@@ -86,13 +86,17 @@ def test_a_wrong_fold_fails_the_check_and_writes_nothing(sample, tmp_path, monke
     before = sample.read_bytes()
     out, report = tmp_path / "out.onnx", tmp_path / "r.json"
     result = invoke(sample, out, "--report", report)
-    assert_error(result, 1, "check failed: output 'logits' differs")
+    # The first value that diverges is conv1's output, where bn1 folded (and input_norm's scale went forward).
+    assert_error(result, 1, "check failed at BatchNormalization bn1, input_norm, site 'bn1' channel")
     assert not out.exists()
     assert sample.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".bnfold")] == []
     data = json.loads(report.read_text())
-    assert data["check"]["passed"] is False
+    assert (data["check"]["verdict"], data["check"]["passed"]) == ("failed", False)
     assert data["check"]["outputs"][0]["name"] == "logits" and data["check"]["outputs"][0]["max_rel_err"] > 1e-3
+    first = data["check"]["sites"][0]
+    assert (first["name"], first["bn"], first["passed"], first["informative"]) == ("bn1", "bn1, input_norm", False, True)
+    assert next(n for n in data["nodes"] if n["name"] == "bn1")["site"] == "bn1"
 
 
 def test_output_required_without_dry_run(sample):
@@ -105,7 +109,12 @@ def test_shape_option_sets_the_check_inputs(sample, tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["check"]["inputs"] == {"image": [5, 3, 16, 16]}
 
 
-@pytest.mark.parametrize("spec,message", [("image=axb", "is not NAME=AxBxC"), ("nosuch=1x3x16x16", "no model input named 'nosuch'")])
+@pytest.mark.parametrize("spec,message", [
+    ("image=axb", "is not NAME=AxBxC"),
+    ("nosuch=1x3x16x16", "--shape: the model has no input 'nosuch' (its inputs: 'image' (float32, ?x3x16x16))"),
+    ("image=1x3x16", "--shape: 1x3x16 for input 'image' (float32, ?x3x16x16), which has rank 4"),
+    ("image=1x3x32x32", "--shape: 1x3x32x32 for input 'image' (float32, ?x3x16x16), whose axis 2 is fixed at 16"),
+])
 def test_bad_shape_option(sample, tmp_path, spec, message):
     assert_error(invoke(sample, tmp_path / "o.onnx", "--shape", spec), 2, message)
     assert not (tmp_path / "o.onnx").exists()
@@ -120,10 +129,16 @@ def test_inputs_npz_feeds_the_check(sample, tmp_path):
 
 
 def test_model_onnxruntime_cannot_run(tmp_path):
+    rng = np.random.default_rng(0)
+    params = {name: rng.uniform(0.5, 1.5, 2).astype(np.float32) for name in ("s", "b", "m", "v")}
+    nodes = [onnx.helper.make_node("Conv", ["x", "w"], ["c"]),
+             onnx.helper.make_node("BatchNormalization", ["c", *params], ["n"]),
+             onnx.helper.make_node("Mystery", ["n"], ["y"], domain="com.example")]
+    inits = [onnx.numpy_helper.from_array(v, k) for k, v in
+             {**params, "w": rng.normal(size=(2, 1, 1, 1)).astype(np.float32)}.items()]
     model = onnx.helper.make_model(
-        onnx.helper.make_graph([onnx.helper.make_node("Mystery", ["x"], ["y"], domain="com.example")], "g",
-                               [onnx.helper.make_tensor_value_info("x", 1, [1])],
-                               [onnx.helper.make_tensor_value_info("y", 1, [1])]),
+        onnx.helper.make_graph(nodes, "g", [onnx.helper.make_tensor_value_info("x", 1, [1, 1, 2, 2])],
+                               [onnx.helper.make_tensor_value_info("y", 1, [1, 2, 2, 2])], inits),
         opset_imports=[onnx.helper.make_opsetid("", 17), onnx.helper.make_opsetid("com.example", 1)])
     source = tmp_path / "custom.onnx"
     onnx.save(model, source)

@@ -112,17 +112,22 @@ def assert_report_schema(report: dict) -> None:
     assert set(report) >= {"model", "summary", "nodes", "check"}
     assert set(report["summary"]) == {"folded", "kept", "converted", "skipped"}
     for node in report["nodes"]:
-        assert set(node) == {"name", "action", "into", "reason", "graph", "pattern", "op"}
+        assert set(node) == {"name", "action", "into", "reason", "graph", "pattern", "op", "site"}
+        assert node["site"] is None or isinstance(node["site"], str)
         assert node["action"] in ("folded", "kept", "converted", "skipped")
         assert isinstance(node["name"], str) and (node["into"] is None or isinstance(node["into"], str))
         assert node["reason"] is None or isinstance(node["reason"], str)
         assert node["action"] == "folded" or node["reason"]
     check = report["check"]
     if check is not None:
-        assert isinstance(check["passed"], bool) and set(check) >= {"passed", "outputs"}
-        for output in check["outputs"]:
-            assert set(output) >= {"name", "max_abs_err", "max_rel_err"}
-            assert all(isinstance(output[k], float) for k in ("max_abs_err", "max_rel_err"))
+        assert check["verdict"] in ("passed", "failed", "inconclusive") and isinstance(check["passed"], bool)
+        assert set(check) >= {"verdict", "passed", "outputs", "sites", "inputs"}
+        for value in [*check["outputs"], *check["sites"]]:
+            assert set(value) >= {"name", "max_abs_err", "max_rel_err", "informative", "passed"}
+            assert all(isinstance(value[k], float) for k in ("max_abs_err", "max_rel_err"))
+            assert isinstance(value["informative"], bool) and isinstance(value["passed"], bool)
+        sites = {site["name"] for site in check["sites"]}
+        assert all(node["site"] in sites for node in report["nodes"] if node["site"] is not None)
 
 
 # --- batch mode ---------------------------------------------------------------------------------

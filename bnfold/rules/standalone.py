@@ -21,7 +21,7 @@ import onnx_ir as ir
 
 from bnfold import fold_math
 from bnfold.affine import AffineParams, Skip
-from bnfold.graph import retire_node
+from bnfold.graph import bypass_node, retire_node
 from bnfold.rules.base import FoldContext, rounded
 
 LEGACY_BROADCAST_BEFORE = 7
@@ -31,16 +31,21 @@ def rewrite_as_mul_add(ctx: FoldContext, bn: ir.Node, params: AffineParams) -> t
     """Replace `bn` by Mul(s) then Add(t); returns (mul, add). Skip (graph untouched) when impossible."""
     scale = _channel_constant(ctx, bn, params.scale, params)
     shift = _channel_constant(ctx, bn, params.shift, params)
-    mul, add = _replace(ctx, bn, [("Mul", scale, "scale", "scaled", "mul"), ("Add", shift, "shift", "shifted", "add")])
+    mul, add = _replace(ctx, bn, [("Mul", scale, "scale", "scaled", "mul"), ("Add", shift, "shift", "shifted", "add")],
+                        same_value=True)
     return mul, add
 
 
 def rewrite_as_shift(ctx: FoldContext, bn: ir.Node, params: AffineParams) -> ir.Node:
-    """Replace `bn` by Add(t/s), for when its scale s goes elsewhere; returns the Add."""
+    """Replace `bn` by Add(t/s), for when its scale s goes elsewhere; returns the Add.
+
+    The Add's output is not the BN's output (the scale is missing), so it gets its
+    own name: the check must not compare it with the original's BN output.
+    """
     if params.per_element or np.any(params.scale == 0):
         raise Skip("a zero scale cannot be moved after the shift")
     shift = _channel_constant(ctx, bn, params.shift / params.scale, params)
-    (add,) = _replace(ctx, bn, [("Add", shift, "shift", "shifted", "add")])
+    (add,) = _replace(ctx, bn, [("Add", shift, "shift", "shifted", "add")], same_value=False)
     return add
 
 
@@ -66,8 +71,12 @@ def _data_dtype(ctx: FoldContext, bn: ir.Node) -> np.dtype:
     raise Skip("element type of the input is unknown")
 
 
-def _replace(ctx: FoldContext, bn: ir.Node, steps: list[tuple[str, np.ndarray, str, str, str]]) -> list[ir.Node]:
-    """Put a chain of elementwise nodes (op, constant, constant/output/node name hints) where `bn` was."""
+def _replace(ctx: FoldContext, bn: ir.Node, steps: list[tuple[str, np.ndarray, str, str, str]],
+             same_value: bool) -> list[ir.Node]:
+    """Put a chain of elementwise nodes (op, constant, constant/output/node name hints) where `bn` was.
+
+    `same_value`: the chain computes the BN's output, and its last value takes over the BN's name.
+    """
     base = bn.name or "BatchNormalization"
     # Before opset 7, Mul/Add broadcast only when told so, aligning B at `axis`.
     legacy = {"broadcast": 1, "axis": 1} if ctx.opset < LEGACY_BROADCAST_BEFORE else None
@@ -79,5 +88,8 @@ def _replace(ctx: FoldContext, bn: ir.Node, steps: list[tuple[str, np.ndarray, s
         nodes.append(node)
         current = node.outputs[0]
     bn.graph.insert_before(bn, nodes)
-    retire_node(bn, current)
+    if same_value:
+        retire_node(bn, current)
+    else:
+        bypass_node(bn, current)
     return nodes

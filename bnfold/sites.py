@@ -1,0 +1,206 @@
+"""Sites: the values of the main graph whose computation a fold changed, which the check compares.
+
+The pass knows them (`SiteLocator`): a folded BN's output, now computed by its
+producer; the outputs of the consumers a BN folded forward into; the output of a
+collapsed chain. A fold inside an If/Loop/Scan body or a function body is seen
+through the outputs of the main-graph node that holds that body or calls that
+function.
+
+Given only two models, `find_sites` compares them: every value name present in
+both whose producing node, its attributes (subgraphs included) or its constant
+inputs differ, and every output of a node calling a function whose body differs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from bnfold.graph import attributes_of, subgraphs
+from bnfold.report import Site
+
+Holder = tuple[ir.Node, tuple[str, bool] | None]  # a main-graph node, and (If condition, branch) when direct
+
+
+class SiteLocator:
+    """Turns the values a fold changed (in any graph of `model`) into sites of the main graph."""
+
+    def __init__(self, model: ir.Model) -> None:
+        self.main = model.graph
+        self._holders: dict[ir.Graph, list[Holder]] | None = None
+        self._model = model
+
+    def __call__(self, values: Iterable[ir.Value], graph: ir.Graph, bn: str | None) -> list[Site]:
+        values = list(values)
+        if not values:
+            return []
+        if graph is self.main:
+            names = [value.name for value in values if _produced_in(value, graph) and value.name]
+            return [Site(name, bn) for name in dict.fromkeys(names)]
+        if self._holders is None:
+            self._holders = holders(self._model)
+        return [Site(output.name, bn, branch) for node, branch in self._holders.get(graph, [])
+                for output in node.outputs if output.name]
+
+
+def _produced_in(value: ir.Value, graph: ir.Graph) -> bool:
+    producer = value.producer()
+    return producer is not None and producer.graph is graph
+
+
+def holders(model: ir.Model) -> dict[ir.Graph, list[Holder]]:
+    """For every subgraph and function body: the main-graph nodes that hold or call it."""
+    found: dict[ir.Graph, list[Holder]] = defaultdict(list)
+    functions = {function.identifier(): function for function in model.functions.values()}
+    for node in model.graph:
+        for attribute in attributes_of(node):
+            for body, branch in _bodies(node, attribute):
+                for graph in (body, *subgraphs(body)):
+                    found[graph].append((node, branch if graph is body else None))
+        for function in _functions_called(node, functions):
+            for graph in (function.graph, *subgraphs(function.graph)):
+                found[graph].append((node, None))
+    return found
+
+
+def _bodies(node: ir.Node, attribute: ir.Attr) -> list[tuple[ir.Graph, tuple[str, bool] | None]]:
+    if attribute.is_ref():
+        return []
+    if attribute.type == ir.AttributeType.GRAPH:
+        branch = None
+        if node.op_type == "If" and attribute.name in ("then_branch", "else_branch") and node.inputs[0] is not None:
+            branch = (node.inputs[0].name, attribute.name == "then_branch")
+        return [(attribute.value, branch)]
+    if attribute.type == ir.AttributeType.GRAPHS:
+        return [(graph, None) for graph in attribute.value]
+    return []
+
+
+def _functions_called(node: ir.Node, functions: dict) -> list[ir.Function]:
+    """The model-local functions `node` calls, directly, inside its subgraphs, or through other functions."""
+    called: dict[tuple, ir.Function] = {}
+    pending = [node]
+    while pending:
+        current = pending.pop()
+        for attribute in attributes_of(current):
+            for body, _ in _bodies(current, attribute):
+                pending.extend(body)
+        function = functions.get((current.domain, current.op_type, current.overload))
+        if function is not None and function.identifier() not in called:
+            called[function.identifier()] = function
+            pending.extend(function.graph)
+    return list(called.values())
+
+
+# --- finding sites by comparing two models (verify without the pass's knowledge) ----------------
+
+def find_sites(original: onnx.ModelProto, folded: onnx.ModelProto,
+               tensor_of: Callable[[onnx.ModelProto, onnx.TensorProto], np.ndarray]) -> list[Site]:
+    """The sites of `folded` against `original`, in the original's graph order.
+
+    `tensor_of(model, tensor)` reads a constant's values (external data included).
+    """
+    producers = {name: node for node in folded.graph.node for name in node.output if name}
+    constants = _Constants(original, folded, tensor_of)
+    changed_functions = _changed_functions(original, folded)
+    nearest = _NearestBatchNorm(original)
+    found: list[Site] = []
+    for node in original.graph.node:
+        twin = _twin(node, producers)
+        if twin is None:
+            continue
+        branch = _branch_changed(node, twin)
+        if branch is not None or _differs(node, twin, constants) or (node.domain, node.op_type) in changed_functions:
+            found += [Site(name, nearest(node), branch) for name in node.output if name and name in producers]
+    return found
+
+
+def _twin(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]) -> onnx.NodeProto | None:
+    """The folded model's node producing the first of `node`'s outputs that the folded model still has."""
+    return next((producers[name] for name in node.output if name in producers), None)
+
+
+def _differs(node: onnx.NodeProto, twin: onnx.NodeProto, constants: _Constants) -> bool:
+    if (node.op_type, node.domain, list(node.input)) != (twin.op_type, twin.domain, list(twin.input)):
+        return True
+    if _attributes(node) != _attributes(twin):
+        return True
+    return any(constants.differ(name) for name in node.input if name)
+
+
+def _attributes(node: onnx.NodeProto) -> dict[str, bytes]:
+    return {attribute.name: attribute.SerializeToString(deterministic=True) for attribute in node.attribute}
+
+
+def _branch_changed(node: onnx.NodeProto, twin: onnx.NodeProto) -> tuple[str, bool] | None:
+    """For an If whose only change is in one branch: (its condition, the value that selects that branch)."""
+    if node.op_type != "If" or twin.op_type != "If" or list(node.input) != list(twin.input):
+        return None
+    before, after = _attributes(node), _attributes(twin)
+    changed = [name for name in ("then_branch", "else_branch") if before.get(name) != after.get(name)]
+    others_same = all(before.get(k) == after.get(k) for k in set(before) | set(after) if not k.endswith("_branch"))
+    if len(changed) != 1 or not others_same:
+        return None
+    return node.input[0], changed[0] == "then_branch"
+
+
+class _Constants:
+    """Whether an initializer of the main graph holds different values in the two models."""
+
+    def __init__(self, original: onnx.ModelProto, folded: onnx.ModelProto, tensor_of) -> None:
+        self.models = (original, folded)
+        self.tensors = ({t.name: t for t in original.graph.initializer}, {t.name: t for t in folded.graph.initializer})
+        self.tensor_of = tensor_of
+        self._cache: dict[str, bool] = {}
+
+    def differ(self, name: str) -> bool:
+        if name not in self._cache:
+            self._cache[name] = self._differ(name)
+        return self._cache[name]
+
+    def _differ(self, name: str) -> bool:
+        before, after = self.tensors[0].get(name), self.tensors[1].get(name)
+        if before is None or after is None:
+            return (before is None) != (after is None)
+        if (before.data_type, list(before.dims)) != (after.data_type, list(after.dims)):
+            return True
+        a, b = self.tensor_of(self.models[0], before), self.tensor_of(self.models[1], after)
+        return not np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
+
+
+def _changed_functions(original: onnx.ModelProto, folded: onnx.ModelProto) -> set[tuple[str, str]]:
+    bodies = {(f.domain, f.name): f.SerializeToString(deterministic=True) for f in folded.functions}
+    return {(f.domain, f.name) for f in original.functions
+            if bodies.get((f.domain, f.name)) != f.SerializeToString(deterministic=True)}
+
+
+class _NearestBatchNorm:
+    """The BatchNormalization of a model nearest to a node (itself, upstream or downstream), by name."""
+
+    def __init__(self, model: onnx.ModelProto, depth: int = 4) -> None:
+        self.depth = depth
+        self.producers = {name: n for n in model.graph.node for name in n.output if name}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for n in model.graph.node:
+            for name in n.input:
+                self.consumers[name].append(n)
+
+    def __call__(self, node: onnx.NodeProto) -> str | None:
+        frontier, seen = [node], {id(node)}
+        for _ in range(self.depth + 1):
+            for current in frontier:
+                if current.op_type == "BatchNormalization":
+                    return current.name or current.output[0]
+            frontier = [n for n in self._neighbours(frontier) if id(n) not in seen]
+            seen.update(id(n) for n in frontier)
+        return None
+
+    def _neighbours(self, nodes: list[onnx.NodeProto]) -> Iterator[onnx.NodeProto]:
+        for node in nodes:
+            yield from (self.producers[name] for name in node.input if name in self.producers)
+            for name in node.output:
+                yield from self.consumers.get(name, [])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -98,11 +97,6 @@ def _run_pass(model: ir.Model, standalone: str, progress=None) -> tuple[ir.Model
     return result.model, fold_pass.records, fold_pass.sites
 
 
-# Up to this size the original's check runs while the output is written; larger models run it after,
-# so that the two are never in memory together.
-_CONCURRENT_CHECK_BYTES = 1 << 30
-
-
 def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: bool = True,
               standalone: str = "bn", external_data: str = "auto", dry_run: bool = False,
               inputs: Mapping[str, np.ndarray] | None = None,
@@ -126,7 +120,7 @@ def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: b
             raise InputError("an output path is needed (or use dry_run)")
         check_output_path(Path(dst))
     step("loading", 0, 1)
-    proto = load_proto(Path(src))
+    proto = load_proto(Path(src), by_reference=True)
     if check and not dry_run:
         from bnfold.draws import check_user_inputs, input_specs
 
@@ -140,9 +134,9 @@ def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: b
     )
 
     model = load_model(src, proto)
-    input_data = external_data_files(model)
+    input_data = external_data_files(model, Path(src))
     source_bytes = model_file_bytes(Path(src), input_data)
-    external_threshold = external_data_threshold(model, external_data, source_bytes)
+    external_threshold = external_data_threshold(model, external_data, source_bytes, Path(src))
     read_small_external_tensors(model)
     report = FoldReport(model=os.fspath(src))
     if dry_run:
@@ -164,20 +158,12 @@ def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: b
 
     with StagedOutput(dst) as staged:
         step("writing", 0, 1)
-        if checker is not None and source_bytes <= _CONCURRENT_CHECK_BYTES:
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                original = pool.submit(checker.original)
-                staged.write(model, external_threshold)
-                step("checking", 0, 1)
-                original.result()
-        else:
-            staged.write(model, external_threshold)
-            del model  # its memory-mapped weights, before onnxruntime loads the original's
-            if checker is not None:
-                step("checking", 0, 1)
-                checker.original()
+        staged.write(model, external_threshold)
+        del model  # its memory-mapped weights go before onnxruntime loads a model: one model in memory at a time
         if checker is not None:
-            report.check = checker.folded(Source(load_proto(staged.path), staged.path.parent))
+            step("checking", 0, 1)
+            checker.original()
+            report.check = checker.folded(Source(load_proto(staged.path, by_reference=True), staged.path.parent))
             _judge(report, strict)
         staged.commit()
     logger.info("wrote %s", dst)

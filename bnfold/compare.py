@@ -91,9 +91,10 @@ def compare_value(name: str, expected, actual, tolerance: Tolerance = Tolerance(
         return _check(name, error, _channel_max(np.abs(a)), allowed, folded_error, special_equal, note)
     table = table or (DIRECT_HALF_TOLERANCES if dtype_name in HALF_DTYPES else DEFAULT_TOLERANCES)
     rtol, atol = tolerance.pick(table, dtype_name)
-    scale = _channel_max(np.abs(a))
-    error = _channel_max(np.abs(a - b))
-    channel_rtol = min(CHANNEL_FACTOR * rtol, CHANNEL_RTOL_CAP)
+    scale = _channel_magnitude(a)
+    difference = np.subtract(a, b)
+    error = _channel_max(np.abs(difference, out=difference))
+    channel_rtol = min(CHANNEL_FACTOR * rtol, max(CHANNEL_RTOL_CAP, rtol))
     allowed = atol + np.minimum(rtol * np.max(scale, initial=0.0), channel_rtol * scale)
     return _check(name, error, scale, allowed, error, special_equal, note)
 
@@ -120,12 +121,27 @@ def _comparable(array: np.ndarray) -> np.ndarray:
 
 def _split_specials(a: np.ndarray, b: np.ndarray) -> tuple[bool, np.ndarray, np.ndarray]:
     """Whether NaN/±Inf sit at the same positions, and both arrays with them replaced by 0."""
+    if a.size and np.isfinite(np.max(a) - np.min(a) + np.max(b) - np.min(b)):
+        return True, a, b  # four reductions, no temporary: the common case of finite values
     finite_a, finite_b = np.isfinite(a), np.isfinite(b)
     if finite_a.all() and finite_b.all():
         return True, a, b
     same = np.array_equal(np.isnan(a), np.isnan(b)) and np.array_equal(
         np.where(np.isinf(a), a, 0), np.where(np.isinf(b), b, 0))
     return same, np.where(finite_a, a, 0), np.where(finite_b, b, 0)
+
+
+def _channel_magnitude(values: np.ndarray) -> np.ndarray:
+    """max|values| per channel, without a temporary array of |values|."""
+    return np.maximum(_channel_max(values), -_channel_min(values))
+
+
+def _channel_min(values: np.ndarray) -> np.ndarray:
+    if values.ndim < 2:
+        return np.array([np.min(values, initial=0.0)], dtype=np.float64)
+    if values.size == 0:
+        return np.zeros(values.shape[1], dtype=np.float64)
+    return np.min(values, axis=tuple(axis for axis in range(values.ndim) if axis != 1)).astype(np.float64)
 
 
 def _channel_max(values: np.ndarray) -> np.ndarray:
@@ -155,4 +171,9 @@ def informative(first, second=None) -> bool:
     if second is None:
         return True
     second = np.asarray(second)
-    return first.shape != second.shape or not np.array_equal(first, second, equal_nan=first.dtype.kind in "fc")
+    if first.shape != second.shape:
+        return True
+    sample = slice(None, None, 97)  # most values differ at once: a sparse sample usually settles it
+    if not np.array_equal(first.reshape(-1)[sample], second.reshape(-1)[sample], equal_nan=first.dtype.kind in "fc"):
+        return True
+    return not np.array_equal(first, second, equal_nan=first.dtype.kind in "fc")

@@ -92,7 +92,7 @@ def source_of(model, base_dir: str | os.PathLike | None, label: str) -> Source:
 
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
-        return Source(load_proto(path), path.resolve().parent)
+        return Source(load_proto(path, by_reference=True), path.resolve().parent)
     if isinstance(model, onnx.ModelProto):
         validate_proto(model, label)
         if not uses_external_data(model):

@@ -1,7 +1,9 @@
 """Folding arithmetic as small pure functions.
 
-Every function takes numpy arrays, computes in float64 and leaves the rounding to
-the caller's dtype to `round_to`, so each folded value is rounded exactly once.
+Every function takes numpy arrays and computes in float64. A folded weight is
+rounded exactly once: by `round_to`, or, when the weight function is given the
+`dtype` to round to, block by block as it is computed (`scaled`), so that a large
+weight never exists as a whole in float64 (a 100 MB weight would need 200 MB more).
 
 Notation (per channel c):  s = γ / sqrt(σ² + ε),  t = β − μ·s,  so BN(x) = s·x + t.
 """
@@ -41,12 +43,51 @@ def bn_parameters(scale, shift, epsilon: float) -> tuple[np.ndarray, np.ndarray,
 def round_to(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Round float64 `values` once to `dtype`; refuse values the dtype cannot hold."""
     with np.errstate(over="ignore"):  # overflow is detected and reported below
-        rounded = np.asarray(values).astype(dtype)
+        rounded = np.asarray(values).astype(dtype, copy=False)  # already `dtype`: rounded already
     if np.isfinite(rounded).all():  # the common case: one pass over the narrow result
         return rounded
     if (np.isfinite(rounded) != np.isfinite(values)).any():
         raise FoldOverflowError(f"folded values overflow {np.dtype(dtype).name}")
     return rounded
+
+
+# Products are computed this many elements at a time (512 KiB of float64: they stay in the cache).
+_BLOCK_ELEMENTS = 1 << 16
+
+
+def scaled(weight, factors, dtype=None) -> np.ndarray:
+    """weight · factors (broadcast to the weight's shape), every product in float64.
+
+    Returned in float64, or rounded once to `dtype`, block by block along axis 0.
+    """
+    factors = _f64(factors)
+    if dtype is None:
+        # The float64 factors promote each product inside the ufunc: no float64 copy of the weight.
+        return np.multiply(weight, factors, dtype=np.float64)
+    weight = np.asarray(weight)
+    out = np.empty(np.broadcast_shapes(weight.shape, factors.shape), dtype=dtype)
+    if out.size == 0:
+        return out
+    per_row = max(1, out[0].size if out.ndim else 1)
+    rows = max(1, _BLOCK_ELEMENTS // per_row)
+    per_row_factors = factors.ndim == out.ndim and factors.shape[0] == out.shape[0] and out.shape[0] > 1
+    for start in range(0, out.shape[0] if out.ndim else 1, rows):
+        block = slice(start, start + rows)
+        product = np.multiply(weight[block], factors[block] if per_row_factors else factors, dtype=np.float64)
+        out[block] = round_to(product, dtype)
+    return out
+
+
+def weighted_sum(weight, vector, axis: int) -> np.ndarray:
+    """Σ over `axis` of weight · vector (vector along `axis`), in float64, other axes kept; block by block."""
+    weight = np.moveaxis(np.asarray(weight), axis, 0)
+    vector = _f64(vector)
+    total = np.zeros(weight.shape[1:], dtype=np.float64)
+    rows = max(1, _BLOCK_ELEMENTS // max(1, weight[0].size))
+    for start in range(0, weight.shape[0], rows):
+        block = weight[start:start + rows]
+        total += np.tensordot(vector[start:start + rows], block.astype(np.float64), axes=(0, 0))
+    return total
 
 
 def _per_axis(vector: np.ndarray, rank: int, axis: int) -> np.ndarray:
@@ -55,18 +96,19 @@ def _per_axis(vector: np.ndarray, rank: int, axis: int) -> np.ndarray:
     return vector.reshape(shape)
 
 
-def fold_output_channels(weight, bias, scale, shift, *, channel_axis: int = 0):
+def fold_output_channels(weight, bias, scale, shift, *, channel_axis: int = 0, dtype=None):
     """Conv-style fold: output channel o of `weight` lies on `channel_axis`.
 
-    Returns (W', b') with W'[o] = W[o]·s[o] and b' = b·s + t (b = 0 when absent).
+    Returns (W', b') with W'[o] = W[o]·s[o] and b' = b·s + t (b = 0 when absent);
+    W' rounded to `dtype` when given (see `scaled`), b' in float64.
     """
-    return scale_output_channels(weight, scale, channel_axis=channel_axis), output_bias(bias, scale, shift)
+    weight_out = scale_output_channels(weight, scale, channel_axis=channel_axis, dtype=dtype)
+    return weight_out, output_bias(bias, scale, shift)
 
 
-def scale_output_channels(weight, scale, *, channel_axis: int = 0) -> np.ndarray:
+def scale_output_channels(weight, scale, *, channel_axis: int = 0, dtype=None) -> np.ndarray:
     """W'[o] = W[o]·s[o], o on `channel_axis`."""
-    # The float64 scale promotes each product to float64 inside the ufunc: no float64 copy of W.
-    return np.multiply(weight, _per_axis(_f64(scale), np.ndim(weight), channel_axis), dtype=np.float64)
+    return scaled(weight, _per_axis(_f64(scale), np.ndim(weight), channel_axis), dtype)
 
 
 def output_bias(bias, scale, shift) -> np.ndarray:
@@ -75,30 +117,28 @@ def output_bias(bias, scale, shift) -> np.ndarray:
     return bias64 * scale + shift
 
 
-def conv_transpose_weight_scale(weight, scale, group: int) -> np.ndarray:
+def conv_transpose_weight_scale(weight, scale, group: int, dtype=None) -> np.ndarray:
     """ConvTranspose weight [Cin, Cout/g, k…]: output channel o = gi·(Cout/g) + j.
 
     Scales W[gi·(Cin/g):(gi+1)·(Cin/g), j] by s[o].
     """
-    weight64 = _f64(weight)
-    cin, cout_per_group = weight64.shape[:2]
-    kernel = weight64.shape[2:]
-    grouped = weight64.reshape((group, cin // group, cout_per_group, *kernel))
-    per_group_scale = scale.reshape((group, 1, cout_per_group) + (1,) * len(kernel))
-    return (grouped * per_group_scale).reshape(weight64.shape)
+    cin, cout_per_group = np.shape(weight)[:2]
+    # factors[i, j] = s[gi·(Cout/g) + j] for the input channels i of group gi
+    factors = np.repeat(_f64(scale).reshape(group, cout_per_group), cin // group, axis=0)
+    return scaled(weight, factors.reshape(factors.shape + (1,) * (np.ndim(weight) - 2)), dtype)
 
 
-def fold_conv_transpose(weight, bias, scale, shift, group: int):
-    return conv_transpose_weight_scale(weight, scale, group), output_bias(bias, scale, shift)
+def fold_conv_transpose(weight, bias, scale, shift, group: int, dtype=None):
+    return conv_transpose_weight_scale(weight, scale, group, dtype), output_bias(bias, scale, shift)
 
 
-def fold_gemm(b_matrix, c_bias, scale, shift, *, trans_b: bool, beta: float):
+def fold_gemm(b_matrix, c_bias, scale, shift, *, trans_b: bool, beta: float, dtype=None):
     """Gemm Y = α·A'·B' + β·C followed by BN over the N columns of Y.
 
     Column n of B' (row n of B when transB) is scaled by s[n]; the new C (used with
     β = 1) is β·C·s + t, with C broadcast against [N] first. α is unchanged.
     """
-    new_b = scale_output_channels(b_matrix, scale, channel_axis=0 if trans_b else 1)
+    new_b = scale_output_channels(b_matrix, scale, channel_axis=0 if trans_b else 1, dtype=dtype)
     return new_b, gemm_output_bias(c_bias, scale, shift, beta=beta)
 
 
@@ -130,34 +170,38 @@ def per_channel_broadcast(vector: np.ndarray, rank: int) -> np.ndarray:
     return vector.reshape((vector.shape[0],) + (1,) * (rank - 2))
 
 
-def fold_conv_input_channels(weight, bias, scale, shift, group: int, *, with_shift: bool = True):
+def _per_input_channel(vector, cout: int, cin_per_group: int, group: int) -> np.ndarray:
+    """[Cout, Cin/g]: entry (o, cl) is vector[gi·(Cin/g) + cl], gi = o // (Cout/g) the group of output o."""
+    return np.repeat(_f64(vector).reshape(group, cin_per_group), cout // group, axis=0)
+
+
+def fold_conv_input_channels(weight, bias, scale, shift, group: int, *, with_shift: bool = True, dtype=None):
     """BN before a Conv ("forward"): input channel c of X is scaled by s[c] and shifted by t[c].
 
     Weight [Cout, Cin/g, k…]; output o in group gi reads input channel gi·(Cin/g) + cl, so
     W'[o, cl] = W[o, cl]·s[gi·(Cin/g) + cl] and b'[o] = b[o] + Σ_{cl,k} W[o, cl, k]·t[gi·(Cin/g) + cl].
     Exact only when nothing pads the input with zeros (the shift would be padded too).
     """
-    weight64 = _f64(weight)
-    cout, cin_per_group = weight64.shape[:2]
-    kernel = weight64.shape[2:]
-    grouped = weight64.reshape((group, cout // group, cin_per_group, *kernel))
-    per_input = (group, 1, cin_per_group) + (1,) * len(kernel)
-    new_weight = (grouped * scale.reshape(per_input)).reshape(weight64.shape)
+    cout, cin_per_group = np.shape(weight)[:2]
+    kernel = (1,) * (np.ndim(weight) - 2)
+    factors = _per_input_channel(scale, cout, cin_per_group, group)
+    new_weight = scaled(weight, factors.reshape(factors.shape + kernel), dtype)
     bias64 = np.zeros(cout) if bias is None else _f64(bias)
     if with_shift:
-        shift_terms = (grouped * shift.reshape(per_input)).reshape((cout, -1)).sum(axis=1)
-        bias64 = bias64 + shift_terms
+        # Σ_k W[o, cl, k] first (float64 accumulation, no float64 copy of W), then Σ_cl … · t
+        per_input_sums = np.sum(weight, axis=tuple(range(2, np.ndim(weight))), dtype=np.float64)
+        bias64 = bias64 + np.sum(per_input_sums * _per_input_channel(shift, cout, cin_per_group, group), axis=1)
     return new_weight, bias64
 
 
-def fold_gemm_input_columns(b_matrix, c_bias, scale, shift, *, trans_b: bool, alpha: float, beta: float):
+def fold_gemm_input_columns(b_matrix, c_bias, scale, shift, *, trans_b: bool, alpha: float, beta: float,
+                            dtype=None):
     """BN on A's K columns before Gemm Y = α·A·B' + β·C ("forward"; transA = 0).
 
     A = X·diag(s) + 1·tᵀ, so B'' = diag(s)·B' (row k of B', column k of B when transB)
     and C' = β·C + α·tᵀ·B', used with β = 1.
     """
-    b64 = _f64(b_matrix)
-    b_prime = b64.T if trans_b else b64  # [K, N]
-    new_b = b64 * (scale[None, :] if trans_b else scale[:, None])
+    scale = _f64(scale)
+    new_b = scaled(b_matrix, scale[None, :] if trans_b else scale[:, None], dtype)
     c64 = np.zeros(1) if c_bias is None else _f64(c_bias)
-    return new_b, float(beta) * c64 + float(alpha) * (shift @ b_prime)
+    return new_b, float(beta) * c64 + float(alpha) * weighted_sum(b_matrix, shift, axis=1 if trans_b else 0)

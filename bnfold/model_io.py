@@ -130,10 +130,20 @@ def relist_initializer_inputs(model: ir.Model) -> None:
             graph.inputs.append(value)
 
 
-def external_data_files(model: ir.Model) -> set[Path]:
-    """The resolved data files the model's external tensors (initializers and attributes) read from."""
-    paths = {slot.tensor.path for slot in tensor_slots(model) if isinstance(slot.tensor, ir.ExternalTensor)}
-    return {Path(path).resolve() for path in paths}
+def external_data_files(model: ir.Model, model_file: Path | None = None) -> set[Path]:
+    """The resolved data files the model's external tensors (initializers and attributes) read from.
+
+    `model_file` is left out: tensors that refer to it are inline in the file (validation.load_proto).
+    """
+    paths = {Path(slot.tensor.path).resolve() for slot in tensor_slots(model)
+             if isinstance(slot.tensor, ir.ExternalTensor)}
+    return paths - ({model_file.resolve()} if model_file is not None else set())
+
+
+def is_inline(tensor: ir.TensorProtocol, model_file: Path | None) -> bool:
+    """In memory, or a reference to the model file itself (inline there): not in a data file."""
+    return not isinstance(tensor, ir.ExternalTensor) or (
+        model_file is not None and Path(tensor.path).resolve() == model_file.resolve())
 
 
 def model_file_bytes(path: Path, data_files: set[Path]) -> int:
@@ -141,7 +151,8 @@ def model_file_bytes(path: Path, data_files: set[Path]) -> int:
     return path.stat().st_size + sum(data.stat().st_size for data in data_files)
 
 
-def external_data_threshold(model: ir.Model, mode: str, source_bytes: int) -> int | None:
+def external_data_threshold(model: ir.Model, mode: str, source_bytes: int,
+                            model_file: Path | None = None) -> int | None:
     """The output layout: tensors of at least this many bytes go to the data file; None = inline.
 
     'auto' keeps the input's layout (external data when the input had it, from its
@@ -159,7 +170,7 @@ def external_data_threshold(model: ir.Model, mode: str, source_bytes: int) -> in
             raise InputError("the model is larger than protobuf's 2 GB limit; it needs external data")
         return None
     external_sizes = [value.const_value.nbytes for value in initializer_values(model)
-                      if isinstance(value.const_value, ir.ExternalTensor)]
+                      if value.const_value is not None and not is_inline(value.const_value, model_file)]
     if external_sizes:
         return min(min(external_sizes), _EXTERNAL_THRESHOLD_BYTES)
     return _EXTERNAL_THRESHOLD_BYTES if too_big else None

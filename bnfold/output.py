@@ -30,6 +30,7 @@ from bnfold.errors import InputError, OutputError
 from bnfold.graph import tensor_slots
 from bnfold.model_io import relist_initializer_inputs, to_proto
 from bnfold.validation import check_output_path
+from bnfold.wire import length_delimited
 
 logger = logging.getLogger(__name__)
 
@@ -221,30 +222,51 @@ def write_inline(model: ir.Model, path: Path) -> None:
         out.handle.write(_length_delimited(_GRAPH_FIELD, graph))
         sources = _evaluated_ahead(pool, [value.const_value for value in initializers])
         for value, source in zip(initializers, sources, strict=True):
-            if isinstance(source, ir.ExternalTensor):  # inline its bytes, read through the memory map
-                source = ir.Tensor(source.numpy(), dtype=source.dtype, name=value.name)
-            tensor = ir.serde.serialize_tensor(source)
-            tensor.name = value.name
-            chunk = _length_delimited(_INITIALIZER_FIELD, tensor.SerializeToString())
-            out.handle.write(_length_delimited(_GRAPH_FIELD, chunk))
+            _write_initializer(out.handle, value.name, source)
             out.hand_over()
+
+
+def _write_initializer(handle: BinaryIO, name: str, tensor: ir.TensorProtocol) -> None:
+    """One `graph { initializer { …, raw_data } }` chunk.
+
+    Its bytes go straight to the file: from memory for an array, file to file for a
+    tensor read by reference (`copy_file_range`), with no serialized copy in between.
+    Strings and packed sub-byte types are serialized the usual way.
+    """
+    if tensor.dtype == ir.DataType.STRING or tensor.dtype.bitwidth % 8:
+        if isinstance(tensor, ir.ExternalTensor):
+            tensor = _in_memory(tensor)
+        proto = ir.serde.serialize_tensor(tensor)
+        proto.name = name
+        serialized = proto.SerializeToString()
+        initializer = length_delimited(_INITIALIZER_FIELD, len(serialized))
+        handle.write(length_delimited(_GRAPH_FIELD, len(initializer) + len(serialized)) + initializer + serialized)
+        return
+    header = _tensor_header(name, tensor)
+    raw = length_delimited(_RAW_DATA_FIELD, tensor.nbytes)
+    tensor_bytes = len(header) + len(raw) + tensor.nbytes
+    initializer = length_delimited(_INITIALIZER_FIELD, tensor_bytes)
+    handle.write(length_delimited(_GRAPH_FIELD, len(initializer) + tensor_bytes) + initializer + header + raw)
+    tensor.tofile(handle)
+
+
+def _tensor_header(name: str, tensor: ir.TensorProtocol) -> bytes:
+    """The TensorProto fields of `tensor` but its data, serialized."""
+    header = onnx.TensorProto(name=name, data_type=tensor.dtype.value, dims=tensor.shape.numpy())
+    if tensor.doc_string:
+        header.doc_string = tensor.doc_string
+    for key, value in (tensor.metadata_props or {}).items():
+        header.metadata_props.add(key=key, value=value)
+    return header.SerializeToString()
 
 
 _GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
 _INITIALIZER_FIELD = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
+_RAW_DATA_FIELD = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
 
 
 def _length_delimited(field_number: int, payload: bytes) -> bytes:
-    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _varint(number: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, number = number & 0x7F, number >> 7
-        out.append(low | (0x80 if number else 0))
-        if not number:
-            return bytes(out)
+    return length_delimited(field_number, len(payload)) + payload
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -115,7 +115,8 @@ def find_sites(original: onnx.ModelProto, folded: onnx.ModelProto,
             continue
         branch = _branch_changed(node, twin)
         if branch is not None or _differs(node, twin, constants) or (node.domain, node.op_type) in changed_functions:
-            found += [Site(name, nearest(node), branch) for name in node.output if name and name in producers]
+            inside = None if branch is None else ("then_branch" if branch[1] else "else_branch")
+            found += [Site(name, nearest(node, inside), branch) for name in node.output if name and name in producers]
     return found
 
 
@@ -178,6 +179,20 @@ def _changed_functions(original: onnx.ModelProto, folded: onnx.ModelProto) -> se
             if bodies.get((f.domain, f.name)) != f.SerializeToString(deterministic=True)}
 
 
+def _batch_norms_inside(node: onnx.NodeProto, attribute_name: str | None = None) -> Iterator[str]:
+    """Names of the BatchNormalization nodes in `node`'s subgraphs (an If branch, a Loop body), at any depth;
+    only in the subgraph attribute `attribute_name` when given."""
+    attributes = [a for a in node.attribute if attribute_name is None or a.name == attribute_name]
+    pending = [attribute.g for attribute in attributes if attribute.HasField("g")]
+    pending += [graph for attribute in attributes for graph in attribute.graphs]
+    while pending:
+        graph = pending.pop(0)
+        for inner in graph.node:
+            if inner.op_type == "BatchNormalization":
+                yield inner.name or inner.output[0]
+            pending += [attribute.g for attribute in inner.attribute if attribute.HasField("g")]
+
+
 class _NearestBatchNorm:
     """The BatchNormalization of a model nearest to a node (itself, upstream or downstream), by name."""
 
@@ -189,7 +204,10 @@ class _NearestBatchNorm:
             for name in n.input:
                 self.consumers[name].append(n)
 
-    def __call__(self, node: onnx.NodeProto) -> str | None:
+    def __call__(self, node: onnx.NodeProto, inside: str | None = None) -> str | None:
+        inner = next(_batch_norms_inside(node, inside), None)
+        if inner is not None:
+            return inner
         frontier, seen = [node], {id(node)}
         for _ in range(self.depth + 1):
             for current in frontier:

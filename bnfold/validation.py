@@ -25,21 +25,41 @@ _TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "doubl
 _COMPLEX_TYPES = frozenset({onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128})
 
 
-def load_proto(path: Path) -> onnx.ModelProto:
-    """The validated ModelProto of `path`, without external data."""
+# Below this size a file is parsed as a whole; above it, its large tensors are read from the file when needed.
+_STRIP_FILE_BYTES = 1 << 20
+
+
+def load_proto(path: Path, *, by_reference: bool = False) -> onnx.ModelProto:
+    """The validated ModelProto of `path`, without external data.
+
+    `by_reference`: large inline initializers become external-data references to the
+    model file itself (wire.py), so their bytes are neither parsed nor copied.
+    """
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not an ONNX model file")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise InputError(f"{path}: empty file, not an ONNX model")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as error:  # noqa: BLE001 - protobuf raises several types for garbage
-        raise InputError(f"{path}: not an ONNX model ({first_line(error)})") from error
+    proto = _by_reference(path) if by_reference and size >= _STRIP_FILE_BYTES else None
+    if proto is None:
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as error:  # noqa: BLE001 - protobuf raises several types for garbage
+            raise InputError(f"{path}: not an ONNX model ({first_line(error)})") from error
     validate_proto(proto, str(path))
-    check_external_data(proto, path.parent)
+    check_external_data(proto, path.parent, model_file=path)
     return proto
+
+
+def _by_reference(path: Path) -> onnx.ModelProto | None:
+    from bnfold.wire import WireError, strip_large_tensors
+
+    try:
+        return strip_large_tensors(path)[0]
+    except (WireError, OSError, ValueError):
+        return None  # onnx.load then parses it, or says what is wrong with it
 
 
 def check_output_path(destination: Path) -> None:
@@ -156,23 +176,40 @@ def uses_external_data(proto: onnx.ModelProto) -> bool:
     return any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in all_tensors(proto))
 
 
-def check_external_data(proto: onnx.ModelProto, base_dir: Path) -> None:
+def check_external_data(proto: onnx.ModelProto, base_dir: Path, model_file: Path | None = None) -> None:
     """Refuse external-data references that could leave the model's folder or overrun a file.
 
     Covers the cases behind onnx's CVE-2022-25882, CVE-2024-27318 and CVE-2025-51480:
     absolute locations, '..', symlinks out of the folder, and out-of-range offsets.
+    References to `model_file` itself (load_proto's by_reference) are checked for extent only.
     """
     base = base_dir.resolve()
+    own = model_file.resolve() if model_file is not None else None
     file_sizes: dict[str, int] = {}  # checked once per location, however many tensors it holds
     for tensor in all_tensors(proto):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         info = {entry.key: entry.value for entry in tensor.external_data}
         location = info.get("location", "")
+        inline = own is not None and location == own.name and (base / location).resolve() == own
+        if inline:  # bytes of the model file itself: checked as an inline tensor is
+            _check_inline_extent(tensor, info, own, model_file)
+            continue
         where = f"external data of tensor '{tensor.name}'"
         if location not in file_sizes:
             file_sizes[location] = _checked_file_size(base, location, where)
         _check_extent(tensor, info, file_sizes[location], location, where)
+
+
+def _check_inline_extent(tensor: onnx.TensorProto, info: dict[str, str], path: Path, label: Path) -> None:
+    """A large inline tensor read by reference (wire.py): it must hold exactly as much data as its dims claim."""
+    itemsize = itemsize_of(tensor.data_type)
+    claimed = None if itemsize is None else math.prod(tensor.dims) * itemsize
+    held = int(info.get("length", "0"))
+    if claimed is not None and held != claimed:
+        raise InputError(f"{label}: tensor '{tensor.name}' claims {claimed} bytes but holds {held}")
+    if int(info.get("offset", "0")) + held > path.stat().st_size:
+        raise InputError(f"{label}: tensor '{tensor.name}' lies past the end of the file")
 
 
 def _checked_file_size(base: Path, location: str, where: str) -> int:

@@ -157,7 +157,8 @@ def mlp(features: int = 256, width: int = 1024, depth: int = 4) -> onnx.ModelPro
     return net.model(["N", features], net.linear(x, fin, 10), ["N", 10], "mlp")
 
 
-BUILDERS = {"resnet18": resnet18, "resnet50": resnet50, "preact_resnet": preact_resnet, "densenet121": densenet121, "mlp": mlp}
+BUILDERS = {"resnet18": resnet18, "resnet50": resnet50, "preact_resnet": preact_resnet, "densenet121": densenet121,
+            "mlp": mlp}
 # Inputs for the benchmark: batch 1 for the CNNs (latency), 64 rows for the MLP.
 BATCH = {"resnet18": 1, "resnet50": 1, "preact_resnet": 1, "densenet121": 1, "mlp": 64}
 

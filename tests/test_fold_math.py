@@ -141,3 +141,33 @@ def test_float64_then_round_beats_rounding_every_step():
     ours = fold_math.round_to(w.astype(np.float64) * s64, np.float16)
     naive = w * (gamma / np.sqrt(var + np.float16(1e-5)))
     assert np.abs(ours - exact).max() <= np.abs(naive.astype(np.float64) - exact).max()
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("shape,factor_shape", [((300, 70, 3, 3), (300, 1, 1, 1)), ((5, 40000), (1, 40000)),
+                                                ((70000,), (1,)), ((3, 0, 2), (3, 1, 1))])
+def test_blocked_products_equal_the_whole_product_rounded_once(dtype, shape, factor_shape):
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=shape).astype(dtype)
+    factors = rng.uniform(0.5, 1.5, factor_shape)
+    expected = fold_math.round_to(np.multiply(weight, factors, dtype=np.float64), dtype)
+    result = fold_math.scaled(weight, factors, dtype)
+    assert result.dtype == dtype and result.shape == expected.shape
+    np.testing.assert_array_equal(result, expected)
+
+
+def test_a_blocked_product_that_overflows_is_refused():
+    weight = np.full((200000,), 30000, np.float16)
+    weight[-1] = 60000  # in the last block
+    with pytest.raises(fold_math.FoldOverflowError, match="overflow float16"):
+        fold_math.scaled(weight, np.array([2.0]), np.float16)
+
+
+def test_weighted_sum_matches_the_float64_product():
+    rng = np.random.default_rng(1)
+    matrix = rng.normal(size=(70000, 3)).astype(np.float32)
+    vector = rng.normal(size=70000)
+    np.testing.assert_allclose(fold_math.weighted_sum(matrix, vector, axis=0), vector @ matrix.astype(np.float64),
+                               rtol=1e-12)
+    np.testing.assert_allclose(fold_math.weighted_sum(matrix.T, vector, axis=1), vector @ matrix.astype(np.float64),
+                               rtol=1e-12)

@@ -129,6 +129,14 @@ def _exclusively_ours(value: ir.Value) -> bool:
             and len(value.uses()) == 1 and value.graph is not None)
 
 
+def _overflow_is_skip(fold: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Run a fold that rounds its weight as it computes it: an overflow refuses the fold, as in `rounded`."""
+    try:
+        return fold()
+    except fold_math.FoldOverflowError as error:
+        raise Skip(str(error)) from None
+
+
 def rounded(values: np.ndarray, like: np.ndarray) -> np.ndarray:
     """Round a float64 fold result once to the dtype of the tensor it replaces."""
     try:
@@ -157,11 +165,11 @@ def folded_commit(ctx: FoldContext, node: ir.Node, fold: Callable[[], tuple[np.n
             and fold_math.product_fits(weight, factors, weight.dtype)):
         new_weight, new_bias = None, rounded(bias_alone(), bias_like)
     else:
-        new_weight, new_bias = fold()
+        new_weight, new_bias = _overflow_is_skip(fold)
         new_weight, new_bias = rounded(new_weight, weight), rounded(new_bias, bias_like)
 
     def make_weight() -> np.ndarray:
-        return rounded(fold()[0], weight)
+        return rounded(_overflow_is_skip(fold)[0], weight)
 
     def commit() -> None:
         if before is not None:

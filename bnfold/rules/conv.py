@@ -27,6 +27,7 @@ def prepare(ctx: FoldContext, conv: ir.Node, params: AffineParams) -> Commit:
     scale, shift = params.for_channels(weight.shape[0], f"output of {describe(conv)}")
     if bias is not None and bias.shape != (weight.shape[0],):
         raise Skip(f"bias of {describe(conv)} has shape {bias.shape}, expected ({weight.shape[0]},)")
-    return folded_commit(ctx, conv, lambda: fold_math.fold_output_channels(weight, bias, scale, shift),
+    return folded_commit(ctx, conv,
+                         lambda: fold_math.fold_output_channels(weight, bias, scale, shift, dtype=weight.dtype),
                          weight, weight if bias is None else bias,
                          bias_alone=lambda: fold_math.output_bias(bias, scale, shift), factors=scale)

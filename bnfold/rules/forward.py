@@ -36,7 +36,8 @@ def prepare_conv(ctx: FoldContext, conv: ir.Node, params: AffineParams) -> Commi
         raise Skip(f"padding: {describe(conv)} pads its input with zeros, which the shift would not reach")
     with_shift = params.has_shift
     return folded_commit(ctx, conv, lambda: fold_math.fold_conv_input_channels(weight, bias, scale, shift, group,
-                                                                               with_shift=with_shift),
+                                                                               with_shift=with_shift,
+                                                                               dtype=weight.dtype),
                          weight, weight if bias is None else bias, write_bias=bias is not None or with_shift)
 
 
@@ -60,7 +61,7 @@ def prepare_gemm(ctx: FoldContext, gemm: ir.Node, params: AffineParams) -> Commi
         check_c_broadcast(gemm, c_bias.shape, columns)
     alpha, beta = float_attr(gemm, "alpha", 1.0), float_attr(gemm, "beta", 1.0)
     return folded_commit(ctx, gemm, lambda: fold_math.fold_gemm_input_columns(
-        b_matrix, c_bias, scale, shift, trans_b=trans_b, alpha=alpha, beta=beta),
+        b_matrix, c_bias, scale, shift, trans_b=trans_b, alpha=alpha, beta=beta, dtype=b_matrix.dtype),
         b_matrix, b_matrix if c_bias is None else c_bias, roles=("B", "C"), after=lambda: set_beta_to_one(ctx, gemm))
 
 
@@ -72,4 +73,4 @@ def prepare_matmul(ctx: FoldContext, matmul: ir.Node, params: AffineParams) -> C
     b_matrix = ctx.matrix_or_kernel(matmul)
     scale, shift = params.for_channels(b_matrix.shape[0], f"input of {describe(matmul)}")
     return become_gemm(ctx, matmul, lambda: fold_math.fold_gemm_input_columns(
-        b_matrix, None, scale, shift, trans_b=False, alpha=1.0, beta=1.0), b_matrix)
+        b_matrix, None, scale, shift, trans_b=False, alpha=1.0, beta=1.0, dtype=b_matrix.dtype), b_matrix)

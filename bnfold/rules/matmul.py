@@ -35,7 +35,8 @@ def output_channels(ctx: FoldContext, matmul: ir.Node) -> int:
 def prepare(ctx: FoldContext, matmul: ir.Node, params: AffineParams) -> Commit:
     b_matrix = _b_matrix(ctx, matmul)
     scale, shift = params.for_channels(b_matrix.shape[1], f"output of {describe(matmul)}")
-    return become_gemm(ctx, matmul, lambda: fold_math.fold_gemm(b_matrix, None, scale, shift, trans_b=False, beta=1.0),
+    return become_gemm(ctx, matmul, lambda: fold_math.fold_gemm(b_matrix, None, scale, shift, trans_b=False, beta=1.0,
+                                                                     dtype=b_matrix.dtype),
                        b_matrix, bias_alone=lambda: fold_math.gemm_output_bias(None, scale, shift, beta=1.0),
                        factors=scale)
 

@@ -58,6 +58,18 @@ def defer_sympy() -> bool:
 GC_FIRST_GENERATION_THRESHOLD = 10_000
 
 
+def terminate_on_sigterm() -> None:
+    """SIGTERM raises Terminated in the CLI process, so the run unwinds and removes what it staged."""
+    import signal
+
+    from bnfold.errors import Terminated
+
+    def handler(signum, frame) -> None:
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def calm_garbage_collector() -> None:
     """Collect the youngest generation every 10,000 allocations instead of 700 (CLI process only)."""
     first, second, third = gc.get_threshold()

@@ -17,10 +17,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
+from bnfold import __version__
 from bnfold.compare import Tolerance
 from bnfold.errors import CheckFailedError, InputError
 from bnfold.report import BnRecord, FoldReport, Site
-from bnfold.validation import check_output_path, load_proto, validate_proto
+from bnfold.staging import (
+    Stage,
+    check_output_path,
+    check_report_path,
+    data_file_name,
+    data_token,
+    refuse_clobbering,
+    write_atomically,
+)
+from bnfold.validation import check_external_data, load_proto, uses_external_data, validate_proto
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -40,7 +50,7 @@ class FoldResult:
         return FoldReport(records=list(self.records))
 
 
-def fold(model, *, standalone: str = "bn") -> FoldResult:
+def fold(model, *, standalone: str = "bn", base_dir: str | os.PathLike | None = None) -> FoldResult:
     """Fold every BatchNormalization that can be folded.
 
     `model` is an onnx.ModelProto (an onnx.ModelProto comes back), an onnx_ir.Model
@@ -48,15 +58,13 @@ def fold(model, *, standalone: str = "bn") -> FoldResult:
     onnx-graphsurgeon Graph (a new Graph comes back; needs the `graphsurgeon` extra)
     or a path (an onnx_ir.Model comes back). `standalone` is what a BN with nothing
     to fold into becomes: "bn" (it stays one BatchNormalization, absorbing its
-    per-channel Mul/Add neighbours) or "mul-add". Nothing is verified here: see
-    `verify` and `fold_file`.
+    per-channel Mul/Add neighbours) or "mul-add". A ModelProto whose tensors live in
+    external data needs `base_dir`, the folder they are in: its locations are checked
+    there as a file's are (never read relative to the current folder). Nothing is
+    verified here: see `verify` and `fold_file`.
     """
     if isinstance(model, onnx.ModelProto):
-        validate_proto(model, "model")
-        from bnfold.model_io import to_ir, to_proto
-
-        folded, records, _ = _run_pass(to_ir(model, "model"), standalone)
-        return FoldResult(to_proto(folded), records)
+        return _fold_proto(model, standalone, base_dir)
     if _is_graphsurgeon_graph(model):
         return _fold_graphsurgeon(model, standalone)
     if isinstance(model, (str, os.PathLike)):
@@ -75,6 +83,22 @@ def fold(model, *, standalone: str = "bn") -> FoldResult:
         relist_initializer_inputs(folded)
         return FoldResult(folded, records)
     raise InputError(f"cannot fold a {type(model).__name__}; pass an onnx.ModelProto, onnx_ir.Model or path")
+
+
+def _fold_proto(model: onnx.ModelProto, standalone: str, base_dir: str | os.PathLike | None) -> FoldResult:
+    validate_proto(model, "model")
+    from bnfold.model_io import to_ir, to_proto
+
+    ir_model = to_ir(model, "model")
+    if uses_external_data(model):
+        if base_dir is None:
+            raise InputError("model: its tensors live in external data; pass base_dir=, the folder they are in")
+        check_external_data(model, Path(base_dir))
+        import onnx_ir as ir
+
+        ir.external_data.set_base_dir(ir_model.graph, os.fspath(Path(base_dir).resolve()))
+    folded, records, _ = _run_pass(ir_model, standalone)
+    return FoldResult(to_proto(folded), records)
 
 
 def _is_graphsurgeon_graph(model) -> bool:
@@ -102,7 +126,7 @@ def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: b
               inputs: Mapping[str, np.ndarray] | None = None,
               shapes: Mapping[str, tuple[int, ...]] | None = None,
               rtol: float | None = None, atol: float | None = None, strict: bool = False,
-              progress=None) -> FoldReport:
+              report: str | os.PathLike | None = None, progress=None) -> FoldReport:
     """Fold `src`, check it against the original (unless `check=False`), write `dst`.
 
     The output is staged beside `dst` and renamed into place only after the check;
@@ -111,16 +135,21 @@ def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: b
     value held evidence): written, unless `strict`, which raises CheckFailedError.
     A model with nothing to fold is written as it is, without a check. `dry_run`
     folds in memory and writes nothing (and does not check); its report carries
-    per-BN diagnostics. `progress(step, done, total)` is told about loading,
-    folding, writing, checking.
+    per-BN diagnostics. `report`: where the JSON report goes (written atomically, also
+    when the check fails); it may not be any of the model files. Nothing bnfold
+    writes may be one of its inputs. `progress(step, done, total)` is told about
+    loading, folding, writing, checking.
     """
     step = progress or (lambda *_: None)
+    source, destination = Path(src), None if dst is None else Path(dst)
     if not dry_run:
-        if dst is None:
+        if destination is None:
             raise InputError("an output path is needed (or use dry_run)")
-        check_output_path(Path(dst))
+        check_output_path(destination)
+    if report is not None:
+        check_report_path(Path(report))
     step("loading", 0, 1)
-    proto = load_proto(Path(src), by_reference=True)
+    proto = load_proto(source, by_reference=True)
     if check and not dry_run:
         from bnfold.draws import check_user_inputs, input_specs
 
@@ -133,41 +162,57 @@ def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: b
         read_small_external_tensors,
     )
 
-    model = load_model(src, proto)
-    input_data = external_data_files(model, Path(src))
-    source_bytes = model_file_bytes(Path(src), input_data)
-    external_threshold = external_data_threshold(model, external_data, source_bytes, Path(src))
+    model = load_model(source, proto)
+    input_files = [source, *external_data_files(model, source)]
+    external_threshold = external_data_threshold(model, external_data, model_file_bytes(source, set(input_files[1:])),
+                                                 source)
+    token = data_token(input_files, __version__, standalone, str(external_threshold))
+    if not dry_run:
+        data_name = None if external_threshold is None else data_file_name(destination, token)
+        refuse_clobbering(input_files, destination, data_name, None if report is None else Path(report))
+    elif report is not None:
+        refuse_clobbering(input_files, Path(report), None)
     read_small_external_tensors(model)
-    report = FoldReport(model=os.fspath(src))
+    result = FoldReport(model=os.fspath(src))
     if dry_run:
         from bnfold.explain import diagnose
 
-        report.diagnostics = diagnose(model)
-    _, report.records, sites = _run_pass(model, standalone, progress)
+        result.diagnostics = diagnose(model)
+    _, result.records, sites = _run_pass(model, standalone, progress)
     if dry_run:
-        return report
-    _refuse_overwriting_input_data(Path(src), Path(dst), input_data)
-    report.unchanged = not sites
+        _write_report(report, result)
+        return result
+    result.unchanged = not sites
     checker = None
     if check and sites:
         from bnfold.equivalence import Check, Source
 
-        checker = Check(Source(proto, Path(src).resolve().parent), sites, Tolerance(rtol, atol), inputs or {},
+        checker = Check(Source(proto, source.resolve().parent), sites, Tolerance(rtol, atol), inputs or {},
                         shapes or {}, seed=0)
-    from bnfold.output import StagedOutput
+    from bnfold.output import write_model
 
-    with StagedOutput(dst) as staged:
+    with Stage(destination, token) as stage:
         step("writing", 0, 1)
-        staged.write(model, external_threshold)
+        write_model(model, stage.model, stage.data, external_threshold)
         del model  # its memory-mapped weights go before onnxruntime loads a model: one model in memory at a time
         if checker is not None:
             step("checking", 0, 1)
             checker.original()
-            report.check = checker.folded(Source(load_proto(staged.path, by_reference=True), staged.path.parent))
-            _judge(report, strict)
-        staged.commit()
-    logger.info("wrote %s", dst)
-    return report
+            result.check = checker.folded(Source(load_proto(stage.model, by_reference=True), stage.path))
+            try:
+                _judge(result, strict)
+            except CheckFailedError:
+                _write_report(report, result)
+                raise
+        stage.commit()
+    _write_report(report, result)
+    logger.info("wrote %s", destination)
+    return result
+
+
+def _write_report(path: str | os.PathLike | None, result: FoldReport) -> None:
+    if path is not None:
+        write_atomically(Path(path), result.to_json() + "\n")
 
 
 def _judge(report: FoldReport, strict: bool) -> None:
@@ -184,12 +229,3 @@ def _judge(report: FoldReport, strict: bool) -> None:
     if check.verdict == "inconclusive" and strict:
         raise CheckFailedError("check inconclusive: no value a fold changed held evidence (all NaN/Inf, constant "
                                "or never reached); nothing written (--strict)", report)
-
-
-def _refuse_overwriting_input_data(src: Path, dst: Path, input_data: set[Path]) -> None:
-    """The output's data file must not replace a data file the (different) input still needs."""
-    if dst.exists() and src.resolve() == dst.resolve():
-        return
-    data = (dst.parent / f"{dst.name}.data").resolve()
-    if data in input_data:
-        raise InputError(f"{dst}: its data file would overwrite '{data.name}', which the input still uses")

@@ -1,18 +1,21 @@
 """Folding many models: inputs (files or folders) → an output folder, optionally in parallel.
 
-Each model is folded, checked and written exactly as `fold_file` does it; one
-model's failure (a failed check, a broken file) does not stop the others. The
-batch's exit code is the worst of its models' (0 done, 1 check failed, 2 bad input).
+Each model is folded, checked and written exactly as `fold_file` does it, in a
+process of its own: one model's failure (a failed check, a broken file, a worker
+killed for lack of memory) does not stop the others. The batch's exit code is the
+worst of its models' (0 done, 1 check failed, 2 bad input or a worker that died).
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import multiprocessing
 from dataclasses import dataclass
+from multiprocessing import connection
 from pathlib import Path
 
 from bnfold.errors import BnfoldError, CheckFailedError, InputError, first_line
 from bnfold.report import ACTIONS, FoldReport
+from bnfold.staging import refuse_clobbering
 
 
 @dataclass
@@ -42,7 +45,16 @@ def plan_outputs(sources: list[Path], out_dir: Path) -> list[BatchItem]:
         if item.destination in seen:
             raise InputError(f"{seen[item.destination]} and {item.source} would both be written to {item.destination}")
         seen[item.destination] = item.source
+    sources = [item.source for item in items]
+    for item in items:
+        refuse_clobbering(sources, item.destination, None)
     return items
+
+
+def check_batch_report(report: Path, items: list[BatchItem]) -> None:
+    """The batch report may not be any input or output, and must be writable: refused before anything runs."""
+    for item in items:
+        refuse_clobbering([item.source], item.destination, None, report)
 
 
 def _is_inside(path: Path, folder: Path) -> bool:
@@ -50,24 +62,66 @@ def _is_inside(path: Path, folder: Path) -> bool:
 
 
 def fold_many(items: list[BatchItem], jobs: int = 1, progress=None, **options) -> list[BatchItem]:
-    """Fold every item (in `jobs` processes); `options` are fold_file's keyword arguments.
+    """Fold every item, each in a process of its own, `jobs` at a time; `options` are fold_file's arguments.
 
-    `progress("models", done, total)` is told as each model finishes.
+    A worker that dies (out of memory, killed) is that model's failure: "worker died: signal 9",
+    exit code 2; the other models, the table and the report go on. `progress("models", done,
+    total)` is told as each model finishes.
     """
     step = progress or (lambda *_: None)
-    if jobs <= 1 or len(items) == 1:
-        done = []
-        for item in items:
-            done.append(_fold_one(item, options))
-            step("models", len(done), len(items))
-        return done
-    results: list[BatchItem | None] = [None] * len(items)
-    with ProcessPoolExecutor(max_workers=min(jobs, len(items))) as pool:
-        futures = {pool.submit(_fold_one, item, options): index for index, item in enumerate(items)}
-        for finished, future in enumerate(as_completed(futures), start=1):
-            results[futures[future]] = future.result()
-            step("models", finished, len(items))
-    return results
+    context = _process_context()
+    waiting = list(enumerate(items))
+    running: dict[int, tuple[int, object, object]] = {}  # sentinel -> (index, process, connection)
+    done: list[BatchItem | None] = [None] * len(items)
+    try:
+        while waiting or running:
+            while waiting and len(running) < max(1, jobs):
+                index, item = waiting.pop(0)
+                receiver, sender = context.Pipe(duplex=False)
+                process = context.Process(target=_worker, args=(item, options, sender), daemon=True)
+                process.start()
+                sender.close()
+                running[process.sentinel] = (index, process, receiver)
+            for sentinel in connection.wait(list(running)):
+                index, process, receiver = running.pop(sentinel)
+                done[index] = _collect(items[index], process, receiver)
+                step("models", len(items) - len(waiting) - len(running), len(items))
+    finally:
+        for _, process, _ in running.values():  # interrupted: stop the workers, which remove what they staged
+            process.terminate()
+            process.join()
+    return done
+
+
+def _process_context():
+    """fork where there is one (cheap: bnfold is already imported), else spawn."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _worker(item: BatchItem, options: dict, sender) -> None:
+    from bnfold._startup import terminate_on_sigterm
+
+    terminate_on_sigterm()
+    try:
+        sender.send(_fold_one(item, options))
+    finally:
+        sender.close()
+
+
+def _collect(item: BatchItem, process, receiver) -> BatchItem:
+    try:
+        result = receiver.recv() if receiver.poll() else None
+    except (EOFError, OSError):  # the worker died before it sent anything
+        result = None
+    receiver.close()
+    process.join()
+    if result is not None:
+        return result
+    code = process.exitcode
+    reason = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+    item.exit_code, item.error = 2, f"worker died: {reason}"
+    return item
 
 
 def _fold_one(item: BatchItem, options: dict) -> BatchItem:

@@ -32,7 +32,7 @@ def read_params(bn: ir.Node, opset: int, resolver: ConstantResolver, hints: Type
     per_element = opset < 9 and int_attr(bn, "spatial", 1) == 0
     # Only what the model states: inference costs a pass over the graph, and every
     # move (and the rewrite) checks the channel count against what it changes anyway.
-    _check_shapes(hints.stated_shape(bn.inputs[0]), arrays, per_element)
+    check_parameter_shapes(hints.stated_shape(bn.inputs[0]), arrays, per_element)
     gamma, beta, mean, var = arrays
     epsilon = float_attr(bn, "epsilon", 1e-5)
     for name, array in zip(PARAMETER_NAMES, arrays, strict=True):
@@ -56,7 +56,7 @@ def _parameter(bn: ir.Node, index: int, resolver: ConstantResolver) -> np.ndarra
     return constant_input(resolver, value, f"parameter '{PARAMETER_NAMES[index - 1]}'")
 
 
-def _check_shapes(data_shape: tuple | None, arrays: list[np.ndarray], per_element: bool) -> None:
+def check_parameter_shapes(data_shape: tuple | None, arrays: list[np.ndarray], per_element: bool) -> None:
     shapes = [tuple(a.shape) for a in arrays]
     if len(set(shapes)) != 1:
         raise Skip(f"parameter shapes differ: {', '.join(str(s) for s in shapes)}")

@@ -20,7 +20,7 @@ from typing import Optional
 import typer
 
 from bnfold import __version__
-from bnfold.errors import BnfoldError, CheckFailedError, InputError, first_line
+from bnfold.errors import BnfoldError, CheckFailedError, InputError, Terminated, first_line
 
 
 class Standalone(str, Enum):
@@ -96,6 +96,10 @@ def run(
             _single(paths, dry_run, options, report, json_out, quiet)
     except BnfoldError as error:
         _fail(error, debug)
+    except KeyboardInterrupt as error:
+        _fail(error, debug, message="interrupted; nothing was written", code=130)
+    except Terminated as error:
+        _fail(error, debug, message="terminated; nothing was written", code=error.exit_code)
     except typer.Exit:
         raise
     except Exception as error:  # noqa: BLE001 - the CLI never shows a bare traceback
@@ -111,32 +115,36 @@ def _single(paths: list[Path], dry_run: bool, options: dict, report_path, json_o
     source, output = paths[0], (paths[1] if len(paths) == 2 else None)
     progress = TerminalProgress(enabled=False if quiet else None)
     try:
-        result = fold_file(source, output, dry_run=dry_run, progress=progress, **options)
+        result = fold_file(source, output, dry_run=dry_run, progress=progress, report=report_path, **options)
     except CheckFailedError as error:
         progress.close()
         if error.report is not None:
-            _emit(error.report, report_path, json_out, quiet)
+            _emit(error.report, json_out, quiet)
         raise
     progress.close()
-    _emit(result, report_path, json_out, quiet, plan=dry_run)
+    _emit(result, json_out, quiet, plan=dry_run)
     if not quiet and output is not None and not dry_run:
         typer.echo(f"wrote {output}", err=True)
 
 
 def _batch(paths: list[Path], output_dir: Path, jobs: int, options: dict, report_path, json_out: bool,
            quiet: bool) -> None:
-    from bnfold.batch import batch_table, fold_many, plan_outputs, worst_exit_code
+    from bnfold.batch import batch_table, check_batch_report, fold_many, plan_outputs, worst_exit_code
     from bnfold.progress import TerminalProgress
+    from bnfold.staging import write_atomically
 
+    planned = plan_outputs(paths, output_dir)
+    if report_path is not None:
+        check_batch_report(report_path, planned)
     progress = TerminalProgress(enabled=False if quiet else None)
-    items = fold_many(plan_outputs(paths, output_dir), jobs=jobs, progress=progress, **options)
+    items = fold_many(planned, jobs=jobs, progress=progress, **options)
     progress.close()
     reports = [{**(item.report.to_dict() if item.report else {"model": str(item.source)}),
                 "output": str(item.destination), "exit_code": item.exit_code, "error": item.error}
                for item in items]
     text = json.dumps({"models": reports, "exit_code": worst_exit_code(items)}, indent=2)
     if report_path is not None:
-        report_path.write_text(text + "\n")
+        write_atomically(report_path, text + "\n")
     if json_out:
         typer.echo(text)
     if not quiet:
@@ -157,9 +165,7 @@ def _single_input(paths: list[Path], option: str) -> Path:
     return paths[0]
 
 
-def _emit(result, report_path: Optional[Path], json_out: bool, quiet: bool, plan: bool = False) -> None:
-    if report_path is not None:
-        report_path.write_text(result.to_json() + "\n")
+def _emit(result, json_out: bool, quiet: bool, plan: bool = False) -> None:
     if json_out:
         typer.echo(result.to_json())
     if quiet or json_out and not plan:
@@ -169,11 +175,12 @@ def _emit(result, report_path: Optional[Path], json_out: bool, quiet: bool, plan
         typer.echo(line, err=not plan or json_out)
 
 
-def _fail(error: BaseException, debug: bool, prefix: str = "") -> None:
+def _fail(error: BaseException, debug: bool, prefix: str = "", message: str | None = None,
+          code: int | None = None) -> None:
     if debug:
         traceback.print_exception(error)
-    typer.echo(f"bnfold: error: {prefix}{first_line(error, 500)}", err=True)
-    raise typer.Exit(getattr(error, "exit_code", 2))
+    typer.echo(f"bnfold: error: {prefix}{message or first_line(error, 500)}", err=True)
+    raise typer.Exit(code if code is not None else getattr(error, "exit_code", 2))
 
 
 def _parse_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
@@ -202,10 +209,11 @@ def _load_inputs(path: Optional[Path]):
 
 
 def main() -> None:
-    from bnfold._startup import calm_garbage_collector, defer_sympy
+    from bnfold._startup import calm_garbage_collector, defer_sympy, terminate_on_sigterm
 
     defer_sympy()  # this process is ours: skip onnx-ir's unused sympy import (see _startup.py)
     calm_garbage_collector()
+    terminate_on_sigterm()
     app(prog_name="bnfold")
 
 

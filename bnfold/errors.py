@@ -37,6 +37,12 @@ class CheckFailedError(BnfoldError):
         self.report = report  # the FoldReport, with the failed check in it
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: like KeyboardInterrupt for SIGINT, it unwinds the run, removing what was staged."""
+
+    exit_code = 143  # 128 + SIGTERM
+
+
 def first_line(error: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message, for one-line error reports."""
     text = str(error).strip() or type(error).__name__

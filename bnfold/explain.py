@@ -25,9 +25,9 @@ import onnx_ir as ir
 
 from bnfold import fold_math
 from bnfold.affine import Skip
-from bnfold.batchnorm import read_raw_params, training_reason
+from bnfold.batchnorm import check_parameter_shapes, read_raw_params, training_reason
 from bnfold.errors import InputError
-from bnfold.graph import ConstantResolver, float_attr, opset_of
+from bnfold.graph import ConstantResolver, float_attr, int_attr, opset_of
 from bnfold.report import BnRecord
 from bnfold.rules import PRODUCER_RULES
 
@@ -115,9 +115,11 @@ def _study(resolver: ConstantResolver, bn: ir.Node, scope) -> tuple[BnNumbers | 
     opset = opset_of(bn, scope.opsets)
     training = training_reason(bn, opset)
     try:
-        gamma, beta, mean, var = (a.astype(np.float64) for a in read_raw_params(bn, resolver))
+        arrays = read_raw_params(bn, resolver)
+        check_parameter_shapes(None, arrays, per_element=opset < 9 and int_attr(bn, "spatial", 1) == 0)
     except Skip as skip:
         return None, Diagnosis(training=training, unreadable=skip.reason)
+    gamma, beta, mean, var = (a.astype(np.float64) for a in arrays)
     epsilon = float_attr(bn, "epsilon", 1e-5)
     with np.errstate(divide="ignore", invalid="ignore"):
         scale, shift = fold_math.bn_scale_shift(gamma, beta, mean, var, epsilon)

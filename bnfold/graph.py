@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from bnfold.errors import InputError
 from bnfold.validation import all_graphs
 
 logger = logging.getLogger(__name__)
@@ -25,8 +26,12 @@ _NONDETERMINISTIC_OPS = frozenset(
 # Inputs that an op reads only for their type ("type") or type and shape ("shape"),
 # never their values: a placeholder of that type/shape evaluates the op exactly.
 _METADATA_ONLY_INPUTS = {("CastLike", 1): "type", ("Shape", 0): "shape", ("Size", 0): "shape"}
-# Evaluating a constant subgraph bigger than this would copy large tensors through Python.
+# Evaluating a constant subgraph bigger than this would copy large tensors through Python: not evaluated.
 _MAX_EVALUATED_ELEMENTS = 1 << 26
+# A node whose constant output would be larger than this is a hostile file (ConstantOfShape([2**31]) in 733 bytes).
+_HOSTILE_OUTPUT_BYTES = 2 << 30
+# Inputs this small are given to shape inference with their values (shapes, axes, repeats, ranges).
+_SHAPE_DATA_ELEMENTS = 4096
 
 
 class ConstantResolver:
@@ -104,6 +109,8 @@ class ConstantResolver:
         if sum(a.size for a in arrays if a is not None) > _MAX_EVALUATED_ELEMENTS:
             return None
         proto = ir.serde.serialize_node(node)
+        if not self._output_fits(node, proto, arrays):
+            return None
         feeds = {}
         for index, array in enumerate(arrays):
             if array is not None:
@@ -122,6 +129,51 @@ class ConstantResolver:
             if output is wanted:
                 return np.asarray(result)
         return None
+
+
+    def _output_fits(self, node: ir.Node, proto: onnx.NodeProto, arrays: list) -> bool:
+        """Whether every output of `node`, predicted by shape inference from its constant inputs, is small
+        enough to evaluate; InputError when one would be absurdly large (a hostile file)."""
+        outputs = _predicted_outputs(proto, arrays, self._opsets.get("", 1))
+        if outputs is None:
+            logger.debug("not evaluating %s %r: the size of its output is unknown", node.op_type, node.name)
+            return False
+        for name, (elements, itemsize) in outputs.items():
+            if elements * itemsize > _HOSTILE_OUTPUT_BYTES:
+                raise InputError(f"node '{node.name or node.op_type}' ({node.op_type}) would compute a constant "
+                                 f"'{name}' of {elements:,} elements ({elements * itemsize / 2**30:,.1f} GiB); "
+                                 "bnfold refuses constants this large")
+            if elements > _MAX_EVALUATED_ELEMENTS:
+                return False
+        return True
+
+
+def _predicted_outputs(node: onnx.NodeProto, arrays: list, opset: int) -> dict[str, tuple[int, int]] | None:
+    """{output: (elements, bytes per element)} by ONNX shape inference on the node alone; None when unknown."""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, node.domain)
+        types, data = {}, {}
+        for name, array in zip(node.input, arrays, strict=False):
+            if not name or array is None:
+                continue
+            types[name] = onnx.helper.make_tensor_type_proto(onnx.helper.np_dtype_to_tensor_dtype(array.dtype),
+                                                             array.shape)
+            if array.size <= _SHAPE_DATA_ELEMENTS:
+                data[name] = onnx.numpy_helper.from_array(array, name)
+        inferred = onnx.shape_inference.infer_node_outputs(schema, node, types, data)
+    except Exception as error:  # noqa: BLE001 - no prediction: not evaluated
+        logger.debug("no shape for %s: %s", node.op_type, error)
+        return None
+    sizes = {}
+    for name in node.output:
+        tensor = inferred[name].tensor_type if name in inferred else None
+        if not name:
+            continue
+        if tensor is None or not tensor.HasField("shape") or not all(d.HasField("dim_value") for d in tensor.shape.dim):
+            return None
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize if tensor.elem_type else 8
+        sizes[name] = (int(np.prod([d.dim_value for d in tensor.shape.dim], dtype=np.float64)), itemsize)
+    return sizes
 
 
 def _placeholder(value: ir.Value, with_shape: bool) -> np.ndarray | None:

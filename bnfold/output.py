@@ -1,4 +1,4 @@
-"""Writing the folded model: staged beside the destination, renamed into place when complete.
+"""Writing the folded model into the staging folder (staging.py puts it in place).
 
 Both layouts are written tensor by tensor, never as one serialized model:
 - inline: the model without its initializers, then one `graph` chunk per initializer;
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,10 +24,9 @@ from typing import BinaryIO
 import onnx
 import onnx_ir as ir
 
-from bnfold.errors import InputError, OutputError
+from bnfold.errors import OutputError
 from bnfold.graph import tensor_slots
 from bnfold.model_io import relist_initializer_inputs, to_proto
-from bnfold.validation import check_output_path
 from bnfold.wire import length_delimited
 
 logger = logging.getLogger(__name__)
@@ -40,61 +37,21 @@ _PAGE = 4096
 _HAND_OVER_BYTES = 8 << 20
 
 
-class StagedOutput:
-    """Writes a model (and its data file) into a hidden folder beside `destination`.
+def write_model(model: ir.Model, model_path: Path, data_path: Path, external_threshold: int | None) -> None:
+    """Serialize `model` to `model_path` (the model is not usable afterwards).
 
-    `commit` renames the files into place (data file first, then the model), so
-    the destination is either the old file or the complete new one, never a
-    partial write, also after a crash: every file is fsynced before it is renamed.
-    An existing symlink at the destination is replaced, not written through.
-    Leaving the `with` block without commit removes everything.
+    `external_threshold`: tensors of at least this many bytes go to `data_path`, which
+    the model refers to by its name (see model_io.external_data_threshold); None
+    writes everything inline.
     """
-
-    def __init__(self, destination: str | os.PathLike) -> None:
-        self.destination = Path(destination)
-        folder = self.destination.parent
-        check_output_path(self.destination)
-        try:
-            self._stage = Path(tempfile.mkdtemp(prefix=".bnfold-", dir=folder))
-        except OSError as error:
-            raise InputError(f"{self.destination}: cannot write in '{folder}' ({error.strerror})") from None
-        self.path = self._stage / self.destination.name
-        self.data_name = f"{self.destination.name}.data"
-
-    def write(self, model: ir.Model, external_threshold: int | None) -> None:
-        """Serialize `model` into the staging folder (the model is not usable afterwards).
-
-        `external_threshold`: tensors of at least this many bytes go to the data
-        file (see model_io.external_data_threshold); None writes everything inline.
-        """
-        try:
-            if external_threshold is None:
-                write_inline(model, self.path)
-            else:
-                write_external(model, self._stage, self.data_name, external_threshold)
-                write_model_file(to_proto(model), self.path)
-        except OSError as error:
-            raise OutputError(f"{self.destination}: cannot write it ({error.strerror or error})") from error
-
-    def commit(self) -> None:
-        data = self._stage / self.data_name
-        try:
-            if data.exists():
-                os.replace(data, self.destination.parent / self.data_name)
-            os.replace(self.path, self.destination)
-        except OSError as error:
-            raise OutputError(f"{self.destination}: cannot put it in place ({error.strerror or error})") from error
-        _fsync_folder(self.destination.parent)
-        self.discard()
-
-    def discard(self) -> None:
-        shutil.rmtree(self._stage, ignore_errors=True)
-
-    def __enter__(self) -> StagedOutput:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.discard()
+    try:
+        if external_threshold is None:
+            write_inline(model, model_path)
+        else:
+            write_external(model, data_path.parent, data_path.name, external_threshold)
+            write_model_file(to_proto(model), model_path)
+    except OSError as error:
+        raise OutputError(f"{model_path.name}: cannot write it ({error.strerror or error})") from error
 
 
 class _DurableFile:
@@ -267,14 +224,3 @@ _RAW_DATA_FIELD = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
 
 def _length_delimited(field_number: int, payload: bytes) -> bytes:
     return length_delimited(field_number, len(payload)) + payload
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -35,11 +35,14 @@ def load_proto(path: Path, *, by_reference: bool = False) -> onnx.ModelProto:
     `by_reference`: large inline initializers become external-data references to the
     model file itself (wire.py), so their bytes are neither parsed nor copied.
     """
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, not an ONNX model file")
-    size = path.stat().st_size
+    try:
+        if not path.exists():
+            raise InputError(f"{path}: no such file")
+        if path.is_dir():
+            raise InputError(f"{path}: is a directory, not an ONNX model file")
+        size = path.stat().st_size
+    except OSError as error:  # a name too long, a loop of links, a folder it may not read
+        raise InputError(f"{path}: cannot read it ({error.strerror or error})") from None
     if size == 0:
         raise InputError(f"{path}: empty file, not an ONNX model")
     proto = _by_reference(path) if by_reference and size >= _STRIP_FILE_BYTES else None
@@ -62,14 +65,6 @@ def _by_reference(path: Path) -> onnx.ModelProto | None:
         return None  # onnx.load then parses it, or says what is wrong with it
 
 
-def check_output_path(destination: Path) -> None:
-    """The output's folder must exist and the output must not be a folder."""
-    if not destination.parent.is_dir():
-        raise InputError(f"{destination}: output folder '{destination.parent}' does not exist")
-    if destination.is_dir():
-        raise InputError(f"{destination}: is a directory")
-
-
 def validate_proto(proto: onnx.ModelProto, label: str) -> None:
     """Refuse a ModelProto that parses but cannot be a model."""
     if not proto.HasField("graph"):
@@ -80,14 +75,21 @@ def validate_proto(proto: onnx.ModelProto, label: str) -> None:
     newest = onnx.defs.onnx_opset_version()
     if default_opset is not None and not 1 <= default_opset <= newest:
         raise InputError(f"{label}: unknown default-domain opset {default_opset} (this onnx knows 1..{newest})")
+    _check_text([proto.producer_name, proto.domain, proto.doc_string, *(o.domain for o in proto.opset_import),
+                 *_metadata_text(proto)], label, "the model's")
     for tensor in all_tensors(proto):
-        _check_inline_size(tensor, label)
+        _check_tensor(tensor, label)
+    for value in (*proto.graph.input, *proto.graph.output):
+        if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type == 0:
+            raise InputError(f"{label}: graph input or output '{value.name}' has no element type (elem_type 0)")
     _check_graph_structure(proto.graph, set(), label)
     for function in proto.functions:
         _check_node_order(function.node, set(function.input), function.output, f"{label}: function {function.name}")
 
 
 def _check_graph_structure(graph: onnx.GraphProto, outer: set[str], label: str) -> None:
+    _check_text([graph.name, graph.doc_string, *(v.name for v in (*graph.input, *graph.output, *graph.value_info))],
+                label, f"graph '{graph.name}'s")
     defined = set(outer)
     defined.update(value.name for value in graph.input)
     defined.update(tensor.name for tensor in graph.initializer)
@@ -101,6 +103,8 @@ def _check_node_order(nodes, defined: set[str], outputs: Iterable[str], label: s
     produced = {name for node in nodes for name in node.output if name}
     unsorted = False
     for node in nodes:
+        _check_text([node.name, node.op_type, node.domain, node.doc_string, *node.input, *node.output,
+                     *(attribute.name for attribute in node.attribute)], label, "a node's")
         for name in node.input:
             if name and name not in defined:
                 if name not in produced:
@@ -142,6 +146,26 @@ def _refuse_cycles(nodes, label: str) -> None:
 
 def _node_label(node: onnx.NodeProto) -> str:
     return node.name or node.op_type
+
+
+def _check_text(texts: Iterable, label: str, where: str) -> None:
+    """Protobuf hands back text that is not valid UTF-8 as bytes: such a name cannot be a model's."""
+    for text in texts:
+        if isinstance(text, bytes):
+            raise InputError(f"{label}: {where} text {text[:40]!r} is not valid UTF-8")
+
+
+def _metadata_text(proto: onnx.ModelProto) -> Iterator:
+    for entry in proto.metadata_props:
+        yield entry.key
+        yield entry.value
+
+
+def _check_tensor(tensor: onnx.TensorProto, label: str) -> None:
+    _check_text([tensor.name], label, "a tensor's")
+    if tensor.data_type == onnx.TensorProto.UNDEFINED:
+        raise InputError(f"{label}: tensor '{tensor.name}' has no element type (data_type 0)")
+    _check_inline_size(tensor, label)
 
 
 def _check_inline_size(tensor: onnx.TensorProto, label: str) -> None:

@@ -170,8 +170,7 @@ def _external_tensor(name: str, array: np.ndarray, location: str, offset: int, l
 
 
 def model_bytes(path: Path) -> int:
-    data = path.with_name(path.name + ".data")
-    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+    return path.stat().st_size + sum(data.stat().st_size for data in data_files(path))
 
 
 # --- measuring -------------------------------------------------------------------------------------
@@ -214,8 +213,13 @@ def bnfold_argv(src: Path, dst: Path, check: bool) -> list[str]:
     return [sys.executable, "-m", "bnfold", str(src), str(dst), "--quiet"] + ([] if check else ["--no-check"])
 
 
+def data_files(dst: Path) -> list[Path]:
+    """The data files written beside `dst`: OUT.<token>.data (bnfold) or OUT.data (the floor, other tools)."""
+    return [p for p in dst.parent.glob(dst.name + "*.data") if p.is_file()]
+
+
 def clean(dst: Path) -> None:
-    for path in (dst, dst.with_name(dst.name + ".data")):
+    for path in (dst, *data_files(dst)):
         if path.exists():
             path.unlink()
 
@@ -249,7 +253,8 @@ def paired(src: Path, out_dir: Path, external: bool, runs: int) -> dict[str, lis
 def check_output(path: Path) -> None:
     """The output must load from its own folder: every external tensor in `path`.data, and onnx's checker passes."""
     proto = onnx.load(path, load_external_data=False)
-    data = path.with_name(path.name + ".data")
+    found = data_files(path)
+    data = found[0] if found else path.with_name(path.name + ".data")
     size = data.stat().st_size if data.exists() else 0
     for tensor in all_tensors(proto):
         if tensor.data_location != TensorProto.EXTERNAL:
@@ -379,6 +384,34 @@ def bench_inference(paths: list[Path], forms: list[str], runs: int, rounds: int,
     return lines
 
 
+# --- the cost of the check ------------------------------------------------------------------------
+
+CHECK_HEADER = ("| model | size | onnxruntime offline BASIC s | bnfold (fold + check) s | ratio | bnfold peak MiB "
+                "| peak / model size |")
+
+
+def bench_check(label: str, src: Path, external: bool, runs: int, work: Path) -> str:
+    """bnfold's default run (fold + check + write) against onnxruntime's own offline BASIC optimization."""
+    out_dir = work / f"check_{label.replace(' ', '_')}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ort_script = OTHER_TOOLS["onnxruntime (offline, BASIC)"][1]
+    ours, theirs = [], []
+    for run in range(runs + 1):
+        for label_, samples in (("ort", theirs), ("bnfold", ours)):
+            dst = out_dir / f"{label_}.onnx"
+            clean(dst)
+            argv = ([sys.executable, "-c", ort_script, str(src), str(dst), "1" if external else "0"]
+                    if label_ == "ort" else [sys.executable, "-m", "bnfold", str(src), str(dst), "--quiet"])
+            sample = run_process(argv)
+            if run > 0:
+                samples.append(sample)
+            clean(dst)
+    size = model_bytes(src) / 2**20
+    peak = median(ours, "peak_mib")
+    return (f"| {label} | {size:,.0f} MiB | {median(theirs, 'seconds'):.2f} | {median(ours, 'seconds'):.2f} | "
+            f"{median(ours, 'seconds') / median(theirs, 'seconds'):.2f}× | {peak:,.0f} | {peak / size:.2f}× |")
+
+
 # --- the table -------------------------------------------------------------------------------------
 
 HEADER = ("| model | size | floor wall s | bnfold wall s | wall ratio | floor peak MiB | bnfold peak MiB "
@@ -487,6 +520,20 @@ def main() -> None:
         print(row, flush=True)
     lines += ["", startup_row()]
     print(lines[-1], flush=True)
+    check_models = []
+    if not args.skip_100mb:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from bench_models import resnet50
+
+        check_models.append(("ResNet-50 100 MB inline", write_inline(resnet50(), work / "resnet50.onnx"), False))
+    if args.big:
+        check_models.append(("stack 2.5 GiB external", big, True))
+    if check_models:
+        lines += ["", CHECK_HEADER, "|---" * 7 + "|"]
+        print("\n".join(lines[-3:]), flush=True)
+        for label, path, external in check_models:
+            lines.append(bench_check(label, path, external, args.runs, work))
+            print(lines[-1], flush=True)
     if not args.no_tools:
         tool_rows = []
         for label, path, external, _ in models:

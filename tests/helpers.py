@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -97,6 +99,13 @@ def assert_same_outputs(original, folded, rtol=FP32_RTOL, feeds=None):
         assert scale > 0
         error = np.max(np.abs(a64 - b64)) / scale
         assert error <= rtol, f"relative error {error:.3e} > {rtol:.1e}"
+
+
+def data_file(out: Path) -> Path:
+    """The one data file bnfold wrote beside `out`: OUT.<12 hex digits>.data."""
+    found = [p for p in out.parent.iterdir() if re.fullmatch(rf"{re.escape(out.name)}\.[0-9a-f]{{12}}\.data", p.name)]
+    assert len(found) == 1, sorted(p.name for p in out.parent.iterdir())
+    return found[0]
 
 
 def op_counts(model: onnx.ModelProto) -> Counter:

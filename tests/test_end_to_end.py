@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from helpers import assert_never_costlier, assert_same_outputs, assert_sample_folded, random_feeds, run
+from helpers import assert_never_costlier, assert_same_outputs, assert_sample_folded, data_file, random_feeds, run
 
 import bnfold
 from bnfold.compare import Tolerance
@@ -69,10 +69,11 @@ def test_external_data_model_folds_into_another_folder_and_loads_from_there(tmp_
     (tmp_path / "b").mkdir()
     out = tmp_path / "b" / "folded.onnx"
     bnfold.fold_file(source, out)
-    assert sorted(p.name for p in out.parent.iterdir()) == ["folded.onnx", "folded.onnx.data"]
+    data = data_file(out)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["folded.onnx", data.name]
     locations = {e.value for t in onnx.load(out, load_external_data=False).graph.initializer
                  for e in t.external_data if e.key == "location"}
-    assert locations == {"folded.onnx.data"}
+    assert locations == {data.name}
     assert {p.name: p.read_bytes() for p in source.parent.iterdir()} == before
     monkeypatch.chdir(tmp_path)
     loaded = onnx.load(str(out))
@@ -84,36 +85,50 @@ def test_external_data_option_never_and_always(tmp_path):
     source = _external_copy(tmp_path / "a")
     inline = tmp_path / "inline.onnx"
     bnfold.fold_file(source, inline, external_data="never")
-    assert not (tmp_path / "inline.onnx.data").exists()
+    assert not list(tmp_path.glob("inline.onnx*.data"))
     external = tmp_path / "ext.onnx"
     bnfold.fold_file(SAMPLES[0], external, external_data="always")
-    assert (tmp_path / "ext.onnx.data").exists()
+    assert data_file(external).stat().st_size > 0
     with pytest.raises(bnfold.InputError, match="--external-data must be one of"):
         bnfold.fold_file(SAMPLES[0], tmp_path / "x.onnx", external_data="sometimes")
 
 
-def test_stale_data_file_is_replaced_not_appended(tmp_path):
+def test_a_data_file_bnfold_did_not_name_is_never_touched(tmp_path):
     out = tmp_path / "out.onnx"
-    (tmp_path / "out.onnx.data").write_bytes(b"\x00" * 10_000_000)
+    (tmp_path / "out.onnx.data").write_bytes(b"\x00" * 10_000_000)  # perhaps another model's data
     bnfold.fold_file(_external_copy(tmp_path / "a"), out)
-    assert (tmp_path / "out.onnx.data").stat().st_size < 1_000_000
+    assert (tmp_path / "out.onnx.data").stat().st_size == 10_000_000
+    assert data_file(out).stat().st_size < 1_000_000
     onnx.checker.check_model(str(out), full_check=True)
 
 
-def test_output_data_file_may_not_clobber_the_inputs_data(tmp_path):
-    source = _external_copy(tmp_path / "a", location="out.onnx.data")
-    before = (source.parent / "out.onnx.data").read_bytes()
-    with pytest.raises(bnfold.InputError, match="which the input still uses"):
-        bnfold.fold_file(source, source.parent / "out.onnx")
-    assert (source.parent / "out.onnx.data").read_bytes() == before
-    assert not (source.parent / "out.onnx").exists()
+def test_writing_again_replaces_the_data_file_bnfold_wrote_before(tmp_path):
+    out = tmp_path / "out.onnx"
+    first = _external_copy(tmp_path / "a")
+    bnfold.fold_file(first, out)
+    before = data_file(out)
+    second = _external_copy(tmp_path / "b")  # another input: another data file name
+    bnfold.fold_file(second, out)
+    after = data_file(out)  # exactly one: the first one is gone
+    assert after != before and not before.exists()
+    bnfold.fold_file(second, out)  # the same input again: the same name, the same bytes
+    assert data_file(out) == after
 
 
-def test_in_place_fold_of_an_external_data_model(tmp_path):
+def test_the_output_may_not_be_one_of_the_inputs_data_files(tmp_path):
+    source = _external_copy(tmp_path / "a", location="weights.bin")
+    before = (source.parent / "weights.bin").read_bytes()
+    with pytest.raises(bnfold.InputError, match="bnfold never writes over its input"):
+        bnfold.fold_file(source, source.parent / "weights.bin")
+    assert (source.parent / "weights.bin").read_bytes() == before
+
+
+def test_folding_a_model_onto_itself_is_refused(tmp_path):
     source = _external_copy(tmp_path / "a", location="model.onnx.data")
-    bnfold.fold_file(source, source)
-    assert sorted(p.name for p in source.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
-    assert_sample_folded(onnx.load(source))
+    before = {p.name: p.read_bytes() for p in source.parent.iterdir()}
+    with pytest.raises(bnfold.InputError, match="the output would be .*model.onnx, one of the input's files"):
+        bnfold.fold_file(source, source)
+    assert {p.name: p.read_bytes() for p in source.parent.iterdir()} == before
 
 
 def test_compare_output_nan_and_inf_must_match():
@@ -144,7 +159,7 @@ def test_a_model_past_the_protobuf_limit_gets_external_data_automatically(tmp_pa
     monkeypatch.setattr(model_io, "_INLINE_BUDGET", 1000)  # stands in for 2 GB
     out = tmp_path / "big.onnx"
     bnfold.fold_file(SAMPLES[0], out)
-    assert (tmp_path / "big.onnx.data").exists()
+    assert data_file(out).exists()
     with pytest.raises(bnfold.InputError, match="larger than protobuf's 2 GB limit"):
         bnfold.fold_file(SAMPLES[0], tmp_path / "inline.onnx", external_data="never")
 

@@ -15,19 +15,12 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold.graph import in_default_domain
+from bnfold.skip import Skip
 
 if TYPE_CHECKING:
     from bnfold.graph import ConstantResolver
 
 QUANTIZATION_OPS = frozenset({"DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear"})
-
-
-class Skip(Exception):
-    """A fold (or a rewrite) is refused; the message is the reason shown in the report."""
-
-    @property
-    def reason(self) -> str:
-        return str(self)
 
 
 def constant_input(resolver: ConstantResolver, value: ir.Value | None, label: str, *,
@@ -103,13 +96,14 @@ ELEMENTWISE_OPS = frozenset({"Mul", "Add", "Sub", "Div"})
 class ElementwiseAffine:
     data_index: int
     params: AffineParams
+    axis: int | None  # the axis the constant varies along; None for one number (every axis)
 
 
-def read_elementwise(node: ir.Node, constant_of, rank_of, channels_of) -> ElementwiseAffine:
-    """Read a Mul/Add/Sub/Div of a tensor by a per-channel constant as an affine map.
+def read_elementwise(node: ir.Node, constant_of, rank_of, dim_of) -> ElementwiseAffine:
+    """Read a Mul/Add/Sub/Div of a tensor by a constant that varies along at most one axis as an affine map.
 
-    `constant_of(value)` gives a constant's array or None; `rank_of(value)` and
-    `channels_of(value)` give the data's rank and axis-1 size, or None when unknown.
+    `constant_of(value)` gives a constant's array or None; `rank_of(value)` the data's
+    rank and `dim_of(value, axis)` one of its dims, or None when unknown.
     """
     if node.op_type not in ELEMENTWISE_OPS or not in_default_domain(node) or len(node.inputs) != 2:
         raise Skip(f"{node.op_type} is not an elementwise affine op")
@@ -123,28 +117,27 @@ def read_elementwise(node: ir.Node, constant_of, rank_of, channels_of) -> Elemen
     if constant.dtype.kind != "f":
         raise Skip("the constant is not floating point")
     data = node.inputs[data_index]
-    vector = _per_channel_vector(constant, rank_of(data))
-    if vector.shape[0] > 1 and channels_of(data) != vector.shape[0]:
-        raise Skip("the constant would change the input's channel count, or that count is unknown")
-    return ElementwiseAffine(data_index, _params(node.op_type, data_index, vector))
+    vector, axis = _one_axis_vector(constant, rank_of(data))
+    if axis is not None and dim_of(data, axis) != vector.shape[0]:
+        raise Skip("the constant would change the input's shape, or that shape is unknown")
+    return ElementwiseAffine(data_index, _params(node.op_type, data_index, vector), axis)
 
 
-def _per_channel_vector(constant: np.ndarray, rank: int | None) -> np.ndarray:
-    """The constant as a [C] (or [1]) vector, if it broadcasts along axis 1 only."""
+def _one_axis_vector(constant: np.ndarray, rank: int | None) -> tuple[np.ndarray, int | None]:
+    """The constant as a vector and the data axis it runs along, if it varies along one axis (None: one number)."""
     if rank is not None and constant.ndim > rank:
         raise Skip(f"the constant has rank {constant.ndim}, more than the input's {rank}")
     if rank is None and constant.ndim > 1:  # it could raise the output's rank
         raise Skip("rank of the input is unknown, so the broadcast axis is too")
     if constant.size == 1:
-        return constant.reshape(1).astype(np.float64)
+        return constant.reshape(1).astype(np.float64), None
     if rank is None:
         raise Skip("rank of the input is unknown, so the broadcast axis is too")
     aligned = (1,) * (rank - constant.ndim) + constant.shape
     axes = [axis for axis, size in enumerate(aligned) if size != 1]
-    if axes != [1]:
-        wrong = next(axis for axis in axes if axis != 1)
-        raise Skip(f"broadcast axis is {wrong}, not 1")
-    return constant.reshape(-1).astype(np.float64)
+    if len(axes) != 1:
+        raise Skip(f"the constant varies along axes {axes}, not along one channel axis")
+    return constant.reshape(-1).astype(np.float64), axes[0]
 
 
 def _params(op: str, data_index: int, vector: np.ndarray) -> AffineParams:

@@ -50,7 +50,8 @@ class FoldResult:
         return FoldReport(records=list(self.records))
 
 
-def fold(model, *, standalone: str = "bn", base_dir: str | os.PathLike | None = None) -> FoldResult:
+def fold(model, *, standalone: str = "bn", bn_only: bool = False,
+         base_dir: str | os.PathLike | None = None) -> FoldResult:
     """Fold every BatchNormalization that can be folded.
 
     `model` is an onnx.ModelProto (an onnx.ModelProto comes back), an onnx_ir.Model
@@ -58,20 +59,24 @@ def fold(model, *, standalone: str = "bn", base_dir: str | os.PathLike | None = 
     onnx-graphsurgeon Graph (a new Graph comes back; needs the `graphsurgeon` extra)
     or a path (an onnx_ir.Model comes back). `standalone` is what a BN with nothing
     to fold into becomes: "bn" (it stays one BatchNormalization, absorbing its
-    per-channel Mul/Add neighbours) or "mul-add". A ModelProto whose tensors live in
+    per-channel Mul/Add neighbours) or "mul-add". Mul/Add/Sub/Div by a per-channel
+    constant next to a linear layer fold too, BN or not, unless `bn_only`. A ModelProto whose tensors live in
     external data needs `base_dir`, the folder they are in: its locations are checked
     there as a file's are (never read relative to the current folder). Nothing is
     verified here: see `verify` and `fold_file`.
     """
+    from bnfold.fold_pass import check_standalone
+
+    options = _PassOptions(check_standalone(standalone), bn_only)
     if isinstance(model, onnx.ModelProto):
-        return _fold_proto(model, standalone, base_dir)
+        return _fold_proto(model, options, base_dir)
     if _is_graphsurgeon_graph(model):
-        return _fold_graphsurgeon(model, standalone)
+        return _fold_graphsurgeon(model, options)
     if isinstance(model, (str, os.PathLike)):
         proto = load_proto(Path(model))
         from bnfold.model_io import load_model
 
-        return FoldResult(*_run_pass(load_model(model, proto), standalone)[:2])
+        return FoldResult(*_run_pass(load_model(model, proto), options)[:2])
     import onnx_ir as ir
 
     if isinstance(model, ir.Model):
@@ -79,13 +84,13 @@ def fold(model, *, standalone: str = "bn", base_dir: str | os.PathLike | None = 
 
         clone = model.clone()
         unlist_initializer_inputs(clone)
-        folded, records, _ = _run_pass(clone, standalone)
+        folded, records, _ = _run_pass(clone, options)
         relist_initializer_inputs(folded)
         return FoldResult(folded, records)
     raise InputError(f"cannot fold a {type(model).__name__}; pass an onnx.ModelProto, onnx_ir.Model or path")
 
 
-def _fold_proto(model: onnx.ModelProto, standalone: str, base_dir: str | os.PathLike | None) -> FoldResult:
+def _fold_proto(model: onnx.ModelProto, options: _PassOptions, base_dir: str | os.PathLike | None) -> FoldResult:
     validate_proto(model, "model")
     from bnfold.model_io import to_ir, to_proto
 
@@ -97,7 +102,7 @@ def _fold_proto(model: onnx.ModelProto, standalone: str, base_dir: str | os.Path
         import onnx_ir as ir
 
         ir.external_data.set_base_dir(ir_model.graph, os.fspath(Path(base_dir).resolve()))
-    folded, records, _ = _run_pass(ir_model, standalone)
+    folded, records, _ = _run_pass(ir_model, options)
     return FoldResult(to_proto(folded), records)
 
 
@@ -105,24 +110,30 @@ def _is_graphsurgeon_graph(model) -> bool:
     return type(model).__module__.startswith("onnx_graphsurgeon") and type(model).__name__ == "Graph"
 
 
-def _fold_graphsurgeon(graph, standalone: str) -> FoldResult:
+def _fold_graphsurgeon(graph, options: _PassOptions) -> FoldResult:
     """onnx-graphsurgeon interop (extra `graphsurgeon`): a gs.Graph in, a gs.Graph back."""
     import onnx_graphsurgeon as gs
 
-    folded = fold(gs.export_onnx(graph), standalone=standalone)
+    folded = fold(gs.export_onnx(graph), standalone=options.standalone, bn_only=options.bn_only)
     return FoldResult(gs.import_onnx(folded.model), folded.records)
 
 
-def _run_pass(model: ir.Model, standalone: str, progress=None) -> tuple[ir.Model, list[BnRecord], list[Site]]:
+@dataclass(frozen=True)
+class _PassOptions:
+    standalone: str = "bn"
+    bn_only: bool = False
+
+
+def _run_pass(model: ir.Model, options: _PassOptions, progress=None) -> tuple[ir.Model, list[BnRecord], list[Site]]:
     from bnfold.fold_pass import BatchNormFoldPass
 
-    fold_pass = BatchNormFoldPass(standalone=standalone, progress=progress)
+    fold_pass = BatchNormFoldPass(standalone=options.standalone, progress=progress, bn_only=options.bn_only)
     result = fold_pass(model)
     return result.model, fold_pass.records, fold_pass.sites
 
 
 def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: bool = True,
-              standalone: str = "bn", external_data: str = "auto", dry_run: bool = False,
+              standalone: str = "bn", bn_only: bool = False, external_data: str = "auto", dry_run: bool = False,
               inputs: Mapping[str, np.ndarray] | None = None,
               shapes: Mapping[str, tuple[int, ...]] | None = None,
               rtol: float | None = None, atol: float | None = None, strict: bool = False,
@@ -166,7 +177,7 @@ def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: b
     input_files = [source, *external_data_files(model, source)]
     external_threshold = external_data_threshold(model, external_data, model_file_bytes(source, set(input_files[1:])),
                                                  source)
-    token = data_token(input_files, __version__, standalone, str(external_threshold))
+    token = data_token(input_files, __version__, standalone, str(bn_only), str(external_threshold))
     if not dry_run:
         data_name = None if external_threshold is None else data_file_name(destination, token)
         refuse_clobbering(input_files, destination, data_name, None if report is None else Path(report))
@@ -178,7 +189,9 @@ def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: b
         from bnfold.explain import diagnose
 
         result.diagnostics = diagnose(model)
-    _, result.records, sites = _run_pass(model, standalone, progress)
+    from bnfold.fold_pass import check_standalone
+
+    _, result.records, sites = _run_pass(model, _PassOptions(check_standalone(standalone), bn_only), progress)
     if dry_run:
         _write_report(report, result)
         return result

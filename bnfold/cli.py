@@ -50,6 +50,9 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="Show the plan for every BN and per-model diagnostics; write nothing."),
     no_check: bool = typer.Option(False, "--no-check", help="Write without the onnxruntime equivalence check."),
+    bn_only: bool = typer.Option(False, "--bn-only",
+                                 help="Fold only BNs and the per-channel Mul/Add/Sub/Div of their chains "
+                                      "(default: such nodes fold into a linear layer next to them, BN or not)."),
     strict: bool = typer.Option(False, "--strict",
                                 help="Treat an inconclusive check (no changed value held evidence) as failed: "
                                      "exit 1, nothing written."),
@@ -84,7 +87,7 @@ def run(
     bnfold a.onnx b.onnx models/ -o out/   batch; --jobs N for parallel processes
     """
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="bnfold: %(message)s")
-    options = dict(check=not no_check, standalone=standalone.value, external_data=external_data,
+    options = dict(check=not no_check, standalone=standalone.value, bn_only=bn_only, external_data=external_data,
                    rtol=rtol, atol=atol, strict=strict)
     try:
         options.update(inputs=_load_inputs(inputs), shapes=_parse_shapes(shape))

@@ -78,7 +78,7 @@ class Explanation:
 
 def explain(source: str | os.PathLike, node: str) -> Explanation:
     """Explain the BatchNormalization `node` (a name, or its index in the report's order) of the model at `source`."""
-    from bnfold.api import _run_pass  # the plan: what the pass does with it
+    from bnfold.api import _PassOptions, _run_pass  # the plan: what the pass does with it
     from bnfold.fold_pass import batch_norms
     from bnfold.model_io import load_model
 
@@ -89,7 +89,7 @@ def explain(source: str | os.PathLike, node: str) -> Explanation:
     numbers, diagnosis = _study(ConstantResolver(model), bn, scope)
     input_name = bn.inputs[0].name if bn.inputs and bn.inputs[0] is not None else "?"
     name = bn.name or "(unnamed BatchNormalization)"
-    plan = _run_pass(model, standalone="bn")[1][index]
+    plan = _run_pass(model, _PassOptions())[1][index]
     return Explanation(name, index, scope.label, input_name, numbers, diagnosis, plan)
 
 

@@ -50,6 +50,7 @@ from bnfold.graph import (
     remove_if_dead,
     take_over_output,
 )
+from bnfold.layout import layout_kind
 from bnfold.moves import AffineNode, Folded, fold_backward, fold_forward, prepare_forward
 from bnfold.report import BnRecord, Site
 from bnfold.rules import standalone
@@ -75,15 +76,16 @@ class BatchNormFoldPass(ir.passes.InPlacePass):
     BatchNormalization, the default) or "mul-add".
     """
 
-    def __init__(self, standalone: str = "bn", progress=None) -> None:
+    def __init__(self, standalone: str = "bn", progress=None, bn_only: bool = False) -> None:
         super().__init__()
         self.standalone = check_standalone(standalone)
+        self.bn_only = bn_only  # fold only BNs and the per-channel nodes of their chains
         self.progress = progress  # called as progress("folding", done, total)
         self.records: list[BnRecord] = []
         self.sites: list[Site] = []  # every value a fold changed, for the check
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        run = _Run(model, self.standalone, self.progress)
+        run = _Run(model, self.standalone, self.progress, self.bn_only)
         run.execute()
         self.records, self.sites = run.records()
         modified = any(record.action not in ("skipped", "kept") or record.pattern == "collapsed"
@@ -119,8 +121,9 @@ class _BnState:
 class _Run:
     """One execution of the pass over one model."""
 
-    def __init__(self, model: ir.Model, standalone_form: str, progress=None) -> None:
+    def __init__(self, model: ir.Model, standalone_form: str, progress=None, bn_only: bool = False) -> None:
         self.standalone = standalone_form
+        self.bn_only = bn_only
         self.progress = progress
         self.settled = 0  # BNs folded or given up, for progress
         self.model = model
@@ -133,6 +136,7 @@ class _Run:
         self.elementwise_records: list[tuple[BnRecord, list[ir.Value], _Scope]] = []
         self.chain: set[ir.Node] = set()  # elementwise nodes that belong to a BN's chain
         self.created_by: dict[ir.Node, _BnState] = {}  # a conversion's Mul/Add -> its BN
+        self.superseded: dict[ir.Value, ir.Value] = {}  # a value a later fold changed -> where that shows
         self.elementwise_reasons: dict[ir.Node, tuple[_Scope, str]] = {}  # chain members that stayed
         for node, scope in batch_norms(model):
             self.bns[node] = _BnState(node.name or "(unnamed BatchNormalization)", scope)
@@ -155,14 +159,15 @@ class _Run:
         changed = [(self._bn_record(state), state.sites, state.scope) for state in self.bns.values()]
         changed += self.elementwise_records
         for record, values, scope in changed:
-            found = locate(values, scope.graph, None)
+            found = locate(self._current(values), scope.graph, None)
             records.append(dataclasses.replace(record, site=found[0].name) if found else record)
             own = record.pattern not in ("forward", "scale-forward")  # the site is its own output, not a consumer's
             claims += [(site, record.name, own) for site in found]
         sites = _attributed(claims)
         records += [_record(node.name or f"({node.op_type})", "skipped", reason=reason, scope=scope, op=node.op_type)
                     for node, (scope, reason) in self.elementwise_reasons.items()
-                    if node.graph is not None and node not in self.created_by]
+                    if node.graph is not None and node not in self.created_by
+                    and self._in_chain(self.contexts[scope.graph], node)]  # others are not about any BN
         return records, sites
 
     def _screen(self, bn: ir.Node, state: _BnState) -> None:
@@ -190,7 +195,7 @@ class _Run:
         state = self.bns.get(node)
         if state is not None:
             return state.pending and self._fold_bn(context, node, state)
-        if node.op_type in ELEMENTWISE_OPS and self._in_chain(context, node):
+        if node.op_type in ELEMENTWISE_OPS and (not self.bn_only or self._in_chain(context, node)):
             return self._fold_elementwise(context, node, scope)
         return False
 
@@ -200,8 +205,24 @@ class _Run:
             return False
         state.final = _record(state.name, "folded", folded.into, None, state.scope, pattern=folded.pattern)
         state.sites = list(folded.sites)
+        self._supersede(folded)
         self._settle()
         return True
+
+    def _supersede(self, folded: Folded) -> None:
+        for value in folded.superseded:
+            self.superseded[value] = folded.sites[0]
+
+    def _current(self, values) -> list[ir.Value]:
+        """`values`, each replaced by where its computation shows now that later folds changed it."""
+        found = []
+        for value in values:
+            seen = set()
+            while value in self.superseded and value not in seen:
+                seen.add(value)
+                value = self.superseded[value]
+            found.append(value)
+        return list(dict.fromkeys(found))
 
     def _settle(self) -> None:
         self.settled += 1
@@ -210,17 +231,17 @@ class _Run:
 
     def _fold_elementwise(self, context: FoldContext, node: ir.Node, scope: _Scope) -> bool:
         try:
-            found = read_elementwise(node, context.resolver.value_of, context.hints.rank,
-                                     lambda value: context.hints.dim(value, 1))
+            found = read_elementwise(node, context.resolver.value_of, context.hints.rank, context.hints.dim)
         except Skip as skip:
             self.elementwise_reasons[node] = (scope, skip.reason)
             return False
-        folded, reason = _try_moves(context, AffineNode(node, found.data_index, found.params))
+        folded, reason = _try_moves(context, AffineNode(node, found.data_index, found.params, found.axis))
         if folded is None:
             self.elementwise_reasons[node] = (scope, reason)
             return False
         self._elementwise_gone(node, scope, f"{folded.into} ({folded.pattern})", folded.into, folded.pattern,
                                folded.sites)
+        self._supersede(folded)
         return True
 
     def _elementwise_gone(self, node: ir.Node, scope: _Scope, where: str, into: str, pattern: str,
@@ -322,11 +343,10 @@ class _Run:
         if node.op_type not in ELEMENTWISE_OPS or node in self.created_by:
             return None
         try:
-            found = read_elementwise(node, context.resolver.value_of, context.hints.rank,
-                                     lambda value: context.hints.dim(value, 1))
+            found = read_elementwise(node, context.resolver.value_of, context.hints.rank, context.hints.dim)
         except Skip:
             return None
-        return found.data_index, found.params
+        return (found.data_index, found.params) if found.axis in (1, None) else None
 
     def _absorbed(self, node: ir.Node, into: _BnState, site: ir.Value) -> None:
         target = f"BatchNormalization '{into.name}'"
@@ -439,35 +459,37 @@ def _try_moves(context: FoldContext, affine: AffineNode) -> tuple[Folded | None,
 
 
 def _affine_run(context: FoldContext, node: ir.Node, bns) -> tuple[set[ir.Node], bool]:
-    """The elementwise-with-constant nodes linked to `node` by single-use edges, and whether a BN is among them."""
+    """The elementwise-with-constant nodes linked to `node` by single-use edges (also through layout and
+    transparent nodes), and whether a BN is among them."""
     members, touches_bn = {node}, False
-    current = node
-    while True:  # backward, through the data input
-        data = _data_input(context, current)
-        producer = None if data is None or len(data.uses()) != 1 else data.producer()
+    value = _data_input(context, node)
+    while value is not None and len(value.uses()) == 1:  # backward, through the data input
+        producer = value.producer()
         if producer is None:
             break
         if producer in bns:
             touches_bn = True
             break
+        if layout_kind(context, producer) is not None:
+            value = producer.inputs[0]
+            continue
         if not _is_elementwise_candidate(context, producer):
             break
         members.add(producer)
-        current = producer
-    current = node
-    while True:  # forward, through the single consumer
-        output = current.outputs[0]
-        uses = list(output.uses())
-        if output.is_graph_output() or len(uses) != 1:
-            break
-        consumer = uses[0].node
+        value = _data_input(context, producer)
+    value = node.outputs[0]
+    while not value.is_graph_output() and len(value.uses()) == 1:  # forward, through the single consumer
+        consumer = next(iter(value.uses())).node
         if consumer in bns:
             touches_bn = True
             break
-        if not _is_elementwise_candidate(context, consumer) or _data_input(context, consumer) is not output:
+        if layout_kind(context, consumer) is not None and consumer.inputs[0] is value:
+            value = consumer.outputs[0]
+            continue
+        if not _is_elementwise_candidate(context, consumer) or _data_input(context, consumer) is not value:
             break
         members.add(consumer)
-        current = consumer
+        value = consumer.outputs[0]
     return members, touches_bn
 
 

@@ -120,7 +120,7 @@ class ConstantResolver:
         from onnx.reference import ReferenceEvaluator
 
         try:
-            evaluator = ReferenceEvaluator(proto, opsets={"": self._opsets.get("", 1)})
+            evaluator = ReferenceEvaluator(_one_node_model(proto, self._opsets))
             results = evaluator.run(None, feeds)
         except Exception as error:  # noqa: BLE001 - any failure means "not a known constant"
             logger.debug("cannot evaluate %s %r as a constant: %s", node.op_type, node.name, error)
@@ -146,6 +146,15 @@ class ConstantResolver:
             if elements > _MAX_EVALUATED_ELEMENTS:
                 return False
         return True
+
+
+def _one_node_model(node: onnx.NodeProto, opsets: dict[str, int]) -> onnx.ModelProto:
+    """`node` alone in a model importing the model's own opsets: a bare node would run under the newest
+    opset's signature (Unsqueeze-13 takes its axes as an input, Unsqueeze-9 as an attribute)."""
+    graph = onnx.helper.make_graph([node], "constant", [onnx.ValueInfoProto(name=n) for n in node.input if n],
+                                   [onnx.ValueInfoProto(name=n) for n in node.output if n])
+    imports = [onnx.helper.make_opsetid(domain, version) for domain, version in opsets.items()]
+    return onnx.helper.make_model(graph, opset_imports=imports)
 
 
 def _predicted_outputs(node: onnx.NodeProto, arrays: list, opset: int) -> dict[str, tuple[int, int]] | None:
@@ -239,8 +248,11 @@ class TypeHints:
         return tuple(d if isinstance(d, int) else None for d in value.shape)
 
     def rank(self, value: ir.Value | None) -> int | None:
+        """The rank of `value`: from its shape, or when inference gives none, from the op that makes it."""
         shape = self.shape(value)
-        return None if shape is None else len(shape)
+        if shape is not None:
+            return len(shape)
+        return None if value is None else _rank_from_producer(self, value)
 
     def dim(self, value: ir.Value | None, axis: int) -> int | None:
         shape = self.shape(value)
@@ -258,7 +270,8 @@ class TypeHints:
 
     def _infer(self) -> dict[str, onnx.TypeProto]:
         try:
-            proto = onnx.shape_inference.infer_shapes(_skeleton(self._model))
+            # data_prop: shapes computed at run time from Shape/Gather/Concat (Keras's Dense on NHWC) get values
+            proto = onnx.shape_inference.infer_shapes(_skeleton(self._model), data_prop=True)
         except Exception as error:  # noqa: BLE001 - no hints is a valid answer
             logger.debug("shape inference failed: %s", error)
             return {}
@@ -287,10 +300,65 @@ def _skeleton(model: ir.Model) -> onnx.ModelProto:
                                               shape=tensor.shape, name=value.name)
         swapped.append((value, tensor))
     try:
-        return ir.serde.serialize_model(model)
+        proto = ir.serde.serialize_model(model)
     finally:
         for value, tensor in swapped:
             value.const_value = tensor
+    # Before IR 4 shape inference ignores initializers that are not listed as inputs (bnfold unlists them
+    # on load, and the ones it adds are new): inferring as IR 4 keeps their ranks.
+    proto.ir_version = max(proto.ir_version, 4)
+    return proto
+
+
+def _rank_from_producer(hints: TypeHints, value: ir.Value) -> int | None:
+    """The rank an op's output must have, read from the op itself: a Transpose's perm, a Reshape's constant
+    shape, Unsqueeze/Squeeze axes on an input of known rank, a Conv's weight, or a rank-keeping op's input."""
+    node = value.producer()
+    if node is None or not in_default_domain(node) or not node.inputs:
+        return None
+    op = node.op_type
+    if op == "Transpose" and "perm" in node.attributes:
+        return len(node.attributes["perm"].value)
+    if op in ("Conv", "ConvTranspose") and len(node.inputs) > 1:
+        weight = _static_dims(node.inputs[1])
+        return None if weight is None else len(weight)
+    if op == "Reshape" and len(node.inputs) > 1:
+        shape = _static_dims(node.inputs[1])
+        return shape[0] if shape is not None and len(shape) == 1 and isinstance(shape[0], int) else None
+    if op in ("Unsqueeze", "Squeeze"):
+        return _rank_after_axes(hints, node)
+    if op in _RANK_KEEPING:
+        return hints.rank(node.inputs[0])
+    return None
+
+
+_RANK_KEEPING = frozenset({"Identity", "Cast", "CastLike", "Relu", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid",
+                           "LeakyRelu", "Clip", "Neg", "Abs", "Dropout", "BatchNormalization", "Softmax"})
+
+
+def _rank_after_axes(hints: TypeHints, node: ir.Node) -> int | None:
+    rank = hints.rank(node.inputs[0])
+    if rank is None:
+        return None
+    if "axes" in node.attributes:
+        count = len(node.attributes["axes"].value)
+    elif len(node.inputs) > 1 and _static_dims(node.inputs[1]):
+        count = _static_dims(node.inputs[1])[0]
+        count = count if isinstance(count, int) else None
+    else:
+        return None  # Squeeze without axes removes every dimension of size 1: unknown here
+    if count is None:
+        return None
+    return rank + count if node.op_type == "Unsqueeze" else rank - count
+
+
+def _static_dims(value: ir.Value | None) -> tuple | None:
+    """The dims of `value` as stated, or as its tensor has them (initializers carry no type after loading)."""
+    if value is None:
+        return None
+    if value.shape is not None:
+        return tuple(value.shape)
+    return tuple(value.const_value.shape) if value.const_value is not None else None
 
 
 class NameAuthority:

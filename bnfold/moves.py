@@ -19,7 +19,8 @@ import onnx_ir as ir
 
 from bnfold.affine import QUANTIZATION_OPS, AffineParams, Skip
 from bnfold.graph import bypass_node, in_default_domain, int_attr, retire_node
-from bnfold.rules import FORWARD_RULES, PRODUCER_RULES
+from bnfold.layout import remove_passed, trace_back
+from bnfold.rules import FORWARD_RULES, PRODUCER_RULES, matmul
 from bnfold.rules.base import Commit, FoldContext, describe
 
 PRODUCERS = "Conv, ConvTranspose, Gemm or MatMul"
@@ -31,11 +32,12 @@ FLATTENING_OPS = frozenset({"Flatten", "Reshape"})
 
 @dataclass(frozen=True)
 class AffineNode:
-    """A node computing y = s·x + t per channel, x being its input `data_index`."""
+    """A node computing y = s·x + t along one axis of x (its input `data_index`): the channel axis 1 for a BN."""
 
     node: ir.Node
     data_index: int
     params: AffineParams
+    axis: int | None = 1  # None: one number for every element
 
     @property
     def data(self) -> ir.Value:
@@ -51,22 +53,76 @@ class Folded:
     into: str  # e.g. "Conv 'conv1'", "Conv 'a'[0:64], Conv 'b'[64:128]"
     pattern: str  # "backward", "concat", "forward"
     sites: tuple[ir.Value, ...] = ()  # the values whose computation changed: what the check compares
+    # values on the way that now hold something else (a layout node's output, before the BN's scale was
+    # folded upstream of it): what an earlier fold recorded there is now seen at `sites`
+    superseded: tuple[ir.Value, ...] = ()
 
 
 def fold_backward(ctx: FoldContext, affine: AffineNode) -> Folded:
-    """Fold into the producer of the affine node's input (or the producers behind a Concat)."""
-    data = affine.data
-    producer = data.producer()
+    """Fold into the producer of the affine node's input (or the producers behind a Concat), also through
+    layout and transparent nodes (layout.py) when the channel axis provably lands on the producer's features."""
+    trace = trace_back(ctx, affine.data, affine.axis)
+    producer = trace.producer
     if producer is not None and producer.op_type in QUANTIZATION_OPS | QUANTIZED_PRODUCERS:
         raise Skip(f"its input comes from {describe(producer)}, a quantized op; fold before quantizing")
-    if producer is not None and producer.op_type == "Concat" and in_default_domain(producer):
+    if producer is not None and producer.op_type == "Concat" and in_default_domain(producer) and not trace.passed:
         return _fold_into_concat(ctx, affine, producer)
-    _check_foldable_producer(affine.node, data, producer)
-    commit = PRODUCER_RULES[producer.op_type].prepare(ctx, producer, affine.params)
-    target = describe(producer)  # before the commit: MatMul becomes Gemm
+    user = trace.passed[-1] if trace.passed else affine.node
+    bias_add = _bias_add(ctx, producer, user, trace)
+    if bias_add is not None:
+        user, producer = bias_add, bias_add_producer(bias_add)
+    _check_foldable_producer(user, _output_read_by(user, producer), producer)
+    _check_feature_axis(ctx, producer, trace.axis)
+    if bias_add is not None:
+        commit = matmul.prepare(ctx, producer, affine.params, bias_add)
+    else:
+        commit = PRODUCER_RULES[producer.op_type].prepare(ctx, producer, affine.params)
+    target = describe(producer) + (f" (and its bias {describe(bias_add)})" if bias_add else "") + trace.through
+    on_the_way = [_output_read_by(user, producer), *(node.outputs[0] for node in trace.passed[1:])]
     commit()
+    remove_passed(trace)
+    data = affine.data  # after the transparent nodes went, what now feeds the affine node
     retire_node(affine.node, data)
-    return Folded(target, "backward", (data,))
+    return Folded(target, "backward", (data,), tuple(v for v in on_the_way if v is not None and v is not data))
+
+
+def _output_read_by(user: ir.Node, producer: ir.Node | None) -> ir.Value | None:
+    """The output of `producer` that `user` reads."""
+    if producer is None:
+        return None
+    return next((value for value in user.inputs if value is not None and value.producer() is producer), None)
+
+
+def _bias_add(ctx: FoldContext, producer: ir.Node | None, user: ir.Node, trace) -> ir.Node | None:
+    """An Add of a constant right after a MatMul, which serves as that MatMul's bias (rank > 2: no Gemm)."""
+    if producer is None or producer.op_type != "Add" or not in_default_domain(producer) or len(producer.inputs) != 2:
+        return None
+    constants = [ctx.resolver.value_of(value) for value in producer.inputs]
+    if (constants[0] is None) == (constants[1] is None):
+        return None
+    source = bias_add_producer(producer)
+    if source is None or source.op_type != "MatMul" or not in_default_domain(source):
+        return None
+    if matmul.output_rank(ctx, source) in (None, 2):
+        return None  # rank 2: the Add folds into the MatMul itself (a Gemm) first
+    return producer
+
+
+def bias_add_producer(add: ir.Node) -> ir.Node | None:
+    data = next((value for value in add.inputs if value is not None and value.producer() is not None), None)
+    return None if data is None else data.producer()
+
+
+def _check_feature_axis(ctx: FoldContext, producer: ir.Node, axis: int | None) -> None:
+    """The channel axis must be the one the producer's output features run along (Conv: 1; Gemm/MatMul: last)."""
+    if axis is None:
+        return
+    feature = PRODUCER_RULES[producer.op_type].feature_axis(ctx, producer)
+    if feature is None:
+        raise Skip(f"rank of the output of {describe(producer)} is unknown")
+    if axis != feature:
+        raise Skip(f"it runs along axis {axis} of the output of {describe(producer)}, whose features run along "
+                   f"axis {feature}")
 
 
 def _check_foldable_producer(user: ir.Node, value: ir.Value, producer: ir.Node | None) -> None:
@@ -127,6 +183,8 @@ def prepare_forward(ctx: FoldContext, affine: AffineNode) -> tuple[Commit, str, 
 
     Also returns what they take it into, and their outputs (the values the fold changes).
     """
+    if affine.axis not in (1, None):
+        raise Skip(f"it runs along axis {affine.axis}; a consumer can take a map along axis 1 only")
     output = affine.output
     if output.is_graph_output():
         raise Skip("its output is a graph output")

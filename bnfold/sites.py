@@ -114,10 +114,23 @@ def find_sites(original: onnx.ModelProto, folded: onnx.ModelProto,
         if twin is None:
             continue
         branch = _branch_changed(node, twin)
+        if node.op_type in _COMPUTE_NOTHING and _only_inputs_renamed(node, twin, constants):
+            continue  # a layout node on a fold's path: the value after the fold is compared where it is computed
         if branch is not None or _differs(node, twin, constants) or (node.domain, node.op_type) in changed_functions:
             inside = None if branch is None else ("then_branch" if branch[1] else "else_branch")
             found += [Site(name, nearest(node, inside), branch) for name in node.output if name and name in producers]
     return found
+
+
+_COMPUTE_NOTHING = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Cast",
+                              "Dropout"})
+
+
+def _only_inputs_renamed(node: onnx.NodeProto, twin: onnx.NodeProto, constants: _Constants) -> bool:
+    """Same op and attributes, same constant inputs (a Reshape's shape): only the data input's name changed."""
+    if (node.op_type, node.domain, len(node.input)) != (twin.op_type, twin.domain, len(twin.input)):
+        return False
+    return _attributes(node) == _attributes(twin) and not any(constants.differ(name) for name in node.input[1:] if name)
 
 
 def _twin(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]) -> onnx.NodeProto | None:

@@ -202,11 +202,11 @@ def test_a_branch_never_taken_is_listed_as_not_exercised(tmp_path):
 
 
 def test_verify_finds_the_sites_the_pass_reports():
-    from bnfold.api import _run_pass
+    from bnfold.api import _PassOptions, _run_pass
     from bnfold.model_io import to_ir
 
     model = onnx.load(__file__.replace("tests/test_check.py", "models/sample_cnn.onnx"))
-    folded, _, sites = _run_pass(to_ir(model, "sample"), "bn")
+    folded, _, sites = _run_pass(to_ir(model, "sample"), _PassOptions())
     from bnfold.model_io import to_proto
 
     found = bnfold.verify(model, to_proto(folded)).sites

@@ -191,7 +191,9 @@ def test_last_axis_constant_with_w_equal_c_is_not_folded():
     model = chain_model([("Mul", np.array([1.0, 2.0, 3.0, 4.0], F32), False)])
     folded, records = fold_and_check(model.__class__.FromString(model.SerializeToString()))
     mul = records_by_name(records)["mul0"]
-    assert (mul.op, mul.action, mul.reason) == ("Mul", "skipped", "broadcast axis is 3, not 1")
+    assert (mul.op, mul.action, mul.reason) == (
+        "Mul", "skipped", "it runs along axis 3 of the output of Conv 'conv', whose features run along axis 1; "
+        "it runs along axis 3; a consumer can take a map along axis 1 only")
     assert op_counts(folded)["Mul"] >= 1
 
 
@@ -211,13 +213,16 @@ def test_constant_divided_by_x_is_not_affine():
     assert records_by_name(records)["div0"].reason == "constant / x is not affine in x"
 
 
-def test_elementwise_ops_away_from_any_bn_are_left_alone():
+def test_a_per_channel_mul_after_a_conv_folds_even_without_any_bn():
     rng = np.random.default_rng(17)
     nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
-             helper.make_node("Mul", ["y", "k"], ["z"], name="unrelated")]
+             helper.make_node("Mul", ["y", "k"], ["z"], name="scale")]
     model = make_model(nodes, [("x", F32, ["N", 3, 6, 6])], [("z", F32, None)],
                        {"w": rng.normal(size=(4, 3, 3, 3)).astype(F32), "k": per_channel([1, 2, 3, 4])})
     folded, records = fold_and_check(model)
+    assert op_counts(folded) == {"Conv": 1}
+    assert [(r.name, r.op, r.action, r.into) for r in records] == [("scale", "Mul", "folded", "Conv 'conv'")]
+    folded, records = fold_and_check(model, bn_only=True)  # --bn-only: nodes away from any BN are left alone
     assert records == [] and op_counts(folded) == {"Conv": 1, "Mul": 1}
 
 

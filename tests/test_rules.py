@@ -117,7 +117,7 @@ def test_matmul_rank3_keeps_its_bn_with_reason():
     assert folded == model  # kept as it was: one BN is one pass
     record = only_record(records)
     assert (record.action, record.into) == ("kept", "BatchNormalization")
-    assert record.reason == ("output of MatMul 'mm' has rank 3; BN's channel axis 1 is not the weight's column axis"
+    assert record.reason == ("it runs along axis 1 of the output of MatMul 'mm', whose features run along axis 2"
                              "; its output is a graph output")
 
 

@@ -147,7 +147,8 @@ def test_a_constant_on_another_axis_is_not_absorbed():
     model = affine_chain_model((), [("Mul", np.arange(1, 6, dtype=F32), False)])  # [W] on NCHW
     folded, records = fold_and_check(model)
     assert op_counts(folded) == {"BatchNormalization": 1, "Mul": 1, "Relu": 1}
-    assert by_name(records)["post0"].reason == "broadcast axis is 3, not 1"
+    assert by_name(records)["post0"].reason == (
+        "no Conv, ConvTranspose, Gemm or MatMul before it; it runs along axis 3; a consumer can take a map along axis 1 only")
 
 
 def test_collapsing_never_overwrites_shared_parameters():

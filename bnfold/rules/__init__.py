@@ -10,17 +10,22 @@ from dataclasses import dataclass
 from bnfold.rules import conv, conv_transpose, forward, gemm, matmul, standalone
 
 
+def _channel_axis(ctx, node) -> int:
+    return 1
+
+
 @dataclass(frozen=True)
 class ProducerRule:
     prepare: object  # (ctx, node, AffineParams) -> Commit
     output_channels: object  # (ctx, node) -> int
+    feature_axis: object = _channel_axis  # (ctx, node) -> the output axis its weight's output features run along
 
 
 PRODUCER_RULES = {
     "Conv": ProducerRule(conv.prepare, conv.output_channels),
     "ConvTranspose": ProducerRule(conv_transpose.prepare, conv_transpose.output_channels),
     "Gemm": ProducerRule(gemm.prepare, gemm.output_channels),
-    "MatMul": ProducerRule(matmul.prepare, matmul.output_channels),
+    "MatMul": ProducerRule(matmul.prepare, matmul.output_channels, matmul.feature_axis),
 }
 
 FORWARD_RULES = {

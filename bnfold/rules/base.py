@@ -166,7 +166,8 @@ def folded_commit(ctx: FoldContext, node: ir.Node, fold: Callable[[], tuple[np.n
         new_weight, new_bias = None, rounded(bias_alone(), bias_like)
     else:
         new_weight, new_bias = _overflow_is_skip(fold)
-        new_weight, new_bias = rounded(new_weight, weight), rounded(new_bias, bias_like)
+        new_weight = rounded(new_weight, weight)
+        new_bias = rounded(new_bias, bias_like) if write_bias else None
 
     def make_weight() -> np.ndarray:
         return rounded(_overflow_is_skip(fold)[0], weight)

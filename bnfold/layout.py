@@ -1,0 +1,192 @@
+"""Following a channel axis through the nodes exporters put between a linear layer and its BN.
+
+A per-channel map applies along one axis of a value. Walking from an affine node
+back towards its producer, that axis moves through:
+
+* transparent nodes, which change nothing: Identity, Dropout at inference (no mask
+  used, no training_mode), a Cast to the type the value already has;
+* Transpose: output axis a comes from input axis perm[a];
+* Squeeze / Unsqueeze: the axis shifts past the axes removed or added (a channel on
+  an added axis has nowhere to come from);
+* Reshape / Flatten: output axis a comes from input axis b when both have the same
+  size and the same product of the dims after them (row-major order keeps every
+  element of the channel in place), proven from known shapes.
+
+A mapping that cannot be proven refuses the move, with the reason. Transparent
+nodes, and Transposes that cancel, are removed when a fold passes through them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from bnfold.graph import in_default_domain, int_attr
+from bnfold.skip import Skip
+
+LAYOUT_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
+
+
+@dataclass
+class Trace:
+    """Where a walk from an affine node's data input ended: the producer, and its output's tracked axis."""
+
+    producer: ir.Node | None
+    axis: int | None  # None for a one-number map (every axis)
+    passed: list[ir.Node] = field(default_factory=list)  # layout and transparent nodes, nearest first
+
+    @property
+    def through(self) -> str:
+        """' (through Squeeze 'sq', Transpose 't')' for the report, or ''."""
+        kept = [node for node in self.passed if node.op_type in LAYOUT_OPS]
+        return "" if not kept else " (through " + ", ".join(_describe(n) for n in reversed(kept)) + ")"
+
+
+def trace_back(ctx, value: ir.Value, axis: int | None) -> Trace:
+    """Walk from `value` back through layout and transparent nodes while each edge is used once."""
+    passed: list[ir.Node] = []
+    while True:
+        node = value.producer()
+        if node is None or not in_default_domain(node) or node.graph is None:
+            return Trace(node, axis, passed)
+        kind = layout_kind(ctx, node)
+        if kind is None:
+            return Trace(node, axis, passed)
+        if value.is_graph_output() or len(value.uses()) != 1 or node.outputs[0] is not value:
+            raise Skip(f"output of {_describe(node)} is used elsewhere too")
+        if axis is not None:
+            axis = _axis_before(ctx, node, axis)
+        passed.append(node)
+        value = node.inputs[0]
+
+
+def layout_kind(ctx, node: ir.Node) -> str | None:
+    """"transparent", "layout", or None for a node the walk stops at."""
+    if node.op_type in LAYOUT_OPS and node.inputs and node.inputs[0] is not None:
+        return "layout"
+    return "transparent" if is_transparent(ctx, node) else None
+
+
+def is_transparent(ctx, node: ir.Node) -> bool:
+    """Identity; Dropout that only passes its input on at inference; a Cast to the type the value has."""
+    if not in_default_domain(node) or not node.inputs or node.inputs[0] is None:
+        return False
+    if node.op_type == "Identity":
+        return True
+    if node.op_type == "Dropout":
+        mask_used = len(node.outputs) > 1 and (node.outputs[1].uses() or node.outputs[1].is_graph_output())
+        training = len(node.inputs) > 2 and node.inputs[2] is not None and not _constant_false(ctx, node.inputs[2])
+        legacy_training = "is_test" in node.attributes and int_attr(node, "is_test", 0) == 0
+        return not (mask_used or training or legacy_training)
+    if node.op_type == "Cast":
+        source = ctx.hints.dtype(node.inputs[0])
+        return source is not None and int_attr(node, "to", -1) == source.value
+    return False
+
+
+def _constant_false(ctx, value: ir.Value) -> bool:
+    array = ctx.resolver.value_of(value)
+    return array is not None and array.size == 1 and not bool(array.reshape(-1)[0])
+
+
+def _axis_before(ctx, node: ir.Node, axis: int) -> int:
+    """The input axis of `node` that its output axis `axis` comes from; Skip when that is not provable."""
+    op = node.op_type
+    if op not in LAYOUT_OPS:
+        return axis
+    if op == "Transpose":
+        perm = node.attributes.get("perm")
+        rank = ctx.hints.rank(node.inputs[0])
+        order = list(perm.value) if perm is not None else (list(reversed(range(rank))) if rank else None)
+        if order is None or axis >= len(order):
+            raise Skip(f"the permutation of {_describe(node)} is unknown")
+        return int(order[axis])
+    if op in ("Squeeze", "Unsqueeze"):
+        return _axis_through_axes(ctx, node, axis)
+    return _axis_through_reshape(ctx, node, axis)
+
+
+def _axis_through_axes(ctx, node: ir.Node, axis: int) -> int:
+    rank_in = ctx.hints.rank(node.inputs[0])
+    axes = _axes(ctx, node)
+    if rank_in is None or axes is None:
+        raise Skip(f"the axes or input rank of {_describe(node)} are unknown, so the channel axis is too")
+    if node.op_type == "Squeeze":
+        kept = [a for a in range(rank_in) if a not in {a % rank_in for a in axes}]
+        if axis >= len(kept):
+            raise Skip(f"{_describe(node)} does not keep axis {axis}")
+        return kept[axis]
+    rank_out = rank_in + len(axes)
+    added = {a % rank_out for a in axes}
+    if axis in added:
+        raise Skip(f"the channel axis is one {_describe(node)} adds")
+    return [a for a in range(rank_out) if a not in added].index(axis)
+
+
+def _axes(ctx, node: ir.Node) -> list[int] | None:
+    if "axes" in node.attributes:
+        return [int(a) for a in node.attributes["axes"].value]
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        array = ctx.resolver.value_of(node.inputs[1])
+        return None if array is None else [int(a) for a in np.asarray(array).reshape(-1)]
+    if node.op_type == "Squeeze":  # every axis of size 1
+        shape = ctx.hints.shape(node.inputs[0])
+        if shape is not None and all(d is not None for d in shape):
+            return [a for a, d in enumerate(shape) if d == 1]
+    return None
+
+
+def _axis_through_reshape(ctx, node: ir.Node, axis: int) -> int:
+    before, after = ctx.hints.shape(node.inputs[0]), ctx.hints.shape(node.outputs[0])
+    if before is None or after is None or axis >= len(after) or after[axis] is None:
+        raise Skip(f"the shapes around {_describe(node)} are unknown, so where the channel goes is too")
+    inner = _product(after[axis + 1:])
+    for candidate, size in enumerate(before):
+        if size == after[axis] and inner is not None and _product(before[candidate + 1:]) == inner:
+            return candidate
+    raise Skip(f"{_describe(node)} does not provably keep the channel axis as one axis")
+
+
+def _product(dims) -> int | None:
+    return None if any(d is None for d in dims) else math.prod(dims)
+
+
+def remove_passed(trace: Trace) -> None:
+    """Remove the transparent nodes of a walk, and Transpose pairs in it that cancel."""
+    from bnfold.graph import retire_node
+
+    for node in trace.passed:
+        if node.graph is None:
+            continue
+        if node.op_type not in LAYOUT_OPS:
+            _retire_safely(node)
+            continue
+        source = node.inputs[0].producer() if node.inputs[0] is not None else None
+        if (node.op_type == "Transpose" and source is not None and source.op_type == "Transpose"
+                and source in trace.passed and _cancel(source, node) and len(node.inputs[0].uses()) == 1
+                and not source.inputs[0].is_graph_input() and not source.inputs[0].is_graph_output()):
+            inner = source.inputs[0]
+            retire_node(node, node.inputs[0])
+            retire_node(source, inner)
+
+
+def _retire_safely(node: ir.Node) -> None:
+    from bnfold.graph import retire_node
+
+    data = node.inputs[0]
+    if data is not None and not data.is_graph_input() and not data.is_graph_output():
+        retire_node(node, data)
+
+
+def _cancel(first: ir.Node, second: ir.Node) -> bool:
+    a, b = first.attributes.get("perm"), second.attributes.get("perm")
+    if a is None or b is None or len(a.value) != len(b.value):
+        return False
+    return [list(a.value)[i] for i in b.value] == list(range(len(a.value)))
+
+
+def _describe(node: ir.Node) -> str:
+    return f"{node.op_type} '{node.name}'" if node.name else f"{node.op_type} (unnamed)"

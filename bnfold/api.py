@@ -7,12 +7,13 @@ broken file is refused in a fraction of the time the full import takes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import onnx
@@ -20,7 +21,7 @@ import onnx
 from bnfold import __version__
 from bnfold.compare import Tolerance
 from bnfold.errors import CheckFailedError, InputError
-from bnfold.report import BnRecord, FoldReport, Site
+from bnfold.report import BnRecord, CheckResult, FoldReport, Site
 from bnfold.staging import (
     Stage,
     check_output_path,
@@ -84,7 +85,7 @@ def fold(model, *, standalone: str = "bn", bn_only: bool = False,
 
         clone = model.clone()
         unlist_initializer_inputs(clone)
-        folded, records, _ = _run_pass(clone, options)
+        folded, records = _run_pass(clone, options)[:2]
         relist_initializer_inputs(folded)
         return FoldResult(folded, records)
     raise InputError(f"cannot fold a {type(model).__name__}; pass an onnx.ModelProto, onnx_ir.Model or path")
@@ -102,7 +103,7 @@ def _fold_proto(model: onnx.ModelProto, options: _PassOptions, base_dir: str | o
         import onnx_ir as ir
 
         ir.external_data.set_base_dir(ir_model.graph, os.fspath(Path(base_dir).resolve()))
-    folded, records, _ = _run_pass(ir_model, options)
+    folded, records = _run_pass(ir_model, options)[:2]
     return FoldResult(to_proto(folded), records)
 
 
@@ -122,14 +123,23 @@ def _fold_graphsurgeon(graph, options: _PassOptions) -> FoldResult:
 class _PassOptions:
     standalone: str = "bn"
     bn_only: bool = False
+    refused: Mapping[str, str] = field(default_factory=dict)  # Cast sandwiches a check refused: key -> reason
 
 
-def _run_pass(model: ir.Model, options: _PassOptions, progress=None) -> tuple[ir.Model, list[BnRecord], list[Site]]:
+class _PassOutcome(NamedTuple):
+    model: ir.Model
+    records: list[BnRecord]
+    sites: list[Site]
+    sandwiches: dict[str, list[str]]  # site name -> the Cast sandwich folds (keys) it shows
+
+
+def _run_pass(model: ir.Model, options: _PassOptions, progress=None) -> _PassOutcome:
     from bnfold.fold_pass import BatchNormFoldPass
 
-    fold_pass = BatchNormFoldPass(standalone=options.standalone, progress=progress, bn_only=options.bn_only)
+    fold_pass = BatchNormFoldPass(standalone=options.standalone, progress=progress, bn_only=options.bn_only,
+                                  refused=options.refused)
     result = fold_pass(model)
-    return result.model, fold_pass.records, fold_pass.sites
+    return _PassOutcome(result.model, fold_pass.records, fold_pass.sites, fold_pass.sandwiches)
 
 
 def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: bool = True,
@@ -191,36 +201,96 @@ def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: b
         result.diagnostics = diagnose(model)
     from bnfold.fold_pass import check_standalone
 
-    _, result.records, sites = _run_pass(model, _PassOptions(check_standalone(standalone), bn_only), progress)
+    options = _PassOptions(check_standalone(standalone), bn_only)
+    outcome = _run_pass(model, options, progress)
+    del model
+    result.records = outcome.records
     if dry_run:
         _write_report(report, result)
         return result
-    result.unchanged = not sites
-    checker = None
-    if check and sites:
-        from bnfold.equivalence import Check, Source
+    checks = _CheckRequest(Tolerance(rtol, atol), inputs or {}, shapes or {}, strict) if check else None
+    refusals = _write(outcome, result, _Target(destination, token, external_threshold, report), checks, step,
+                      proto, source)
+    if refusals:  # the Cast sandwich folds the check refused: fold again without them
+        logger.info("folding again without %d Cast sandwich fold(s) the check refused", len(refusals))
+        model = load_model(source, proto)
+        read_small_external_tensors(model)
+        outcome = _run_pass(model, dataclasses.replace(options, refused=refusals), progress)
+        del model
+        result.records = outcome.records
+        _write(outcome, result, _Target(destination, token, external_threshold, report), checks, step, proto,
+               source, final=True)
+    _write_report(report, result)
+    logger.info("wrote %s", destination)
+    return result
 
-        checker = Check(Source(proto, source.resolve().parent), sites, Tolerance(rtol, atol), inputs or {},
-                        shapes or {}, seed=0)
+
+@dataclass(frozen=True)
+class _CheckRequest:
+    tolerance: Tolerance
+    inputs: Mapping[str, np.ndarray]
+    shapes: Mapping[str, tuple[int, ...]]
+    strict: bool
+
+
+@dataclass(frozen=True)
+class _Target:
+    model: Path
+    token: str
+    external_threshold: int | None
+    report: str | os.PathLike | None
+
+
+def _write(outcome: _PassOutcome, result: FoldReport, target: _Target, checks: _CheckRequest | None, step,
+           proto: onnx.ModelProto, source: Path, final: bool = False) -> dict[str, str]:
+    """Write the folded model staged, check it, commit it; or (unless `final`) return the Cast sandwich folds
+    to refuse when they alone failed the check."""
+    from bnfold.equivalence import Check, Source
     from bnfold.output import write_model
 
-    with Stage(destination, token) as stage:
+    result.unchanged = not outcome.sites
+    checker = None
+    if checks is not None and outcome.sites:
+        checker = Check(Source(proto, source.resolve().parent), outcome.sites, checks.tolerance, checks.inputs,
+                        checks.shapes, seed=0)
+    sandwiches = {} if final else outcome.sandwiches
+    with Stage(target.model, target.token) as stage:
         step("writing", 0, 1)
-        write_model(model, stage.model, stage.data, external_threshold)
-        del model  # its memory-mapped weights go before onnxruntime loads a model: one model in memory at a time
+        write_model(outcome.model, stage.model, stage.data, target.external_threshold)
+        del outcome  # its memory-mapped weights go before onnxruntime loads a model: one model in memory at a time
         if checker is not None:
             step("checking", 0, 1)
             checker.original()
             result.check = checker.folded(Source(load_proto(stage.model, by_reference=True), stage.path))
+            refusals = _sandwich_refusals(result.check, sandwiches)
+            if refusals:
+                return refusals
             try:
-                _judge(result, strict)
+                _judge(result, checks.strict)
             except CheckFailedError:
-                _write_report(report, result)
+                _write_report(target.report, result)
                 raise
         stage.commit()
-    _write_report(report, result)
-    logger.info("wrote %s", destination)
-    return result
+    return {}
+
+
+def _sandwich_refusals(check: CheckResult, sandwiches: Mapping[str, list[str]]) -> dict[str, str]:
+    """The Cast sandwich folds to undo when they alone explain a failed check (key -> reason); else {}.
+
+    Each failing site must show such a fold; when only graph outputs fail, every such fold is undone.
+    """
+    if not check.failed or not sandwiches:
+        return {}
+    failing = [site for site in check.sites if not site.passed]
+    if any(site.name not in sandwiches for site in failing):
+        return {}
+    blamed = {key: site for site in failing for key in sandwiches[site.name]}
+    if not failing:
+        first = next(output for output in check.outputs if not output.passed)
+        blamed = {key: first for keys in sandwiches.values() for key in keys}
+    return {key: f"folding it across its Casts fails the check at '{where.name}' (max abs err "
+                 f"{where.max_abs_err:.3e}, allowed {where.tolerance:.3e}); left as it was"
+            for key, where in blamed.items()}
 
 
 def _write_report(path: str | os.PathLike | None, result: FoldReport) -> None:

@@ -14,6 +14,8 @@ channel whose values are large.
   1e-6·G is 50 times over the channel bound.
 * float16/bfloat16 with r, a float32 run of the original: the folded model must be
   about as close to r as the original is: max|b − r| ≤ 2·max|a − r| + atol + rtol·max|r|.
+  So is a float32 value computed from a half-precision value a fold changed: the fold
+  moved half-precision rounding, and the float32 value carries it.
 * integers and bools must be equal.
 * NaN and ±Inf must sit at the same positions in both.
 
@@ -61,10 +63,12 @@ class Tolerance:
 
 
 def compare_value(name: str, expected, actual, tolerance: Tolerance = Tolerance(), reference=None,
-                  table: Mapping[str, tuple[float, float]] | None = None) -> OutputCheck:
+                  table: Mapping[str, tuple[float, float]] | None = None, inherits: str | None = None) -> OutputCheck:
     """Compare one value; `expected` comes from the original, `reference` from its float32 run.
 
     `table`: the tolerances to use instead of the defaults (the float32 stand-in check).
+    `inherits`: the half-precision type a float32/float64 value is computed from, when a fold
+    changed half-precision arithmetic upstream of it (it is then judged by that type's rule).
     """
     expected, actual = np.asarray(expected), np.asarray(actual)
     if expected.shape != actual.shape:
@@ -78,17 +82,10 @@ def compare_value(name: str, expected, actual, tolerance: Tolerance = Tolerance(
     a, b = _comparable(expected), _comparable(actual)
     special_equal, a, b = _split_specials(a, b)
     note = None if special_equal else "NaN/Inf positions differ"
-    if reference is not None and dtype_name in HALF_DTYPES and table is None:
-        r = _comparable(np.asarray(reference))
-        r = np.where(np.isfinite(r), r, 0)
-        rtol, atol = tolerance.pick(DEFAULT_TOLERANCES, dtype_name)
-        original_error, folded_error = _channel_max(np.abs(a - r)), _channel_max(np.abs(b - r))
-        allowed = 2 * original_error + atol + rtol * _channel_max(np.abs(r))
-        worst = _worst(folded_error, allowed)
-        note = note or (f"vs float32 run of the original: folded {folded_error[worst]:.3e}, "
-                        f"original {original_error[worst]:.3e}")
-        error = _channel_max(np.abs(a - b))
-        return _check(name, error, _channel_max(np.abs(a)), allowed, folded_error, special_equal, note)
+    if reference is not None and table is None:
+        judged_as = dtype_name if dtype_name in HALF_DTYPES else inherits
+        if judged_as is not None:
+            return _against_reference(name, judged_as, (a, b, np.asarray(reference)), tolerance, special_equal, note)
     table = table or (DIRECT_HALF_TOLERANCES if dtype_name in HALF_DTYPES else DEFAULT_TOLERANCES)
     rtol, atol = tolerance.pick(table, dtype_name)
     scale = _channel_magnitude(a)
@@ -97,6 +94,23 @@ def compare_value(name: str, expected, actual, tolerance: Tolerance = Tolerance(
     channel_rtol = min(CHANNEL_FACTOR * rtol, max(CHANNEL_RTOL_CAP, rtol))
     allowed = atol + np.minimum(rtol * np.max(scale, initial=0.0), channel_rtol * scale)
     return _check(name, error, scale, allowed, error, special_equal, note)
+
+
+def _against_reference(name: str, judged_as: str, values: tuple[np.ndarray, np.ndarray, np.ndarray],
+                       tolerance: Tolerance, special_equal: bool, note: str | None) -> OutputCheck:
+    """The half-precision rule (of `judged_as`) for the original a and folded b against the float32 run r."""
+    a, b, r = values
+    r = _comparable(r)
+    r = np.where(np.isfinite(r), r, 0)
+    original_error = _channel_max(np.abs(a - r))
+    rtol, atol = tolerance.pick(DEFAULT_TOLERANCES, judged_as)
+    folded_error = _channel_max(np.abs(b - r))
+    allowed = 2 * original_error + atol + rtol * _channel_max(np.abs(r))
+    worst = _worst(folded_error, allowed)
+    note = note or (f"vs float32 run of the original: folded {folded_error[worst]:.3e}, "
+                    f"original {original_error[worst]:.3e}")
+    error = _channel_max(np.abs(a - b))
+    return _check(name, error, _channel_max(np.abs(a)), allowed, folded_error, special_equal, note)
 
 
 def _check(name: str, error: np.ndarray, scale: np.ndarray, allowed: np.ndarray, judged: np.ndarray,

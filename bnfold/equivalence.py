@@ -145,6 +145,8 @@ class Check:
         self.expected: list[dict[str, np.ndarray]] = []
         self.reference: list[dict[str, np.ndarray]] | None = None
         self.stand_in: tuple[frozenset[int], dict] | None = None  # float types converted to float32, tolerances
+        self.half = "bfloat16" if has_float_type(original.proto, TensorProto.BFLOAT16) else "float16"
+        self.half_downstream: set[str] = set()  # values computed from half-precision values a fold changed
 
     @property
     def extra_outputs(self) -> list[str]:
@@ -160,6 +162,8 @@ class Check:
                 raise
         if self.stand_in is None and any(a.dtype.name in HALF_DTYPES for a in self.expected[0].values()):
             self.reference = self._float32_reference()
+            changed = [site.name for site in self.sites if self.expected[0][site.name].dtype.name in HALF_DTYPES]
+            self.half_downstream = downstream(self.source.proto.graph, changed)
 
     def folded(self, folded: Source) -> CheckResult:
         """Run `folded` on the same draws and compare it with the original."""
@@ -249,8 +253,9 @@ class Check:
 
     def _compare(self, name: str, actual: list[dict[str, np.ndarray]], site: Site | None = None) -> OutputCheck:
         table = self.stand_in[1] if self.stand_in is not None else None
+        inherits = self.half if name in self.half_downstream else None
         runs = [compare_value(name, expected[name], got[name], self.tolerance,
-                              self.reference[index][name] if self.reference else None, table)
+                              self.reference[index][name] if self.reference else None, table, inherits)
                 for index, (expected, got) in enumerate(zip(self.expected, actual, strict=True))]
         worst = max(runs, key=lambda c: (not c.passed, c.max_rel_err))
         exercised = True if site is None or site.branch is None else self._exercised(site.branch)
@@ -281,6 +286,22 @@ class Check:
         if not self.draws:
             return {}
         return {name: list(array.shape) for name, array in self.draws.feeds[0].items()}
+
+
+def downstream(graph: onnx.GraphProto, names: Iterable[str]) -> set[str]:
+    """Every value of `graph` computed (directly or not) from one of `names`."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in dict.fromkeys(node.input):
+            consumers.setdefault(name, []).append(node)
+    found: set[str] = set()
+    pending = list(names)
+    while pending:
+        for node in consumers.get(pending.pop(), ()):
+            fresh = [output for output in node.output if output and output not in found]
+            found.update(fresh)
+            pending.extend(fresh)
+    return found
 
 
 _STAND_IN_NOTE = "both models run converted to float32 (onnxruntime lacks kernels for the original's type)"

@@ -205,3 +205,20 @@ def fold_gemm_input_columns(b_matrix, c_bias, scale, shift, *, trans_b: bool, al
     new_b = scaled(b_matrix, scale[None, :] if trans_b else scale[:, None], dtype)
     c64 = np.zeros(1) if c_bias is None else _f64(c_bias)
     return new_b, float(beta) * c64 + float(alpha) * weighted_sum(b_matrix, shift, axis=1 if trans_b else 0)
+
+
+def merged_kernel(shape: tuple[int, ...], placed, identities=()) -> np.ndarray:
+    """Σ of kernels placed in a zero kernel of `shape` [Cout, Cin/g, k…], in float64.
+
+    `placed`: (kernel, offset) pairs, each kernel added at spatial `offset`. `identities`:
+    (scale, offset) pairs: s[c] added at tap (c, c mod Cin/g, offset…), the kernel of
+    y[c] = s[c]·x[c] for a grouped Conv with Cout = Cin.
+    """
+    total = np.zeros(shape, dtype=np.float64)
+    for kernel, offset in placed:
+        window = tuple(slice(start, start + size) for start, size in zip(offset, np.shape(kernel)[2:], strict=True))
+        total[(slice(None), slice(None), *window)] += _f64(kernel)
+    channels = np.arange(shape[0])
+    for scale, offset in identities:
+        total[(channels, channels % shape[1], *offset)] += _f64(scale)
+    return total

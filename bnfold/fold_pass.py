@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 
 import numpy as np
 import onnx_ir as ir
 
-from bnfold import fold_math
+from bnfold import fold_math, reparam
 from bnfold.affine import ELEMENTWISE_OPS, AffineParams, Skip, read_elementwise
 from bnfold.batchnorm import read_params, training_reason
 from bnfold.errors import InputError
@@ -76,18 +77,22 @@ class BatchNormFoldPass(ir.passes.InPlacePass):
     BatchNormalization, the default) or "mul-add".
     """
 
-    def __init__(self, standalone: str = "bn", progress=None, bn_only: bool = False) -> None:
+    def __init__(self, standalone: str = "bn", progress=None, bn_only: bool = False,
+                 refused: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self.standalone = check_standalone(standalone)
         self.bn_only = bn_only  # fold only BNs and the per-channel nodes of their chains
         self.progress = progress  # called as progress("folding", done, total)
+        self.refused = dict(refused or {})  # Cast sandwiches (casts.py) not to fold: key -> reason
         self.records: list[BnRecord] = []
         self.sites: list[Site] = []  # every value a fold changed, for the check
+        self.sandwiches: dict[str, list[str]] = {}  # site name -> keys of the Cast sandwich folds it shows
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        run = _Run(model, self.standalone, self.progress, self.bn_only)
+        run = _Run(model, self.standalone, self.progress, self.bn_only, self.refused)
         run.execute()
         self.records, self.sites = run.records()
+        self.sandwiches = run.sandwich_sites
         modified = any(record.action not in ("skipped", "kept") or record.pattern == "collapsed"
                        for record in self.records)
         return ir.passes.PassResult(model, modified)
@@ -112,6 +117,7 @@ class _BnState:
     sites: list[ir.Value] = dataclasses.field(default_factory=list)  # values its fold changed
     created: dict[str, ir.Node] = dataclasses.field(default_factory=dict)  # "Mul"/"Add" it became
     elsewhere: dict[str, str] = dataclasses.field(default_factory=dict)  # "Mul"/"Add" -> where it folded
+    sandwich: str | None = None  # the key of the Cast sandwich its fold removed
 
     @property
     def pending(self) -> bool:
@@ -121,7 +127,8 @@ class _BnState:
 class _Run:
     """One execution of the pass over one model."""
 
-    def __init__(self, model: ir.Model, standalone_form: str, progress=None, bn_only: bool = False) -> None:
+    def __init__(self, model: ir.Model, standalone_form: str, progress=None, bn_only: bool = False,
+                 refused: Mapping[str, str] | None = None) -> None:
         self.standalone = standalone_form
         self.bn_only = bn_only
         self.progress = progress
@@ -129,15 +136,18 @@ class _Run:
         self.model = model
         self.scopes = list(_scopes(model))
         shared = FoldContext(ConstantResolver(model), NameAuthority(model), TypeHints(model), opset=1,
-                             function_graphs=frozenset(s.graph for s in self.scopes if s.in_function))
+                             function_graphs=frozenset(s.graph for s in self.scopes if s.in_function),
+                             refused=refused or {})
         self.contexts = {s.graph: dataclasses.replace(shared, opset=s.opsets.get("", 1)) for s in self.scopes}
         self.bns: dict[ir.Node, _BnState] = {}
-        # with the values each changed and its scope
-        self.elementwise_records: list[tuple[BnRecord, list[ir.Value], _Scope]] = []
+        # with the values each changed, its scope and the key of the Cast sandwich it folded out of
+        self.elementwise_records: list[tuple[BnRecord, list[ir.Value], _Scope, str | None]] = []
+        self.sandwich_sites: dict[str, list[str]] = {}  # site name -> Cast sandwich keys, filled by records()
         self.chain: set[ir.Node] = set()  # elementwise nodes that belong to a BN's chain
         self.created_by: dict[ir.Node, _BnState] = {}  # a conversion's Mul/Add -> its BN
         self.superseded: dict[ir.Value, ir.Value] = {}  # a value a later fold changed -> where that shows
         self.elementwise_reasons: dict[ir.Node, tuple[_Scope, str]] = {}  # chain members that stayed
+        self.folded_at: dict[ir.Value, list[_BnState]] = {}  # a value a BN's fold changed -> those BNs
         for node, scope in batch_norms(model):
             self.bns[node] = _BnState(node.name or "(unnamed BatchNormalization)", scope)
 
@@ -145,6 +155,8 @@ class _Run:
         for bn, state in self.bns.items():
             self._screen(bn, state)
         self._fixpoint()
+        if self._reparameterize():
+            self._fixpoint()
         if self._collapse_leftovers():
             self._fixpoint()
         self._convert_leftovers()
@@ -156,11 +168,13 @@ class _Run:
         and the sites: every main-graph value a fold changed, with the BN (or chain node) that changed it."""
         locate = SiteLocator(self.model)
         records, claims = [], []
-        changed = [(self._bn_record(state), state.sites, state.scope) for state in self.bns.values()]
+        changed = [(self._bn_record(state), state.sites, state.scope, state.sandwich) for state in self.bns.values()]
         changed += self.elementwise_records
-        for record, values, scope in changed:
+        for record, values, scope, sandwich in changed:
             found = locate(self._current(values), scope.graph, None)
             records.append(dataclasses.replace(record, site=found[0].name) if found else record)
+            for site in found if sandwich is not None else ():
+                self.sandwich_sites.setdefault(site.name, []).append(sandwich)
             own = record.pattern not in ("forward", "scale-forward")  # the site is its own output, not a consumer's
             claims += [(site, record.name, own) for site in found]
         sites = _attributed(claims)
@@ -205,6 +219,9 @@ class _Run:
             return False
         state.final = _record(state.name, "folded", folded.into, None, state.scope, pattern=folded.pattern)
         state.sites = list(folded.sites)
+        state.sandwich = folded.sandwich
+        for value in folded.sites:
+            self.folded_at.setdefault(value, []).append(state)
         self._supersede(folded)
         self._settle()
         return True
@@ -240,12 +257,12 @@ class _Run:
             self.elementwise_reasons[node] = (scope, reason)
             return False
         self._elementwise_gone(node, scope, f"{folded.into} ({folded.pattern})", folded.into, folded.pattern,
-                               folded.sites)
+                               folded.sites, folded.sandwich)
         self._supersede(folded)
         return True
 
     def _elementwise_gone(self, node: ir.Node, scope: _Scope, where: str, into: str, pattern: str,
-                          sites) -> None:
+                          sites, sandwich: str | None = None) -> None:
         """Record a Mul/Add/Sub/Div of a chain (or of a BN's conversion) that folded away, changing `sites`."""
         self.elementwise_reasons.pop(node, None)
         owner = self.created_by.get(node)
@@ -255,7 +272,7 @@ class _Run:
             return
         record = _record(node.name or f"({node.op_type})", "folded", into, None, scope, pattern=pattern,
                          op=node.op_type)
-        self.elementwise_records.append((record, list(sites), scope))
+        self.elementwise_records.append((record, list(sites), scope, sandwich))
 
     def _in_chain(self, context: FoldContext, node: ir.Node) -> bool:
         """Whether `node` sits in an unbranched run of affine nodes that contains a BN."""
@@ -265,6 +282,49 @@ class _Run:
         if touches_bn:
             self.chain.update(members)
         return touches_bn
+
+    # --- reparameterize ----------------------------------------------------------------------------
+
+    def _reparameterize(self) -> bool:
+        """Merge Conv/BN/identity branches on one input that an Add/Sum tree sums into one Conv (reparam.py)."""
+        merged = False
+        for scope in self.scopes:
+            for node in list(scope.graph):
+                if node.graph is scope.graph and reparam.is_root(node):
+                    for root, leaves, sums in reparam.find_trees(node):
+                        merged |= self._merge(self.contexts[scope.graph], scope, root, leaves, sums)
+        return merged
+
+    def _merge(self, context: FoldContext, scope: _Scope, root: ir.Node, leaves, sums) -> bool:
+        try:
+            merged = reparam.merge(context, root, leaves, sums, self._pending_params)
+        except Skip as skip:
+            logger.info("%s keeps its branches: %s", describe(root), skip.reason)
+            for leaf in leaves:
+                state = self.bns.get(leaf.producer())
+                if state is not None and state.pending:
+                    state.reason = f"{state.reason}; its branch cannot merge with the others: {skip.reason}"
+            return False
+        if merged is None:
+            return False
+        target = describe(merged.target)
+        for value in merged.removed:
+            self.superseded[value] = merged.output
+            for state in self.folded_at.get(value, []):
+                state.final = dataclasses.replace(state.final, into=f"{state.final.into}, merged into {target}")
+        for bn in merged.bns:
+            state = self.bns[bn]
+            state.final = _record(state.name, "folded", f"{target} (identity branch)", None, scope,
+                                  pattern="reparameterized")
+            state.sites = [merged.output]
+            self._settle()
+        return True
+
+    def _pending_params(self, bn: ir.Node) -> AffineParams | None:
+        state = self.bns.get(bn)
+        if state is None or not state.pending or state.params.per_element:
+            return None
+        return state.params
 
     # --- 3. collapse -------------------------------------------------------------------------------
 

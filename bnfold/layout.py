@@ -38,6 +38,10 @@ class Trace:
     axis: int | None  # None for a one-number map (every axis)
     passed: list[ir.Node] = field(default_factory=list)  # layout and transparent nodes, nearest first
 
+    def beyond(self, further: Trace) -> Trace:
+        """This walk continued by `further`, which started at the input of the node this one stopped at."""
+        return Trace(further.producer, further.axis, [*self.passed, self.producer, *further.passed])
+
     @property
     def through(self) -> str:
         """' (through Squeeze 'sq', Transpose 't')' for the report, or ''."""

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import onnx_ir as ir
 
 from bnfold.affine import QUANTIZATION_OPS, AffineParams, Skip
+from bnfold.casts import find_sandwich, remove_narrowing, remove_widening, set_path_dtype
 from bnfold.graph import bypass_node, in_default_domain, int_attr, retire_node
-from bnfold.layout import remove_passed, trace_back
+from bnfold.layout import is_transparent, remove_passed, trace_back
 from bnfold.rules import FORWARD_RULES, PRODUCER_RULES, matmul
 from bnfold.rules.base import Commit, FoldContext, describe
 
@@ -56,12 +57,16 @@ class Folded:
     # values on the way that now hold something else (a layout node's output, before the BN's scale was
     # folded upstream of it): what an earlier fold recorded there is now seen at `sites`
     superseded: tuple[ir.Value, ...] = ()
+    sandwich: str | None = None  # the key of the Cast sandwich it folded out of (casts.py), if any
 
 
 def fold_backward(ctx: FoldContext, affine: AffineNode) -> Folded:
     """Fold into the producer of the affine node's input (or the producers behind a Concat), also through
     layout and transparent nodes (layout.py) when the channel axis provably lands on the producer's features."""
     trace = trace_back(ctx, affine.data, affine.axis)
+    sandwich = find_sandwich(ctx, trace.producer, affine.output)
+    if sandwich is not None:
+        trace = trace.beyond(trace_back(ctx, sandwich.widen.inputs[0], trace.axis))
     producer = trace.producer
     if producer is not None and producer.op_type in QUANTIZATION_OPS | QUANTIZED_PRODUCERS:
         raise Skip(f"its input comes from {describe(producer)}, a quantized op; fold before quantizing")
@@ -80,10 +85,22 @@ def fold_backward(ctx: FoldContext, affine: AffineNode) -> Folded:
     target = describe(producer) + (f" (and its bias {describe(bias_add)})" if bias_add else "") + trace.through
     on_the_way = [_output_read_by(user, producer), *(node.outputs[0] for node in trace.passed[1:])]
     commit()
+    if sandwich is not None:
+        set_path_dtype(sandwich, [*on_the_way, affine.output])
+        remove_widening(sandwich)
+        trace.passed.remove(sandwich.widen)
     remove_passed(trace)
     data = affine.data  # after the transparent nodes went, what now feeds the affine node
     retire_node(affine.node, data)
-    return Folded(target, "backward", (data,), tuple(v for v in on_the_way if v is not None and v is not data))
+    if sandwich is not None:
+        key, description = sandwich.key, sandwich.describe()
+        data = remove_narrowing(sandwich)
+        return Folded(f"{target} ({description})", "cast-sandwich", (data,), _changed(on_the_way, data), key)
+    return Folded(target, "backward", (data,), _changed(on_the_way, data))
+
+
+def _changed(on_the_way: list[ir.Value | None], site: ir.Value) -> tuple[ir.Value, ...]:
+    return tuple(value for value in on_the_way if value is not None and value is not site)
 
 
 def _output_read_by(user: ir.Node, producer: ir.Node | None) -> ir.Value | None:
@@ -210,10 +227,11 @@ def prepare_forward(ctx: FoldContext, affine: AffineNode) -> tuple[Commit, str, 
 def _prepare_consumer(ctx: FoldContext, affine: AffineNode, consumer: ir.Node, index: int):
     params = affine.params
     through = ""
+    consumer, index = _past_transparent(ctx, consumer, index)
     if consumer.op_type in FLATTENING_OPS and index == 0 and in_default_domain(consumer):
         params = params.repeated(_features_per_channel(ctx, affine, consumer))
         through = f" (through {describe(consumer)})"
-        consumer, index = _only_consumer(consumer)
+        consumer, index = _past_transparent(ctx, *_only_consumer(consumer))
     rule = FORWARD_RULES.get(consumer.op_type) if in_default_domain(consumer) else None
     if rule is None:
         raise Skip(f"its output feeds {describe(consumer)}, not a {CONSUMERS}")
@@ -240,6 +258,13 @@ def _features_per_channel(ctx: FoldContext, affine: AffineNode, flatten: ir.Node
     if out_shape is None or len(out_shape) != 2 or out_shape[1] != shape[1] * block:
         raise Skip(f"{describe(flatten)} does not provably keep each channel a contiguous block of features")
     return block
+
+
+def _past_transparent(ctx: FoldContext, consumer: ir.Node, index: int) -> tuple[ir.Node, int]:
+    """The node after any transparent nodes (Identity, inference Dropout, same-type Cast) from `consumer` on."""
+    while index == 0 and is_transparent(ctx, consumer):
+        consumer, index = _only_consumer(consumer)
+    return consumer, index
 
 
 def _only_consumer(node: ir.Node) -> tuple[ir.Node, int]:

@@ -206,7 +206,7 @@ def test_verify_finds_the_sites_the_pass_reports():
     from bnfold.model_io import to_ir
 
     model = onnx.load(__file__.replace("tests/test_check.py", "models/sample_cnn.onnx"))
-    folded, _, sites = _run_pass(to_ir(model, "sample"), _PassOptions())
+    folded, _, sites, _ = _run_pass(to_ir(model, "sample"), _PassOptions())
     from bnfold.model_io import to_proto
 
     found = bnfold.verify(model, to_proto(folded)).sites

@@ -8,8 +8,8 @@ so a refusal anywhere leaves the graph exactly as it was.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
@@ -34,6 +34,7 @@ class FoldContext:
     hints: TypeHints
     opset: int  # the default-domain opset of the graph or function being folded
     function_graphs: frozenset[ir.Graph] = frozenset()  # bodies that cannot hold initializers
+    refused: Mapping[str, str] = field(default_factory=dict)  # Cast sandwiches a check refused: key -> reason
 
     def matrix_or_kernel(self, node: ir.Node, role: str = "weight") -> np.ndarray:
         """Input 1 of a Conv/ConvTranspose (rank ≥ 3) or a Gemm/MatMul (rank 2); Skip otherwise."""

@@ -1,0 +1,248 @@
+"""Reparameterizable branches: linear branches on one input, summed, become one Conv.
+
+RepVGG, MobileOne, ACNet and RepConv blocks are trained as
+
+    Y = Conv_a(X) + Conv_b(X) + … + BN(X)  [+ X]          (Add/Sum nodes, in any tree)
+
+and, with every Conv → BN already folded, compute one Conv of X. Preconditions:
+
+* every leaf of the Add/Sum tree is a branch on the same value X: a Conv reading X
+  (constant weights and bias), a BN of X that no other move took (its frozen map, one
+  scale per channel), or X itself; every branch output and inner sum feeds only its
+  parent in the tree; at least one Conv and at least two branches;
+* the Convs agree on group, strides and dilations, their auto_pad is NOTSET or
+  VALID, their weights share dtype and [Cout, Cin/group];
+* one Conv's kernel covers the others' (per axis the largest size), so the merged
+  Conv costs what that branch alone did; every kernel fits it at the offset its
+  padding fixes. A Conv reads input position o·stride − pad_begin + dilation·j, so
+  with P the largest pad_begin it sits at (P − pad_begin)/dilation, a whole number,
+  and pad_begin + pad_end − dilation·(size − 1) must be the same for every branch (the
+  same output size for every input size);
+* an identity branch (BN(X) or X) is a 1×…×1 kernel without padding: it needs stride
+  1 and Cout = Cin, and puts s[c] (1 for X) at tap (c, c mod Cin/group).
+
+The merged Conv: kernel Σ of the placed kernels and identity taps, bias Σ of the biases
+and BN shifts, computed in float64 and rounded once to the weights' dtype; pads (P,
+P_end); it takes over the tree's output. It costs what its largest branch costs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from bnfold import fold_math
+from bnfold.affine import AffineParams
+from bnfold.graph import in_default_domain, int_attr, remove_if_dead, str_attr, take_over_output
+from bnfold.rules.base import FoldContext, describe, rounded
+from bnfold.skip import Skip
+
+SUM_OPS = frozenset({"Add", "Sum"})
+
+
+@dataclass(frozen=True)
+class Merged:
+    target: ir.Node  # the Conv that became the merged one
+    output: ir.Value  # its output, now the tree's
+    bns: tuple[ir.Node, ...]  # identity branches that were BNs
+    removed: tuple[ir.Value, ...]  # values that no longer exist (other branches' outputs, inner sums)
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    size: tuple[int, ...]
+    begin: tuple[int, ...]
+    end: tuple[int, ...]
+
+
+def is_root(node: ir.Node) -> bool:
+    """An Add/Sum whose output does not feed only another Add/Sum (which would be the tree's root)."""
+    if node.op_type not in SUM_OPS or not in_default_domain(node):
+        return False
+    output = node.outputs[0]
+    uses = list(output.uses())
+    return output.is_graph_output() or len(uses) != 1 or not _is_sum(uses[0].node, node.graph)
+
+
+def find_trees(root: ir.Node) -> list[tuple[ir.Node, list[ir.Value], list[ir.Node]]]:
+    """(root, leaves, sums) of the tree at `root`, or, when its leaves read different inputs, of its subtrees."""
+    leaves, sums = _tree(root)
+    if len({_source(leaf) for leaf in leaves}) == 1:
+        return [(root, leaves, sums)]
+    return [tree for node in sums if node is not root and node in _children(root) for tree in find_trees(node)]
+
+
+def merge(ctx: FoldContext, root: ir.Node, leaves: list[ir.Value], sums: list[ir.Node],
+          bn_params: Callable[[ir.Node], AffineParams | None]) -> Merged | None:
+    """Merge the branches; None when the tree is no reparameterizable block, Skip when it is one that cannot be."""
+    source = _source(leaves[0])
+    convs = [leaf.producer() for leaf in leaves if _conv_of(leaf) is not None]
+    if not convs or len(leaves) < 2:
+        return None
+    identities = [leaf for leaf in leaves if _conv_of(leaf) is None]
+    bns = [leaf.producer() for leaf in identities if leaf is not source]
+    if any(bn.op_type != "BatchNormalization" or bn_params(bn) is None for bn in bns):
+        return None
+    _check_single_uses(leaves, sums, root)
+    kernels = [ctx.matrix_or_kernel(conv) for conv in convs]
+    _check_alike(convs, kernels, has_identity=bool(identities))
+    size = tuple(max(kernel.shape[2 + axis] for kernel in kernels) for axis in range(kernels[0].ndim - 2))
+    if all(kernel.shape[2:] != size for kernel in kernels):
+        sizes = " and ".join(dict.fromkeys("x".join(map(str, kernel.shape[2:])) for kernel in kernels))
+        raise Skip(f"no branch's kernel covers the others ({sizes}): the merged kernel would cost more than they do")
+    geometries = [_geometry(conv, kernel) for conv, kernel in zip(convs, kernels, strict=True)]
+    if identities:
+        geometries.append(_Geometry((1,) * len(size), (0,) * len(size), (0,) * len(size)))
+    begin, end, offsets = _placement(geometries, _ints(convs[0], "dilations", 1, len(size)), size)
+    shape = (*kernels[0].shape[:2], *size)
+    ones = np.ones(shape[0])
+    scales = [(ones, 0 * ones) if leaf is source else bn_params(leaf.producer()).for_channels(
+        shape[0], f"output of {describe(leaf.producer())}") for leaf in identities]
+    kernel = fold_math.merged_kernel(shape, list(zip(kernels, offsets[:len(kernels)], strict=True)),
+                                     [(scale, offsets[-1]) for scale, _ in scales])
+    bias = sum((_bias(ctx, conv, shape[0]) for conv in convs), np.zeros(shape[0])) + sum(
+        (shift for _, shift in scales), np.zeros(shape[0]))
+    target = next(conv for conv, kernel in zip(convs, kernels, strict=True) if kernel.shape[2:] == size)
+    new_kernel, new_bias = rounded(kernel, kernels[0]), rounded(bias, kernels[0])
+    ctx.write_input(target, 2, new_bias, "bias")
+    ctx.write_input(target, 1, new_kernel, "weight")
+    _set_geometry(target, size, begin, end)
+    removed = _rewire(root, sums, [leaf for leaf in leaves if leaf is not target.outputs[0]], target)
+    return Merged(target, target.outputs[0], tuple(bns), removed)
+
+
+def _tree(root: ir.Node) -> tuple[list[ir.Value], list[ir.Node]]:
+    leaves: list[ir.Value] = []
+    sums = [root]
+    stack = list(reversed(root.inputs))
+    while stack:
+        value = stack.pop()
+        producer = value.producer() if value is not None else None
+        if producer is not None and _is_sum(producer, root.graph) and _only_use(value):
+            sums.append(producer)
+            stack.extend(reversed(producer.inputs))
+        elif value is not None:
+            leaves.append(value)
+    return leaves, sums
+
+
+def _children(node: ir.Node) -> list[ir.Node]:
+    return [value.producer() for value in node.inputs if value is not None and value.producer() is not None]
+
+
+def _is_sum(node: ir.Node, graph: ir.Graph | None) -> bool:
+    return node.op_type in SUM_OPS and in_default_domain(node) and node.graph is graph and len(node.outputs) == 1
+
+
+def _only_use(value: ir.Value) -> bool:
+    return not value.is_graph_output() and len(value.uses()) == 1
+
+
+def _conv_of(leaf: ir.Value) -> ir.Node | None:
+    producer = leaf.producer()
+    if producer is not None and producer.op_type == "Conv" and in_default_domain(producer):
+        return producer
+    return None
+
+
+def _source(leaf: ir.Value) -> ir.Value | None:
+    """The X a branch computes from: a Conv's or BN's data input, or the leaf itself."""
+    producer = leaf.producer()
+    if producer is not None and producer.op_type in ("Conv", "BatchNormalization") and in_default_domain(producer):
+        return producer.inputs[0]
+    return leaf
+
+
+def _check_single_uses(leaves: list[ir.Value], sums: list[ir.Node], root: ir.Node) -> None:
+    for leaf in leaves:
+        if _source(leaf) is not leaf and not _only_use(leaf):
+            raise Skip(f"output of {describe(leaf.producer())} is used outside the sum")
+    if len({id(leaf) for leaf in leaves}) != len(leaves):
+        raise Skip(f"{describe(root)} adds one branch twice")
+
+
+def _check_alike(convs: list[ir.Node], kernels: list[np.ndarray], has_identity: bool) -> None:
+    first = convs[0]
+    for conv, kernel in zip(convs, kernels, strict=True):
+        if kernel.dtype != kernels[0].dtype or kernel.shape[:2] != kernels[0].shape[:2] or kernel.ndim != kernels[0].ndim:
+            raise Skip(f"the weights of {describe(conv)} and {describe(first)} differ in dtype or channels")
+        for name in ("group", "strides", "dilations"):
+            if _ints(conv, name, 1, kernel.ndim - 2) != _ints(first, name, 1, kernel.ndim - 2):
+                raise Skip(f"{describe(conv)} and {describe(first)} differ in {name}")
+        if str_attr(conv, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+            raise Skip(f"{describe(conv)} pads by auto_pad {str_attr(conv, 'auto_pad', '')}")
+    if has_identity:
+        if any(stride != 1 for stride in _ints(first, "strides", 1, kernels[0].ndim - 2)):
+            raise Skip(f"the identity branch needs stride 1, {describe(first)} has strides "
+                       f"{_ints(first, 'strides', 1, kernels[0].ndim - 2)}")
+        group = int_attr(first, "group", 1)
+        if kernels[0].shape[0] != kernels[0].shape[1] * group:
+            raise Skip(f"the identity branch needs as many output channels as input channels, {describe(first)} "
+                       f"maps {kernels[0].shape[1] * group} to {kernels[0].shape[0]}")
+
+
+def _geometry(conv: ir.Node, kernel: np.ndarray) -> _Geometry:
+    rank = kernel.ndim - 2
+    pads = [0] * (2 * rank) if str_attr(conv, "auto_pad", "NOTSET") == "VALID" else _ints(conv, "pads", 0, 2 * rank)
+    return _Geometry(tuple(kernel.shape[2:]), tuple(pads[:rank]), tuple(pads[rank:]))
+
+
+def _placement(geometries: list[_Geometry], dilations: list[int], size: tuple[int, ...]):
+    """(pads begin, pads end, offset of each branch) of the merged kernel; Skip when some branch does not fit."""
+    begin = tuple(max(g.begin[axis] for g in geometries) for axis in range(len(size)))
+    reach = {tuple(g.begin[a] + g.end[a] - dilations[a] * (g.size[a] - 1) for a in range(len(size)))
+             for g in geometries}
+    if len(reach) != 1:
+        raise Skip("the branches' pads do not give the same output size for every input size")
+    end = tuple(r + dilations[a] * (size[a] - 1) - begin[a] for a, r in enumerate(next(iter(reach))))
+    offsets = []
+    for g in geometries:
+        offset = []
+        for axis, dilation in enumerate(dilations):
+            shift, remainder = divmod(begin[axis] - g.begin[axis], dilation)
+            if remainder or shift + g.size[axis] > size[axis] or end[axis] < 0:
+                raise Skip(f"a {'x'.join(map(str, g.size))} branch with pads {g.begin}/{g.end} does not sit "
+                           f"inside the merged {'x'.join(map(str, size))} kernel")
+            offset.append(shift)
+        offsets.append(tuple(offset))
+    return begin, end, offsets
+
+
+def _bias(ctx: FoldContext, conv: ir.Node, channels: int) -> np.ndarray:
+    bias = ctx.optional_weight(conv, 2, "bias")
+    if bias is None:
+        return np.zeros(channels)
+    if bias.shape != (channels,):
+        raise Skip(f"bias of {describe(conv)} has shape {bias.shape}, expected ({channels},)")
+    return bias.astype(np.float64)
+
+
+def _ints(node: ir.Node, name: str, default: int, count: int) -> list[int]:
+    attr = node.attributes.get(name)
+    if attr is None:
+        return [default] * count
+    value = attr.value
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+def _set_geometry(conv: ir.Node, size: tuple[int, ...], begin: tuple[int, ...], end: tuple[int, ...]) -> None:
+    conv.attributes.pop("auto_pad", None)
+    conv.attributes["pads"] = ir.AttrInt64s("pads", [*begin, *end])
+    if "kernel_shape" in conv.attributes:
+        conv.attributes["kernel_shape"] = ir.AttrInt64s("kernel_shape", list(size))
+
+
+def _rewire(root: ir.Node, sums: list[ir.Node], others: list[ir.Value], target: ir.Node) -> tuple[ir.Value, ...]:
+    """The target's output takes over the root's; the sums and the other branches go."""
+    graph = root.graph
+    branch_nodes = [leaf.producer() for leaf in others if leaf.producer() is not None and leaf is not _source(leaf)]
+    removed = tuple([*(node.outputs[0] for node in branch_nodes), *(node.outputs[0] for node in sums[1:])])
+    inputs = [value for node in branch_nodes for value in node.inputs]
+    take_over_output(root.outputs[0], target.outputs[0])
+    graph.remove([*sums, *branch_nodes], safe=True)
+    for value in inputs:
+        remove_if_dead(graph, value)
+    return removed

@@ -208,18 +208,32 @@ def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: b
     if dry_run:
         _write_report(report, result)
         return result
+    from bnfold.output import write_model
+
+    result.unchanged = not outcome.sites
     checks = _CheckRequest(Tolerance(rtol, atol), inputs or {}, shapes or {}, strict) if check else None
-    refusals = _write(outcome, result, _Target(destination, token, external_threshold, report), checks, step,
-                      proto, source)
-    if refusals:  # the Cast sandwich folds the check refused: fold again without them
+    refused: dict[str, str] = {}
+    while True:
+        checker = _checker(outcome, checks, proto, source)
+        sandwiches = {} if refused else outcome.sandwiches  # a second run commits or fails
+        with Stage(destination, token) as stage:
+            step("writing", 0, 1)
+            write_model(outcome.model, stage.model, stage.data, external_threshold)
+            del outcome  # its memory-mapped weights go before onnxruntime loads a model: one model in memory at a time
+            if checker is not None:
+                step("checking", 0, 1)
+            refusals = _check_staged(checker, stage, result, sandwiches, checks, report)
+            if not refusals:
+                stage.commit()
+                break
+        # the Cast sandwich folds the check refused: fold again without them
         logger.info("folding again without %d Cast sandwich fold(s) the check refused", len(refusals))
+        refused = refusals
         model = load_model(source, proto)
         read_small_external_tensors(model)
-        outcome = _run_pass(model, dataclasses.replace(options, refused=refusals), progress)
+        outcome = _run_pass(model, dataclasses.replace(options, refused=refused), progress)
         del model
-        result.records = outcome.records
-        _write(outcome, result, _Target(destination, token, external_threshold, report), checks, step, proto,
-               source, final=True)
+        result.records, result.unchanged = outcome.records, not outcome.sites
     _write_report(report, result)
     logger.info("wrote %s", destination)
     return result
@@ -233,44 +247,34 @@ class _CheckRequest:
     strict: bool
 
 
-@dataclass(frozen=True)
-class _Target:
-    model: Path
-    token: str
-    external_threshold: int | None
-    report: str | os.PathLike | None
-
-
-def _write(outcome: _PassOutcome, result: FoldReport, target: _Target, checks: _CheckRequest | None, step,
-           proto: onnx.ModelProto, source: Path, final: bool = False) -> dict[str, str]:
-    """Write the folded model staged, check it, commit it; or (unless `final`) return the Cast sandwich folds
-    to refuse when they alone failed the check."""
+def _checker(outcome: _PassOutcome, checks: _CheckRequest | None, proto: onnx.ModelProto, source: Path):
+    """The check of this fold, or None (not asked for, or nothing changed)."""
+    if checks is None or not outcome.sites:
+        return None
     from bnfold.equivalence import Check, Source
-    from bnfold.output import write_model
 
-    result.unchanged = not outcome.sites
-    checker = None
-    if checks is not None and outcome.sites:
-        checker = Check(Source(proto, source.resolve().parent), outcome.sites, checks.tolerance, checks.inputs,
-                        checks.shapes, seed=0)
-    sandwiches = {} if final else outcome.sandwiches
-    with Stage(target.model, target.token) as stage:
-        step("writing", 0, 1)
-        write_model(outcome.model, stage.model, stage.data, target.external_threshold)
-        del outcome  # its memory-mapped weights go before onnxruntime loads a model: one model in memory at a time
-        if checker is not None:
-            step("checking", 0, 1)
-            checker.original()
-            result.check = checker.folded(Source(load_proto(stage.model, by_reference=True), stage.path))
-            refusals = _sandwich_refusals(result.check, sandwiches)
-            if refusals:
-                return refusals
-            try:
-                _judge(result, checks.strict)
-            except CheckFailedError:
-                _write_report(target.report, result)
-                raise
-        stage.commit()
+    return Check(Source(proto, source.resolve().parent), outcome.sites, checks.tolerance, checks.inputs,
+                 checks.shapes, seed=0)
+
+
+def _check_staged(checker, stage: Stage, result: FoldReport, sandwiches: Mapping[str, list[str]],
+                  checks: _CheckRequest | None, report: str | os.PathLike | None) -> dict[str, str]:
+    """Check the staged model: the Cast sandwich folds to refuse when they alone failed it, else {} (passed, or
+    raises CheckFailedError)."""
+    if checker is None:
+        return {}
+    from bnfold.equivalence import Source
+
+    checker.original()
+    result.check = checker.folded(Source(load_proto(stage.model, by_reference=True), stage.path))
+    refusals = _sandwich_refusals(result.check, sandwiches)
+    if refusals:
+        return refusals
+    try:
+        _judge(result, checks.strict)
+    except CheckFailedError:
+        _write_report(report, result)
+        raise
     return {}
 
 

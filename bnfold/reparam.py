@@ -167,7 +167,7 @@ def _check_single_uses(leaves: list[ir.Value], sums: list[ir.Node], root: ir.Nod
 def _check_alike(convs: list[ir.Node], kernels: list[np.ndarray], has_identity: bool) -> None:
     first = convs[0]
     for conv, kernel in zip(convs, kernels, strict=True):
-        if kernel.dtype != kernels[0].dtype or kernel.shape[:2] != kernels[0].shape[:2] or kernel.ndim != kernels[0].ndim:
+        if (kernel.dtype, kernel.shape[:2], kernel.ndim) != (kernels[0].dtype, kernels[0].shape[:2], kernels[0].ndim):
             raise Skip(f"the weights of {describe(conv)} and {describe(first)} differ in dtype or channels")
         for name in ("group", "strides", "dilations"):
             if _ints(conv, name, 1, kernel.ndim - 2) != _ints(first, name, 1, kernel.ndim - 2):

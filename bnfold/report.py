@@ -20,8 +20,9 @@ class BnRecord:
     into: str | None = None  # e.g. "Conv 'conv1'", "Conv 'a'[0:64], Conv 'b'[64:128]", "BatchNormalization", "Mul+Add"
     reason: str | None = None  # why it was not folded (kept, converted, skipped)
     graph: str = "main"  # the graph or function it lives in
-    # "backward", "concat", "forward"; "collapsed" (merged into one BN), "scale-forward" (became an Add,
-    # its scale folded forward), "mul-add" (became Mul+Add)
+    # "backward", "concat", "forward"; "cast-sandwich" (backward across Casts into half-precision weights);
+    # "reparameterized" (an identity branch merged into a Conv); "collapsed" (merged into one BN),
+    # "scale-forward" (became an Add, its scale folded forward), "mul-add" (became Mul+Add)
     pattern: str | None = None
     op: str = "BatchNormalization"
     site: str | None = None  # the value the check compares for it (its output, now computed by the fold)
@@ -193,6 +194,8 @@ def _target_kind(record: BnRecord) -> str:
         return "as Mul+Add, both folded"
     if record.pattern == "collapsed":
         return "into a neighbouring BN"
+    if record.pattern == "reparameterized":
+        return "into a Conv of its branches"
     return f"into {op}"
 
 

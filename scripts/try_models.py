@@ -2,8 +2,10 @@
 
     python scripts/try_models.py ../shared/realmodels [more paths…] [--out DIR]
 
-For each model: BN count, what became of them, the check's worst relative error
-and the wall time of fold + check + write (in this process).
+For each model: BN count, what became of them, the Mul/Add/Sub/Div folded besides,
+main-graph nodes before → after, the check's verdict and worst relative error (over outputs
+and sites, each against the largest value it holds) and the wall time of fold + check + write
+(in this process).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import onnx
@@ -31,14 +34,25 @@ def try_one(path: Path, out_dir: Path) -> str:
     try:
         report = bnfold.fold_file(path, out)
     except bnfold.BnfoldError as error:
-        return f"| {path.name} | error: {error} | | | | | |"
+        return f"| {path.name} | error: {error} |" + " |" * 8
     seconds = time.perf_counter() - start
-    counts = report.counts()
-    left = sum(n.op_type == "BatchNormalization" for n in onnx.load(out, load_external_data=False).graph.node)
-    worst = max(o.max_rel_err for o in report.check.outputs)
+    bns = report.batch_norms()
+    counts = Counter(record.action for record in bns)
+    others = sum(record.action == "folded" for record in report.records if record.op != "BatchNormalization")
+    before, after = (_nodes(onnx.load(p, load_external_data=False)) for p in (path, out))
+    left = after["BatchNormalization"]
+    check = report.check
+    worst = max((c.value_rel_err for c in [*check.outputs, *check.sites]), default=0.0) if check else None
+    verdict = check.verdict if check else "not needed"
     label = f"{path.parent.name}/{path.name}"
-    return (f"| {label} | {len(report.records)} | {counts.get('folded', 0)} | {counts.get('converted', 0)} | "
-            f"{counts.get('skipped', 0)} | {left} | {worst:.1e} | {seconds:.2f} |")
+    error = "–" if worst is None else f"{worst:.1e}"
+    return (f"| {label} | {len(bns)} | {counts['folded']} | {counts['kept']} | {counts['converted']} | "
+            f"{counts['skipped']} | {others} | {left} | {sum(before.values())} → {sum(after.values())} | "
+            f"{verdict} | {error} | {seconds:.2f} |")
+
+
+def _nodes(model: onnx.ModelProto) -> Counter:
+    return Counter(node.op_type for node in model.graph.node)
 
 
 def main() -> None:
@@ -48,8 +62,9 @@ def main() -> None:
     args = parser.parse_args()
     out_dir = args.out or Path(tempfile.mkdtemp(prefix="bnfold-try-"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    print("| model | BN | folded | converted | skipped | BN left | max rel err | seconds |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | BN | folded | kept | converted | skipped | Mul/Add folded | BN left | nodes | check | "
+          "max rel err | seconds |")
+    print("|---" * 12 + "|")
     for path in model_paths(args.paths):
         print(try_one(path, out_dir), flush=True)
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -20,8 +21,8 @@ import onnx
 
 from bnfold import __version__
 from bnfold.compare import Tolerance
-from bnfold.errors import CheckFailedError, InputError
-from bnfold.report import BnRecord, CheckResult, FoldReport, Site
+from bnfold.errors import BnfoldError, CheckFailedError, InputError, first_line
+from bnfold.report import BnRecord, CheckResult, FoldReport, Site, totals
 from bnfold.staging import (
     Stage,
     check_output_path,
@@ -29,6 +30,7 @@ from bnfold.staging import (
     data_file_name,
     data_token,
     refuse_clobbering,
+    same_file,
     write_atomically,
 )
 from bnfold.validation import check_external_data, load_proto, uses_external_data, validate_proto
@@ -49,6 +51,12 @@ class FoldResult:
     @property
     def report(self) -> FoldReport:
         return FoldReport(records=list(self.records))
+
+    def __repr__(self) -> str:
+        report = self.report
+        return f"FoldResult({type(self.model).__name__}: {totals(len(report.batch_norms()), report.counts())})"
+
+    __str__ = __repr__
 
 
 def fold(model, *, standalone: str = "bn", bn_only: bool = False,
@@ -142,100 +150,46 @@ def _run_pass(model: ir.Model, options: _PassOptions, progress=None) -> _PassOut
     return _PassOutcome(result.model, fold_pass.records, fold_pass.sites, fold_pass.sandwiches)
 
 
+ProgressCallback = Callable[[str, int, int], None]
+
+
 def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: bool = True,
               standalone: str = "bn", bn_only: bool = False, external_data: str = "auto", dry_run: bool = False,
               inputs: Mapping[str, np.ndarray] | None = None,
               shapes: Mapping[str, tuple[int, ...]] | None = None,
               rtol: float | None = None, atol: float | None = None, strict: bool = False,
-              report: str | os.PathLike | None = None, progress=None) -> FoldReport:
+              report: str | os.PathLike | None = None, progress: ProgressCallback | None = None) -> FoldReport:
     """Fold `src`, check it against the original (unless `check=False`), write `dst`.
 
-    The output is staged beside `dst` and renamed into place only after the check;
-    on CheckFailedError nothing is written. The check's verdict is "passed",
-    "failed" (CheckFailedError) or "inconclusive" (nothing differed, but no changed
-    value held evidence): written, unless `strict`, which raises CheckFailedError.
-    A model with nothing to fold is written as it is, without a check. `dry_run`
-    folds in memory and writes nothing (and does not check); its report carries
-    per-BN diagnostics. `report`: where the JSON report goes (written atomically, also
-    when the check fails); it may not be any of the model files. Nothing bnfold
-    writes may be one of its inputs. `progress(step, done, total)` is told about
-    loading, folding, writing, checking.
+    The output is staged beside `dst` (its folder is created if need be) and renamed
+    into place only after the check; on CheckFailedError nothing is written. The
+    check's verdict is "passed", "failed" (CheckFailedError) or "inconclusive"
+    (nothing differed, but no changed value held evidence): written, unless `strict`,
+    which raises CheckFailedError. A model with nothing to fold is written as it is,
+    without a check. `dry_run` folds in memory and writes nothing (and does not
+    check); its report carries per-BN diagnostics. `shapes` maps input names to
+    shapes for the check ("" for the model's only input). `report`: where the JSON
+    report goes, written atomically, also when the run fails (then with `error`);
+    it may not be any of the model files. Nothing bnfold writes may be one of its
+    inputs. `progress(step, done, total)` is told about loading, folding, writing,
+    checking. Raises InputError (a missing or broken file, bad options),
+    CheckFailedError or OutputError.
     """
-    step = progress or (lambda *_: None)
-    source, destination = Path(src), None if dst is None else Path(dst)
-    if not dry_run:
-        if destination is None:
-            raise InputError("an output path is needed (or use dry_run)")
-        check_output_path(destination)
-    if report is not None:
-        check_report_path(Path(report))
-    step("loading", 0, 1)
-    proto = load_proto(source, by_reference=True)
-    if check and not dry_run:
-        from bnfold.draws import check_user_inputs, input_specs
-
-        check_user_inputs(input_specs(proto), inputs or {}, shapes or {})
-    from bnfold.model_io import (
-        external_data_files,
-        external_data_threshold,
-        load_model,
-        model_file_bytes,
-        read_small_external_tensors,
-    )
-
-    model = load_model(source, proto)
-    input_files = [source, *external_data_files(model, source)]
-    external_threshold = external_data_threshold(model, external_data, model_file_bytes(source, set(input_files[1:])),
-                                                 source)
-    token = data_token(input_files, __version__, standalone, str(bn_only), str(external_threshold))
-    if not dry_run:
-        data_name = None if external_threshold is None else data_file_name(destination, token)
-        refuse_clobbering(input_files, destination, data_name, None if report is None else Path(report))
-    elif report is not None:
-        refuse_clobbering(input_files, Path(report), None)
-    read_small_external_tensors(model)
     result = FoldReport(model=os.fspath(src))
-    if dry_run:
-        from bnfold.explain import diagnose
-
-        result.diagnostics = diagnose(model)
-    from bnfold.fold_pass import check_standalone
-
-    options = _PassOptions(check_standalone(standalone), bn_only)
-    outcome = _run_pass(model, options, progress)
-    del model
-    result.records = outcome.records
-    if dry_run:
-        _write_report(report, result)
-        return result
-    from bnfold.output import write_model
-
-    result.unchanged = not outcome.sites
-    checks = _CheckRequest(Tolerance(rtol, atol), inputs or {}, shapes or {}, strict) if check else None
-    refused: dict[str, str] = {}
-    while True:
-        checker = _checker(outcome, checks, proto, source)
-        sandwiches = {} if refused else outcome.sandwiches  # a second run commits or fails
-        with Stage(destination, token) as stage:
-            step("writing", 0, 1)
-            write_model(outcome.model, stage.model, stage.data, external_threshold)
-            del outcome  # its memory-mapped weights go before onnxruntime loads a model: one model in memory at a time
-            if checker is not None:
-                step("checking", 0, 1)
-            refusals = _check_staged(checker, stage, result, sandwiches, checks, report)
-            if not refusals:
-                stage.commit()
-                break
-        # the Cast sandwich folds the check refused: fold again without them
-        logger.info("folding again without %d Cast sandwich fold(s) the check refused", len(refusals))
-        refused = refusals
-        model = load_model(source, proto)
-        read_small_external_tensors(model)
-        outcome = _run_pass(model, dataclasses.replace(options, refused=refused), progress)
-        del model
-        result.records, result.unchanged = outcome.records, not outcome.sites
+    started = time.perf_counter()
+    report_path = None if report is None else Path(report)
+    try:
+        job = _FileJob(Path(src), None if dst is None else Path(dst), check and not dry_run, dry_run,
+                       _PassOptions(standalone, bn_only), external_data,
+                       _CheckRequest(Tolerance(rtol, atol), inputs or {}, shapes or {}, strict), progress, report_path)
+        job.run(result)
+    except BnfoldError as error:
+        result.error, result.exit_code = first_line(error, 500), error.exit_code
+        result.seconds = time.perf_counter() - started
+        _write_failure_report(report_path, result, Path(src), None if dst is None else Path(dst))
+        raise
+    result.seconds = time.perf_counter() - started
     _write_report(report, result)
-    logger.info("wrote %s", destination)
     return result
 
 
@@ -245,6 +199,129 @@ class _CheckRequest:
     inputs: Mapping[str, np.ndarray]
     shapes: Mapping[str, tuple[int, ...]]
     strict: bool
+
+
+@dataclass
+class _FileJob:
+    """One fold_file run: load, fold, write staged, check, commit (folding again without refused sandwiches)."""
+
+    source: Path
+    destination: Path | None
+    check: bool
+    dry_run: bool
+    options: _PassOptions
+    external_data: str
+    checks: _CheckRequest
+    progress: ProgressCallback | None
+    report: Path | None = None
+    outcome: _PassOutcome | None = None  # the current fold; dropped once written (one model in memory)
+
+    def step(self, name: str) -> None:
+        if self.progress is not None:
+            self.progress(name, 0, 1)
+
+    def run(self, result: FoldReport) -> None:
+        from bnfold.fold_pass import check_standalone
+
+        check_standalone(self.options.standalone)
+        self._check_paths()
+        self.step("loading")
+        proto = load_proto(self.source, by_reference=True)
+        if self.check:
+            from bnfold.draws import check_user_inputs, input_specs
+
+            check_user_inputs(input_specs(proto), self.checks.inputs, self.checks.shapes)
+        model, token, threshold, input_files = self._open(proto)
+        if self.dry_run:
+            from bnfold.explain import diagnose
+
+            result.diagnostics = diagnose(model)
+        self._fold(model, result, proto)
+        del model
+        if self.dry_run:
+            return
+        before = sum(_file_size(path) for path in input_files)
+        while (written := self._write_checked(result, proto, token, threshold)) is None:
+            logger.info("folding again without the Cast sandwich fold(s) the check refused")
+            model = self._open(proto)[0]
+            self._fold(model, result, proto)
+            del model
+        result.output, result.size = os.fspath(self.destination), (before, written)
+
+    def _fold(self, model: ir.Model, result: FoldReport, proto: onnx.ModelProto) -> None:
+        self.outcome = _run_pass(model, self.options, self.progress)
+        result.records, result.unchanged = self.outcome.records, not self.outcome.sites
+        result.ops = _op_counts(proto, self.outcome.model)
+
+    def _check_paths(self) -> None:
+        if self.report is not None:
+            check_report_path(self.report)
+        if self.dry_run:
+            return
+        if self.destination is None:
+            raise InputError("an output path is needed (or use dry_run)")
+        check_output_path(self.destination)
+
+    def _open(self, proto: onnx.ModelProto):
+        """The model to fold (small external tensors read), its data token, external threshold and input files."""
+        from bnfold.model_io import (
+            external_data_files,
+            external_data_threshold,
+            load_model,
+            model_file_bytes,
+            read_small_external_tensors,
+        )
+
+        model = load_model(self.source, proto)
+        input_files = [self.source, *external_data_files(model, self.source)]
+        threshold = external_data_threshold(model, self.external_data,
+                                            model_file_bytes(self.source, set(input_files[1:])), self.source)
+        token = data_token(input_files, __version__, self.options.standalone, str(self.options.bn_only),
+                           str(threshold))
+        if not self.dry_run:
+            data_name = None if threshold is None else data_file_name(self.destination, token)
+            refuse_clobbering(input_files, self.destination, data_name, self.report)
+        elif self.report is not None:
+            refuse_clobbering(input_files, self.report, None)
+        read_small_external_tensors(model)
+        return model, token, threshold, input_files
+
+    def _write_checked(self, result: FoldReport, proto: onnx.ModelProto, token: str,
+                       threshold: int | None) -> int | None:
+        """Write staged, check, commit: the bytes written; None when Cast sandwich folds must be refused first."""
+        from bnfold.output import write_model
+
+        checker = _checker(self.outcome, self.checks if self.check else None, proto, self.source)
+        sandwiches = {} if self.options.refused else self.outcome.sandwiches  # a second run commits or fails
+        with Stage(self.destination, token) as stage:
+            self.step("writing")
+            write_model(self.outcome.model, stage.model, stage.data, threshold)
+            self.outcome = None  # its memory-mapped weights go before onnxruntime loads a model
+            written = sum(_file_size(path) for path in (stage.model, stage.data))
+            if checker is not None:
+                self.step("checking")
+            refusals = _check_staged(checker, stage, result, sandwiches, self.checks.strict)
+            if refusals:
+                self.options = dataclasses.replace(self.options, refused=refusals)
+                return None
+            stage.commit()
+        return written
+
+
+def _op_counts(proto: onnx.ModelProto, folded: ir.Model) -> dict[str, tuple[int, int]]:
+    """Op type -> (nodes before, nodes after) in the main graph."""
+    from collections import Counter
+
+    before = Counter(node.op_type for node in proto.graph.node)
+    after = Counter(node.op_type for node in folded.graph)
+    return {op: (before[op], after[op]) for op in sorted(set(before) | set(after))}
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _checker(outcome: _PassOutcome, checks: _CheckRequest | None, proto: onnx.ModelProto, source: Path):
@@ -258,7 +335,7 @@ def _checker(outcome: _PassOutcome, checks: _CheckRequest | None, proto: onnx.Mo
 
 
 def _check_staged(checker, stage: Stage, result: FoldReport, sandwiches: Mapping[str, list[str]],
-                  checks: _CheckRequest | None, report: str | os.PathLike | None) -> dict[str, str]:
+                  strict: bool) -> dict[str, str]:
     """Check the staged model: the Cast sandwich folds to refuse when they alone failed it, else {} (passed, or
     raises CheckFailedError)."""
     if checker is None:
@@ -268,14 +345,9 @@ def _check_staged(checker, stage: Stage, result: FoldReport, sandwiches: Mapping
     checker.original()
     result.check = checker.folded(Source(load_proto(stage.model, by_reference=True), stage.path))
     refusals = _sandwich_refusals(result.check, sandwiches)
-    if refusals:
-        return refusals
-    try:
-        _judge(result, checks.strict)
-    except CheckFailedError:
-        _write_report(report, result)
-        raise
-    return {}
+    if not refusals:
+        _judge(result, strict)
+    return refusals
 
 
 def _sandwich_refusals(check: CheckResult, sandwiches: Mapping[str, list[str]]) -> dict[str, str]:
@@ -300,6 +372,20 @@ def _sandwich_refusals(check: CheckResult, sandwiches: Mapping[str, list[str]]) 
 def _write_report(path: str | os.PathLike | None, result: FoldReport) -> None:
     if path is not None:
         write_atomically(Path(path), result.to_json() + "\n")
+
+
+def _write_failure_report(report: Path | None, result: FoldReport, source: Path, destination: Path | None) -> None:
+    """The report of a run that failed, naming the failure: written unless writing it could lose a file (the
+    report path is one of the models, or an existing file that is not a JSON report) or is itself the failure."""
+    if report is None or any(path is not None and same_file(report, path) for path in (source, destination)):
+        return
+    try:
+        check_report_path(report)
+        if report.exists() and report.read_bytes()[:1] not in (b"{", b""):
+            return
+        _write_report(report, result)
+    except (BnfoldError, OSError) as error:
+        logger.info("no report written: %s", error)
 
 
 def _judge(report: FoldReport, strict: bool) -> None:

@@ -14,8 +14,8 @@ from multiprocessing import connection
 from pathlib import Path
 
 from bnfold.errors import BnfoldError, CheckFailedError, InputError, first_line
-from bnfold.report import ACTIONS, FoldReport
-from bnfold.staging import refuse_clobbering
+from bnfold.report import FoldReport
+from bnfold.staging import check_folder_creatable, make_folders, refuse_clobbering
 
 
 @dataclass
@@ -29,8 +29,7 @@ class BatchItem:
 
 def plan_outputs(sources: list[Path], out_dir: Path) -> list[BatchItem]:
     """Each input model (folders expanded to their *.onnx, recursively) and where it goes in `out_dir`."""
-    if not out_dir.is_dir():
-        raise InputError(f"{out_dir}: output folder does not exist")
+    check_folder_creatable(out_dir, "-o")
     items: list[BatchItem] = []
     for source in sources:
         if source.is_dir():
@@ -48,6 +47,7 @@ def plan_outputs(sources: list[Path], out_dir: Path) -> list[BatchItem]:
     sources = [item.source for item in items]
     for item in items:
         refuse_clobbering(sources, item.destination, None)
+    make_folders(out_dir)
     return items
 
 
@@ -141,21 +141,3 @@ def _fold_one(item: BatchItem, options: dict) -> BatchItem:
 
 def worst_exit_code(items: list[BatchItem]) -> int:
     return max((item.exit_code for item in items), default=0)
-
-
-def batch_table(items: list[BatchItem]) -> list[str]:
-    """One line per model: BN counts, the check, the outcome."""
-    lines = ["| model | BN | folded | kept | converted | skipped | check | result |", "|---" * 8 + "|"]
-    for item in items:
-        numbers = ["–"] * 5
-        if item.report is not None:
-            counts = item.report.counts()
-            numbers = [len(item.report.batch_norms()), *(counts[action] for action in ACTIONS)]
-        check = "–"
-        if item.report is not None and item.report.check is not None:
-            worst = item.report.check.worst()
-            check = ("passed" if item.report.check.passed else "FAILED") + (
-                f" ({worst.max_rel_err:.1e})" if worst is not None else "")
-        result = f"wrote {item.destination}" if item.exit_code == 0 else f"exit {item.exit_code}: {item.error}"
-        lines.append(f"| {item.source} | " + " | ".join(str(n) for n in numbers) + f" | {check} | {result} |")
-    return lines

@@ -4,13 +4,18 @@ Modes: `bnfold IN OUT` (fold, check, write), `bnfold IN --dry-run` (the plan),
 `bnfold IN --explain NODE` (what one BN computes), `bnfold IN... -o DIR` (batch).
 Exit codes: 0 done, 1 the equivalence check failed (nothing written), 2 bad input
 or usage (nothing written); a batch exits with the worst of its models' codes.
-Errors are one line on stderr; --debug adds the traceback.
+Every error is one line on stderr, `bnfold: error: …` (usage errors too); --debug
+adds the traceback. --quiet silences summaries and progress, never errors. A
+closed stdout (`| head`) ends the run quietly, exit 0.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import math
+import os
 import sys
 import traceback
 from enum import Enum
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperCommand
 
 from bnfold import __version__
 from bnfold.errors import BnfoldError, CheckFailedError, InputError, Terminated, first_line
@@ -28,7 +34,39 @@ class Standalone(str, Enum):
     mul_add = "mul-add"
 
 
-app = typer.Typer(add_completion=True, pretty_exceptions_enable=False, rich_markup_mode=None)
+class ExternalData(str, Enum):
+    auto = "auto"
+    always = "always"
+    never = "never"
+
+
+class Format(str, Enum):
+    text = "text"
+    md = "md"
+    json = "json"
+
+
+class _Command(TyperCommand):
+    """Usage errors in bnfold's one-line form, and a closed stdout pipe as a quiet exit 0."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except OSError as error:
+            if error.errno != errno.EPIPE:
+                raise
+            _stdout_closed()
+        except Exception as error:  # click's UsageError and kin: from typer's own click, whichever it is
+            if not hasattr(error, "format_message") or not hasattr(error, "exit_code"):
+                raise
+            sys.stderr.write(f"bnfold: error: {_one_line(error.format_message())} (bnfold -h for help)\n")
+            sys.exit(error.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(add_completion=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+                  context_settings={"help_option_names": ["-h", "--help"]})
 
 
 def _version(value: bool) -> None:
@@ -37,18 +75,25 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.command()
+def _tolerance(value: Optional[float]) -> Optional[float]:
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise typer.BadParameter(f"must be a finite number >= 0, not {value}")
+    return value
+
+
+@app.command(cls=_Command)
 def run(
     paths: list[Path] = typer.Argument(..., metavar="IN [OUT] | IN... -o DIR",
-                                       help="The model to fold (never modified) and where to write it; "
-                                            "with -o, any number of models or folders of models."),
+                                       help="The model to fold (never modified) and where to write it (its folder "
+                                            "is created); with -o, any number of models or folders of models."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o",
-                                              help="Batch mode: fold every input into this folder."),
+                                              help="Batch mode: fold every input into this folder (created)."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Batch mode: models folded in parallel processes."),
     explain: Optional[str] = typer.Option(None, "--explain", metavar="NODE",
                                           help="Show what one BN (name or index) computes, with its numbers."),
     dry_run: bool = typer.Option(False, "--dry-run",
-                                 help="Show the plan for every BN and per-model diagnostics; write nothing."),
+                                 help="Show the BNs that will not fold, and diagnostics; write nothing."),
+    every_node: bool = typer.Option(False, "--all", help="With --dry-run: list every BN, folded ones too."),
     no_check: bool = typer.Option(False, "--no-check", help="Write without the onnxruntime equivalence check."),
     bn_only: bool = typer.Option(False, "--bn-only",
                                  help="Fold only BNs and the per-channel Mul/Add/Sub/Div of their chains "
@@ -56,23 +101,33 @@ def run(
     strict: bool = typer.Option(False, "--strict",
                                 help="Treat an inconclusive check (no changed value held evidence) as failed: "
                                      "exit 1, nothing written."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report (every BN, the check) here."),
-    json_out: bool = typer.Option(False, "--json", help="Print the JSON report on stdout (for pipelines)."),
+    report: Optional[Path] = typer.Option(None, "--report",
+                                          help="Write the JSON report here (every BN, the check; the error when "
+                                               "the run fails)."),
+    output_format: Format = typer.Option(Format.text, "--format", case_sensitive=False,
+                                         help="text (aligned tables), md (Markdown) or json (the report, on "
+                                              "stdout)."),
+    json_out: bool = typer.Option(False, "--json", help="Same as --format json."),
     standalone: Standalone = typer.Option(Standalone.bn, "--standalone", case_sensitive=False,
                                           help="What a BN with nothing to fold into becomes: bn (one "
                                                "BatchNormalization, absorbing its per-channel Mul/Add neighbours) "
                                                "or mul-add (for runtimes without BatchNormalization)."),
-    shape: list[str] = typer.Option([], "--shape", help="Input shape for the check, NAME=1x3x224x224 (repeatable)."),
+    shape: list[str] = typer.Option([], "--shape", "--input-shape", metavar="NAME:1,3,224,224",
+                                    help="Input shape for the check: NAME:1,3,224,224 or NAME=1x3x224x224, "
+                                         "repeatable; a bare 1,3,224,224 for a model with one input."),
     inputs: Optional[Path] = typer.Option(None, "--inputs",
                                           help="An .npz of input arrays for the check (by input name)."),
-    rtol: Optional[float] = typer.Option(None, "--rtol",
-                                         help="Relative tolerance (of max|output|) for the check; default by dtype."),
-    atol: Optional[float] = typer.Option(None, "--atol", help="Absolute tolerance for the check; default by dtype."),
-    external_data: str = typer.Option("auto", "--external-data",
-                                      help="auto (as the input, or when over 2 GB), always, never."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary or progress on stderr (errors still)."),
+    rtol: Optional[float] = typer.Option(None, "--rtol", callback=_tolerance,
+                                         help="Relative tolerance for the check (finite, >= 0); default by dtype."),
+    atol: Optional[float] = typer.Option(None, "--atol", callback=_tolerance,
+                                         help="Absolute tolerance for the check (finite, >= 0); default by dtype."),
+    external_data: ExternalData = typer.Option(ExternalData.auto, "--external-data", case_sensitive=False,
+                                               help="Weights in OUT.<token>.data: auto (as the input, or when "
+                                                    "over 2 GB), always, never."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary or progress (errors are still shown)."),
     debug: bool = typer.Option(False, "--debug", help="Log every decision; show tracebacks."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                 help="Show the version."),
 ) -> None:
     """Fold BatchNormalization into Conv/ConvTranspose/Gemm/MatMul, check the result on onnxruntime, write it.
 
@@ -82,84 +137,142 @@ def run(
 
     \b
     bnfold in.onnx out.onnx                fold, check, write
-    bnfold in.onnx --dry-run               the plan for every BN, and diagnostics
+    bnfold in.onnx --dry-run               the BNs that will not fold, and why
     bnfold in.onnx --explain bn1           what one BN computes (name or index)
     bnfold a.onnx b.onnx models/ -o out/   batch; --jobs N for parallel processes
     """
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="bnfold: %(message)s")
-    options = dict(check=not no_check, standalone=standalone.value, bn_only=bn_only, external_data=external_data,
-                   rtol=rtol, atol=atol, strict=strict)
+    fmt = Format.json if json_out else output_format
+    view = _View(fmt.value, quiet and fmt != Format.json, every_node)
+    options = dict(check=not no_check, standalone=standalone.value, bn_only=bn_only,
+                   external_data=external_data.value, rtol=rtol, atol=atol, strict=strict)
     try:
-        options.update(inputs=_load_inputs(inputs), shapes=_parse_shapes(shape))
+        try:
+            options.update(inputs=_load_inputs(inputs), shapes=parse_shapes(shape))
+        except BnfoldError as error:
+            _report_early_failure(report, paths, error)
+            raise
         if explain is not None:
-            _explain(_single_input(paths, "--explain"), explain)
+            _explain(_single_input(paths, "--explain"), explain, view)
         elif output_dir is not None:
-            _batch(paths, output_dir, jobs, options, report, json_out, quiet or json_out)
+            _batch(paths, output_dir, jobs, options, report, view)
         else:
-            _single(paths, dry_run, options, report, json_out, quiet)
+            _single(paths, dry_run, options, report, view)
     except BnfoldError as error:
         _fail(error, debug)
     except KeyboardInterrupt as error:
         _fail(error, debug, message="interrupted; nothing was written", code=130)
     except Terminated as error:
         _fail(error, debug, message="terminated; nothing was written", code=error.exit_code)
+    except BrokenPipeError:
+        _stdout_closed()
     except typer.Exit:
         raise
     except Exception as error:  # noqa: BLE001 - the CLI never shows a bare traceback
         _fail(error, debug, prefix="internal error: ")
 
 
-def _single(paths: list[Path], dry_run: bool, options: dict, report_path, json_out: bool, quiet: bool) -> None:
+class _View:
+    """How results are shown: the format, whether summaries are silenced, whether the plan lists every BN."""
+
+    def __init__(self, fmt: str, quiet: bool, every_node: bool) -> None:
+        self.fmt, self.quiet, self.every_node = fmt, quiet, every_node
+
+    def show(self, blocks, stream=None) -> None:
+        from bnfold.render import Printer
+
+        Printer(stream or sys.stderr, self.fmt).print(blocks)
+
+    def json(self, text: str) -> None:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+
+def _single(paths: list[Path], dry_run: bool, options: dict, report_path, view: _View) -> None:
     from bnfold.api import fold_file
     from bnfold.progress import TerminalProgress
+    from bnfold.render import fold_summary, plan
 
     if len(paths) > 2 or (len(paths) == 1 and not dry_run):
-        raise InputError("give IN OUT (or IN --dry-run, or IN... -o DIR for many models)")
+        error = InputError("give IN OUT (or IN --dry-run, or IN... -o DIR for many models)")
+        _report_early_failure(report_path, paths, error)
+        raise error
     source, output = paths[0], (paths[1] if len(paths) == 2 else None)
-    progress = TerminalProgress(enabled=False if quiet else None)
+    progress = TerminalProgress(enabled=False if view.quiet or view.fmt == "json" else None)
     try:
         result = fold_file(source, output, dry_run=dry_run, progress=progress, report=report_path, **options)
     except CheckFailedError as error:
         progress.close()
         if error.report is not None:
-            _emit(error.report, json_out, quiet)
+            _show_fold(error.report, view, fold_summary)
         raise
-    progress.close()
-    _emit(result, json_out, quiet, plan=dry_run)
-    if not quiet and output is not None and not dry_run:
-        typer.echo(f"wrote {output}", err=True)
+    finally:
+        progress.close()
+    if dry_run:
+        _show_plan(result, view, plan)
+    else:
+        _show_fold(result, view, fold_summary)
 
 
-def _batch(paths: list[Path], output_dir: Path, jobs: int, options: dict, report_path, json_out: bool,
-           quiet: bool) -> None:
-    from bnfold.batch import batch_table, check_batch_report, fold_many, plan_outputs, worst_exit_code
+def _show_fold(result, view: _View, summary) -> None:
+    if view.fmt == "json":
+        view.json(result.to_json())
+    elif not view.quiet:
+        view.show(summary(result))
+
+
+def _show_plan(result, view: _View, plan) -> None:
+    if view.fmt == "json":
+        view.json(result.to_json())
+    elif not view.quiet:
+        view.show(plan(result, view.every_node), sys.stdout)
+
+
+def _batch(paths: list[Path], output_dir: Path, jobs: int, options: dict, report_path, view: _View) -> None:
+    from bnfold.batch import check_batch_report, fold_many, plan_outputs, worst_exit_code
     from bnfold.progress import TerminalProgress
+    from bnfold.render import Line, batch_table
     from bnfold.staging import write_atomically
 
-    planned = plan_outputs(paths, output_dir)
-    if report_path is not None:
-        check_batch_report(report_path, planned)
-    progress = TerminalProgress(enabled=False if quiet else None)
+    try:
+        planned = plan_outputs(paths, output_dir)
+        if report_path is not None:
+            check_batch_report(report_path, planned)
+    except BnfoldError as error:
+        _report_early_failure(report_path, paths, error, batch=True)
+        raise
+    progress = TerminalProgress(enabled=False if view.quiet or view.fmt == "json" else None)
     items = fold_many(planned, jobs=jobs, progress=progress, **options)
     progress.close()
     reports = [{**(item.report.to_dict() if item.report else {"model": str(item.source)}),
-                "output": str(item.destination), "exit_code": item.exit_code, "error": item.error}
-               for item in items]
-    text = json.dumps({"models": reports, "exit_code": worst_exit_code(items)}, indent=2)
+                "output": str(item.destination) if item.exit_code == 0 else None, "exit_code": item.exit_code,
+                "error": item.error} for item in items]
+    text = json.dumps({"models": reports, "exit_code": worst_exit_code(items), "error": None}, indent=2)
     if report_path is not None:
         write_atomically(report_path, text + "\n")
-    if json_out:
-        typer.echo(text)
-    if not quiet:
-        for line in batch_table(items):
-            typer.echo(line, err=True)
+    if view.fmt == "json":
+        view.json(text)
+    elif not view.quiet:
+        view.show(batch_table(items))
+    failed = [item for item in items if item.exit_code != 0]
+    if failed and (view.quiet or view.fmt == "json"):  # errors are never silent
+        view.show([Line(f"bnfold: error: {_about(item.source, item.error)}") for item in failed])
     raise typer.Exit(worst_exit_code(items))
 
 
-def _explain(source: Path, node: str) -> None:
+def _about(source: Path, error: str | None) -> str:
+    """The error, naming the model it is about."""
+    return error if error and str(source) in error else f"{source}: {error}"
+
+
+def _explain(source: Path, node: str, view: _View) -> None:
     from bnfold.explain import explain
 
-    typer.echo(explain(source, node).render())
+    explanation = explain(source, node)
+    if view.fmt == "json":
+        view.json(explanation.to_json())
+    else:
+        sys.stdout.write(explanation.render() + "\n")
 
 
 def _single_input(paths: list[Path], option: str) -> Path:
@@ -168,14 +281,32 @@ def _single_input(paths: list[Path], option: str) -> Path:
     return paths[0]
 
 
-def _emit(result, json_out: bool, quiet: bool, plan: bool = False) -> None:
-    if json_out:
-        typer.echo(result.to_json())
-    if quiet or json_out and not plan:
+def _report_early_failure(report_path: Optional[Path], paths: list[Path], error: BnfoldError,
+                          batch: bool = False) -> None:
+    """A run that fails before any model is read still writes --report, naming the failure."""
+    if report_path is None or any(_same_path(report_path, path) for path in paths):
         return
-    lines = result.plan_lines() if plan else result.summary_lines()
-    for line in lines:
-        typer.echo(line, err=not plan or json_out)
+    from bnfold.report import FoldReport
+    from bnfold.staging import check_report_path, write_atomically
+
+    message, code = first_line(error, 500), error.exit_code
+    if batch:
+        text = json.dumps({"models": [], "exit_code": code, "error": message}, indent=2)
+    else:
+        text = FoldReport(model=str(paths[0]) if paths else None, error=message, exit_code=code).to_json()
+    try:
+        check_report_path(report_path)
+        if report_path.exists() and report_path.read_bytes()[:1] not in (b"{", b""):
+            return  # never write over a file that is not a report
+        write_atomically(report_path, text + "\n")
+    except (BnfoldError, OSError):
+        return
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    from bnfold.staging import same_file
+
+    return same_file(a, b)
 
 
 def _fail(error: BaseException, debug: bool, prefix: str = "", message: str | None = None,
@@ -186,16 +317,25 @@ def _fail(error: BaseException, debug: bool, prefix: str = "", message: str | No
     raise typer.Exit(code if code is not None else getattr(error, "exit_code", 2))
 
 
-def _parse_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
+def parse_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
+    """--shape values: NAME:1,3,224,224, NAME=1x3x224x224, or a bare 1,3,224,224 (name "": the only input).
+
+    The name is everything before the last '=' (or, without one, the last ':'), so tf2onnx's
+    names such as 'input:0' work: input:0:1,3,224,224.
+    """
     shapes = {}
     for spec in specs:
-        name, _, dims = spec.rpartition("=")
+        separator = "=" if "=" in spec else ":"
+        name, _, dims = spec.rpartition(separator)
         try:
-            shapes[name] = tuple(int(d) for d in dims.lower().split("x"))
+            shape = tuple(int(d) for d in dims.lower().replace("x", ",").split(","))
         except ValueError:
-            raise InputError(f"--shape '{spec}' is not NAME=AxBxC") from None
-        if not name or any(d < 0 for d in shapes[name]):
-            raise InputError(f"--shape '{spec}' is not NAME=AxBxC")
+            raise InputError(f"--shape '{spec}' is not NAME:1,3,224,224 or NAME=1x3x224x224") from None
+        if any(d < 0 for d in shape) or (not name and separator in spec):
+            raise InputError(f"--shape '{spec}' is not NAME:1,3,224,224 or NAME=1x3x224x224")
+        if name in shapes:
+            raise InputError(f"--shape: input '{name or 'the only input'}' is given twice")
+        shapes[name] = shape
     return shapes
 
 
@@ -211,6 +351,21 @@ def _load_inputs(path: Optional[Path]):
         raise InputError(f"--inputs {path}: cannot read it as .npz ({error})") from None
 
 
+def _one_line(message: str) -> str:
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+def _stdout_closed() -> None:
+    """stdout's reader went away (`bnfold … | head -1`): nothing more to say; exit 0 without a second error
+    when Python flushes stdout at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    sys.exit(0)
+
+
 def main() -> None:
     from bnfold._startup import calm_garbage_collector, defer_sympy, terminate_on_sigterm
 
@@ -222,4 +377,3 @@ def main() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
-    sys.exit(0)

@@ -26,11 +26,13 @@ fold from a wrong one).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
+from bnfold.errors import InputError
 from bnfold.report import OutputCheck
 
 # (rtol, atol) by the value's dtype; "direct" = the folded model compared with the original itself.
@@ -55,6 +57,11 @@ class Tolerance:
 
     rtol: float | None = None
     atol: float | None = None
+
+    def __post_init__(self) -> None:
+        for name, value in (("rtol", self.rtol), ("atol", self.atol)):
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise InputError(f"{name} must be a finite number >= 0, not {value}")
 
     def pick(self, table: Mapping[str, tuple[float, float]], dtype_name: str) -> tuple[float, float]:
         default_rtol, default_atol = table.get(dtype_name, (0.0, 0.0))

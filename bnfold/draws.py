@@ -78,9 +78,28 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     return specs
 
 
+UNNAMED = ""  # the name of a --shape given without one: the model's only input
+
+
+def named_shapes(specs: list[InputSpec], shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """`shapes` with an unnamed shape given to the model's only input; InputError when it has several."""
+    named = dict(shapes)
+    if UNNAMED not in named:
+        return named
+    dims = named.pop(UNNAMED)
+    shown = ",".join(str(d) for d in dims)
+    if len(specs) != 1:
+        inputs = ", ".join(spec.name for spec in specs) or "none"
+        raise InputError(f"--shape {shown}: a shape without a name needs a model with one input; this one has "
+                         f"{len(specs)} ({inputs}): write NAME:{shown}")
+    named.setdefault(specs[0].name, dims)
+    return named
+
+
 def check_user_inputs(specs: list[InputSpec], given: Mapping[str, np.ndarray],
                       shapes: Mapping[str, tuple[int, ...]]) -> None:
     """Refuse --inputs/--shape that do not fit the model's inputs, naming the option."""
+    shapes = named_shapes(specs, shapes)
     by_name = {spec.name: spec for spec in specs}
     known = ", ".join(spec.describe() for spec in specs) or "none"
     for option, names in (("--inputs", given), ("--shape", shapes)):

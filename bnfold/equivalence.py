@@ -37,7 +37,15 @@ from bnfold.compare import (
     compare_value,
     informative,
 )
-from bnfold.draws import FREE_OTHER_DIMS, Draws, check_user_inputs, input_specs, integer_hints, make_draws
+from bnfold.draws import (
+    FREE_OTHER_DIMS,
+    Draws,
+    check_user_inputs,
+    input_specs,
+    integer_hints,
+    make_draws,
+    named_shapes,
+)
 from bnfold.errors import InputError, RuntimeUnavailableError, first_line
 from bnfold.precision import HALF_TYPES, convert_float_type, has_float_type, has_half_precision
 from bnfold.report import CheckResult, OutputCheck, Site
@@ -137,9 +145,9 @@ class Check:
         produced = {name for node in original.proto.graph.node for name in node.output if name}
         self.sites = [site for site in sites if site.name in produced]
         self.tolerance = tolerance
-        self.inputs, self.shapes, self.seed = inputs, shapes, seed
         self.specs = input_specs(original.proto)
-        check_user_inputs(self.specs, inputs, shapes)
+        self.inputs, self.shapes, self.seed = inputs, named_shapes(self.specs, shapes), seed
+        check_user_inputs(self.specs, inputs, self.shapes)
         self.outputs = [output.name for output in original.proto.graph.output]
         self.draws: Draws | None = None
         self.expected: list[dict[str, np.ndarray]] = []

@@ -17,8 +17,9 @@ Diagnostics, per channel (also aggregated per model by `diagnose`):
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx_ir as ir
@@ -74,6 +75,18 @@ class Explanation:
 
     def render(self, rows: int = 16) -> str:
         return "\n".join(_render(self, rows))
+
+    def to_dict(self) -> dict:
+        numbers = None
+        if self.numbers is not None:
+            arrays = {name: getattr(self.numbers, name).reshape(-1).tolist()
+                      for name in ("gamma", "beta", "mean", "var", "scale", "shift")}
+            numbers = {"epsilon": self.numbers.epsilon, **arrays}
+        return {"name": self.name, "index": self.index, "graph": self.graph, "input": self.input_name,
+                "numbers": numbers, "diagnostics": self.diagnosis.to_dict(), "plan": asdict(self.plan)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=True)
 
 
 def explain(source: str | os.PathLike, node: str) -> Explanation:
@@ -169,12 +182,12 @@ def _render(explanation: Explanation, rows: int) -> list[str]:
 
 def _plan(plan: BnRecord) -> str:
     if plan.action == "folded":
-        return f"folds into {plan.into} ({plan.pattern})"
+        return f"folded into {plan.into} ({plan.pattern})"
     if plan.action == "converted":
-        return f"becomes {plan.into}: {plan.reason}"
+        return f"converted into {plan.into}: {plan.reason}"
     if plan.action == "kept":
-        return f"keeps it as {plan.into}: {plan.reason}"
-    return f"leaves it: {plan.reason}"
+        return f"kept as {plan.into}: {plan.reason}"
+    return f"skipped, left as it is: {plan.reason}"
 
 
 def _table(numbers: BnNumbers, rows: int) -> list[str]:

@@ -270,6 +270,8 @@ def _past_transparent(ctx: FoldContext, consumer: ir.Node, index: int) -> tuple[
 def _only_consumer(node: ir.Node) -> tuple[ir.Node, int]:
     output = node.outputs[0]
     uses = list(output.uses())
-    if output.is_graph_output() or len(uses) != 1:
-        raise Skip(f"output of {describe(node)} has {len(uses)} consumers or is a graph output")
+    if output.is_graph_output():
+        raise Skip(f"output of {describe(node)} is a graph output")
+    if len(uses) != 1:
+        raise Skip(f"output of {describe(node)} has {len(uses)} consumers")
     return uses[0].node, uses[0].idx

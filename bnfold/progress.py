@@ -3,8 +3,9 @@
 The library reports progress through a callback `progress(step, done, total)`
 (e.g. ("loading", 0, 1), ("folding", 1200, 5000), ("checking", 0, 1)); this
 renderer draws it on stderr when stderr is a terminal, at most ten times a
-second, and only once the run has lasted half a second. A timer draws the current
-step even while the library is busy inside it (loading a large model, say).
+second, and only once the run has lasted half a second. A timer redraws the current
+step while the library is busy inside it (loading a large model, running the
+check), with the seconds it has taken so far.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TextIO
 
 DELAY_SECONDS = 0.5  # nothing is drawn for runs shorter than this
 INTERVAL_SECONDS = 0.1
+TICK_SECONDS = 0.2  # redraws of a step the library is busy inside
 
 
 class TerminalProgress:
@@ -27,31 +29,38 @@ class TerminalProgress:
         self._drawn = False
         self._closed = False
         self._current: tuple[str, int, int] | None = None
+        self._step_started = self._started
         self._lock = threading.Lock()
-        self._timer: threading.Timer | None = None
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
 
     def __call__(self, step: str, done: int, total: int) -> None:
         if not self.enabled:
             return
         with self._lock:
+            if self._current is None or self._current[0] != step:
+                self._step_started = time.monotonic()
             self._current = (step, done, total)
-            if self._timer is None:
-                self._timer = threading.Timer(DELAY_SECONDS, self._draw_current)
-                self._timer.daemon = True
-                self._timer.start()
+            if self._ticker is None:
+                self._ticker = threading.Thread(target=self._tick, daemon=True)
+                self._ticker.start()
             now = time.monotonic()
             if now - self._started >= DELAY_SECONDS and (now - self._last >= INTERVAL_SECONDS or done >= total):
                 self._draw(now)
 
-    def _draw_current(self) -> None:
-        with self._lock:
-            if not self._closed and self._current is not None:
-                self._draw(time.monotonic())
+    def _tick(self) -> None:
+        """Redraw the current step while the library is busy inside it, so its seconds keep counting."""
+        self._stop.wait(DELAY_SECONDS)
+        while not self._stop.is_set():
+            with self._lock:
+                if not self._closed and self._current is not None:
+                    self._draw(time.monotonic())
+            self._stop.wait(TICK_SECONDS)
 
     def _draw(self, now: float) -> None:
         step, done, total = self._current
         self._last = now
-        detail = f" {done}/{total}" if total > 1 else ""
+        detail = f" {done}/{total}" if total > 1 else f" {now - self._step_started:.1f} s"
         self.stream.write(f"\r\033[Kbnfold: {step}{detail}")
         self.stream.flush()
         self._drawn = True
@@ -60,8 +69,7 @@ class TerminalProgress:
         """Stop drawing and erase the line, so what is printed next starts clean."""
         with self._lock:
             self._closed = True
-            if self._timer is not None:
-                self._timer.cancel()
+            self._stop.set()
             if self._drawn:
                 self.stream.write("\r\033[K")
                 self.stream.flush()

@@ -93,23 +93,40 @@ class CheckResult:
         """The first site (in graph order) that failed, else the first failed output."""
         return next((c for c in [*self.sites, *self.outputs] if not c.passed), None)
 
-    def worst(self) -> OutputCheck | None:
-        failing = [o for o in self.outputs if not o.passed]
-        pool = failing or self.outputs
-        return max(pool, key=lambda o: o.max_rel_err, default=None)
-
     def to_dict(self) -> dict:
         return {"verdict": self.verdict, "passed": self.passed, "outputs": [asdict(o) for o in self.outputs],
                 "sites": [asdict(s) for s in self.sites], "inputs": self.inputs, "note": self.note}
 
+    def largest_errors(self) -> tuple[OutputCheck | None, OutputCheck | None]:
+        """The compared values with the largest error against their whole value, and against one channel."""
+        compared = [*self.outputs, *self.sites]
+        return (max(compared, key=lambda c: c.value_rel_err, default=None),
+                max(compared, key=lambda c: c.max_rel_err, default=None))
+
+    def __repr__(self) -> str:
+        value, _ = self.largest_errors()
+        error = "" if value is None else f", max rel err {value.value_rel_err:.1e}"
+        return f"CheckResult({self.verdict}: {len(self.outputs)} outputs, {len(self.sites)} sites{error})"
+
+    __str__ = __repr__
+
 
 @dataclass
 class FoldReport:
+    """Everything one run found and did: a record per BN (and per Mul/Add/Sub/Div folded), the check,
+    op counts and file sizes before → after, the time it took, and the error that stopped it, if any."""
+
     records: list[BnRecord] = field(default_factory=list)
     check: CheckResult | None = None
     model: str | None = None
     diagnostics: dict | None = None  # BN name -> explain.Diagnosis (dry runs)
     unchanged: bool = False  # nothing was folded: written as it was, with no check needed
+    output: str | None = None  # where the folded model was written (None: not written)
+    ops: dict[str, tuple[int, int]] = field(default_factory=dict)  # op type -> (before, after), main graph
+    size: tuple[int, int] | None = None  # bytes of the model and its data files, before -> after
+    seconds: float | None = None  # wall time of the run, in the library
+    error: str | None = None  # why the run stopped (then nothing was written)
+    exit_code: int = 0
 
     def counts(self) -> Counter:
         """Actions of the BatchNormalization records."""
@@ -118,14 +135,25 @@ class FoldReport:
     def batch_norms(self) -> list[BnRecord]:
         return [record for record in self.records if record.op == "BatchNormalization"]
 
+    def others_folded(self) -> Counter:
+        """Mul/Add/Sub/Div folded besides the BNs, by op type."""
+        return Counter(record.op for record in self.records
+                       if record.op != "BatchNormalization" and record.action == "folded")
+
     def to_dict(self) -> dict:
         counts = self.counts()
         return {
             "model": self.model,
+            "output": self.output,
             "summary": {action: counts.get(action, 0) for action in ACTIONS},
             "nodes": [asdict(record) for record in self.records],
             "check": None if self.check is None else self.check.to_dict(),
             "unchanged": self.unchanged,
+            "ops": {op: list(counts) for op, counts in self.ops.items()},
+            "size": None if self.size is None else {"before": self.size[0], "after": self.size[1]},
+            "seconds": self.seconds,
+            "error": self.error,
+            "exit_code": self.exit_code,
             **({} if self.diagnostics is None else {
                 "diagnostics": {name: d.to_dict() for name, d in self.diagnostics.items()}}),
         }
@@ -133,100 +161,16 @@ class FoldReport:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=True)
 
-    def summary_lines(self) -> list[str]:
-        """A short human summary: counts by target, every skip with its reason, the check."""
-        counts = self.counts()
-        bns = self.batch_norms()
-        folded_into = Counter(_target_kind(r) for r in bns if r.action == "folded")
-        targets = ", ".join(f"{n} {kind}" for kind, n in sorted(folded_into.items()))
-        lines = [_totals(len(bns), counts, targets)]
-        others = [r for r in self.records if r.op != "BatchNormalization"]
-        if others:
-            kinds = Counter(r.op for r in others)
-            lines.append("  also folded: " + ", ".join(f"{n} {op}" for op, n in sorted(kinds.items())))
-        for record in bns:
-            if record.action in ("kept", "converted"):
-                lines.append(f"  {record.action} {record.name} as {record.into}: {record.reason}")
-            elif record.action == "skipped":
-                lines.append(f"  skipped {record.name}: {record.reason}")
-        lines.extend(_check_lines(self.check, self.unchanged))
-        return lines
+    def __repr__(self) -> str:
+        check = "" if self.check is None else f"; check {self.check.verdict}"
+        error = "" if self.error is None else f"; error: {self.error}"
+        return f"FoldReport({self.model!r}: {totals(len(self.batch_norms()), self.counts())}{check}{error})"
+
+    __str__ = __repr__
 
 
-    def plan_lines(self) -> list[str]:
-        """The dry-run plan: a table of every BN (and chain op), then the model's diagnostics."""
-        lines = [f"plan for {self.model}: nothing written", "",
-                 "| node | op | action | pattern | into | reason |", "|---|---|---|---|---|---|"]
-        for r in self.records:
-            lines.append(f"| {r.name} | {r.op} | {r.action} | {r.pattern or ''} | {r.into or ''} | {r.reason or ''} |")
-        counts = self.counts()
-        lines += ["", _totals(len(self.batch_norms()), counts) + " (planned; nothing written)"]
-        if self.diagnostics is not None:
-            lines.append(_diagnostics_line(self.diagnostics))
-        return lines
-
-
-def _totals(count: int, counts: Counter, targets: str = "") -> str:
+def totals(count: int, counts: Counter, targets: str = "") -> str:
     """'8 BatchNormalization: 6 folded (…), 1 kept, 1 converted, 0 skipped'."""
     folded = f"{counts.get('folded', 0)} folded" + (f" ({targets})" if targets else "")
     rest = ", ".join(f"{counts.get(action, 0)} {action}" for action in ACTIONS[1:])
     return f"{count} BatchNormalization: {folded}, {rest}"
-
-
-def _diagnostics_line(diagnostics: dict) -> str:
-    def channels(attribute: str) -> int:
-        return sum(len(getattr(d, attribute)) for d in diagnostics.values())
-
-    training = sum(d.training is not None for d in diagnostics.values())
-    return (f"diagnostics: ε dominates σ² in {channels('epsilon_dominates')} channels, "
-            f"{channels('dead')} dead channels (γ ≈ 0), {channels('fp16_overflow')} channels at fp16 overflow "
-            f"risk after folding, {training} BN in training mode (bnfold IN --explain NODE for one BN)")
-
-
-def _target_kind(record: BnRecord) -> str:
-    """'into Conv', 'forward into Gemm', 'into producers behind a Concat', 'as Mul+Add, both folded'."""
-    op = (record.into or "").split(" ")[0]
-    if record.pattern == "forward":
-        return f"forward into {op}"
-    if record.pattern == "concat":
-        return "into producers behind a Concat"
-    if record.pattern in ("mul-add", "scale-forward"):
-        return "as Mul+Add, both folded"
-    if record.pattern == "collapsed":
-        return "into a neighbouring BN"
-    if record.pattern == "reparameterized":
-        return "into a Conv of its branches"
-    return f"into {op}"
-
-
-def _check_lines(check: CheckResult | None, unchanged: bool = False) -> list[str]:
-    if check is None:
-        return ["check: not needed (nothing was changed)" if unchanged else "check: not run"]
-    counted = f"{len(check.outputs)} outputs, {len(check.sites)} sites"
-    if check.passed:
-        compared = [*check.outputs, *check.sites]
-        value = max(compared, key=lambda c: c.value_rel_err, default=None)
-        channel = max(compared, key=lambda c: c.max_rel_err, default=None)
-        detail = "" if value is None else (f"; max rel err {value.value_rel_err:.2e} ({value.name}), "
-                                           f"{channel.max_rel_err:.2e} of one channel's own values ({channel.name})")
-        return [f"check: passed ({counted}{detail})"]
-    if check.verdict == "inconclusive":
-        unreached = [c.name for c in check.sites if not c.exercised]
-        reason = "no value a fold changed held evidence: each was all NaN/Inf or the same for every input draw"
-        if unreached:
-            reason += f"; never reached: {', '.join(unreached[:5])}"
-        return [f"check: INCONCLUSIVE ({counted}): {reason} (written; --strict refuses)"]
-    lines = [f"check: FAILED ({counted})"]
-    for kind, values in (("site", check.sites), ("output", check.outputs)):
-        for value in values:
-            if not value.passed:
-                lines.append("  " + _failure_line(kind, value))
-    return lines
-
-
-def _failure_line(kind: str, value: OutputCheck) -> str:
-    where = f" (BatchNormalization {value.bn})" if value.bn else ""
-    channel = f" channel {value.channel}" if value.channel is not None else ""
-    note = f" ({value.note})" if value.note else ""
-    return (f"{kind} {value.name}{where}{channel}: max abs err {value.max_abs_err:.3e}, max rel err "
-            f"{value.max_rel_err:.3e}, allowed {value.tolerance:.3e}{note}")

@@ -65,10 +65,10 @@ def data_token(sources: Iterable[Path], *parts: str) -> str:
 
 
 def check_output_path(destination: Path) -> None:
-    """The output's folder must exist, and an existing output must be a regular file (or a link, replaced)."""
+    """The output's folder must be a folder (or not exist yet: it is created), and an existing output a regular
+    file (or a link, replaced)."""
     try:
-        if not destination.parent.is_dir():
-            raise InputError(f"{destination}: output folder '{destination.parent}' does not exist")
+        check_folder_creatable(destination.parent, f"{destination}: output")
         status = os.lstat(destination) if os.path.lexists(destination) else None
     except OSError as error:
         raise InputError(f"{destination}: cannot use this path ({error.strerror or error})") from None
@@ -85,30 +85,62 @@ def refuse_clobbering(sources: Iterable[Path], destination: Path, data_name: str
     protected = [Path(p) for p in sources]
     for path, role in ((destination, "the output"),
                        (destination.parent / data_name if data_name else None, "the output's data file")):
-        if path is not None and any(_same(path, source) for source in protected):
+        if path is not None and any(same_file(path, source) for source in protected):
             raise InputError(f"{destination}: {role} would be {path}, one of the input's files; "
                              "bnfold never writes over its input")
     if report is None:
         return
     taken = [*protected, destination] + ([destination.parent / data_name] if data_name else [])
-    if any(_same(report, path) for path in taken):
+    if any(same_file(report, path) for path in taken):
         raise InputError(f"--report {report}: that is one of the model files (input, output or data); "
                          "give the report its own path")
     check_report_path(report)
 
 
 def check_report_path(report: Path) -> None:
-    """The report's folder must exist and be writable, and the report (if it exists) a regular file."""
+    """The report's folder must be writable (or creatable), and the report (if it exists) a regular file."""
     folder = report.parent if str(report.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"--report {report}: folder '{folder}' does not exist")
+    existing = check_folder_creatable(folder, f"--report {report}:")
     if os.path.lexists(report) and not report.is_file():
         raise InputError(f"--report {report}: is not a regular file")
-    if not os.access(folder, os.W_OK) or (report.exists() and not os.access(report, os.W_OK)):
+    if not os.access(existing, os.W_OK) or (report.exists() and not os.access(report, os.W_OK)):
         raise InputError(f"--report {report}: cannot be written (permission denied)")
 
 
-def _same(a: Path, b: Path) -> bool:
+def check_folder_creatable(folder: Path, what: str) -> Path:
+    """`folder` is a folder, or its nearest existing ancestor is one (bnfold creates the rest); returns that one."""
+    existing = folder.absolute()
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{what} folder '{folder}' cannot be created: '{existing}' is not a folder")
+    return existing
+
+
+def make_folders(folder: Path) -> list[Path]:
+    """Create `folder` and any missing parents; the ones created, outermost first."""
+    missing = []
+    current = folder.absolute()
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"{folder}: cannot create this folder ({error.strerror or error})") from None
+    return list(reversed(missing))
+
+
+def remove_created_folders(created: list[Path]) -> None:
+    """Remove folders `make_folders` created, innermost first, as long as they are empty."""
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def same_file(a: Path, b: Path) -> bool:
     try:
         if a.exists() and b.exists():
             return os.path.samefile(a, b)
@@ -118,7 +150,9 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, then rename it into place."""
+    """Write `text` to a temporary file beside `path` (its folder created if need be), then rename it into place."""
+    if str(path.parent):
+        make_folders(path.parent)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent if str(path.parent) else ".")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
@@ -146,11 +180,14 @@ class Stage:
         self.destination = Path(destination)
         check_output_path(self.destination)
         self.folder = self.destination.parent
+        self.created = make_folders(self.folder)  # removed again unless the output is committed
+        self.committed = False
         with folder_lock(self.folder):
             remove_stale_stages(self.folder)
         try:
             self.path = Path(tempfile.mkdtemp(prefix=f".bnfold-{os.getpid()}-", dir=self.folder))
         except OSError as error:
+            remove_created_folders(self.created)
             raise OutputError(f"{self.destination}: cannot write in '{self.folder}' ({error.strerror})") from None
         self.model = self.path / self.destination.name
         self.data_name = data_file_name(self.destination, token)
@@ -165,6 +202,7 @@ class Stage:
                 self._commit()
         except OSError as error:
             raise OutputError(f"{self.destination}: cannot put it in place ({error.strerror or error})") from error
+        self.committed = True
         self.discard()
 
     def _commit(self) -> None:
@@ -186,6 +224,8 @@ class Stage:
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+        if not self.committed:
+            remove_created_folders(self.created)
 
     def __enter__(self) -> Stage:
         return self

@@ -87,14 +87,35 @@ def sample_cnn() -> onnx.ModelProto:
                    "Gemm and MatMul each followed by BN; a BN chain; a standalone BN; a shared Conv output.")
 
 
+def textbook_bn() -> onnx.ModelProto:
+    """One BN on the input, the way Keras exports it (ε = 1e-3): the questions people ask about BN at inference.
+
+    Channel 0 is the textbook case (γ = 1, β = 0, μ = 0, σ² = 1: the output is 0.9995004·x, not x), channel 1
+    is dead (γ = 0), in channel 2 ε dominates σ² (1e-4), channel 3 is ordinary.
+    """
+    b = GraphBuilder(seed=11)
+    params = {"scale": [1.0, 0.0, 1.2, 0.8], "bias": [0.0, 0.5, 0.1, -0.2], "mean": [0.0, 0.0, 0.3, -0.1],
+              "var": [1.0, 1.0, 1e-4, 0.6]}
+    inputs = ["x"] + [b.const(f"bn.{k}", np.array(v, np.float32)) for k, v in params.items()]
+    y = b.node("BatchNormalization", inputs, "bn", epsilon=1e-3)
+    b.nodes.append(helper.make_node("Identity", [y], ["y"], name="out"))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 8, 8])
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 8, 8])
+    return b.model([x], [out], "bnfold sample: one BatchNormalization with ε = 1e-3, for --explain.")
+
+
+MODELS = {"sample_cnn.onnx": sample_cnn, "textbook_bn.onnx": textbook_bn}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "models")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "sample_cnn.onnx"
-    onnx.save(sample_cnn(), path)
-    print(f"wrote {path}")
+    for name, build in MODELS.items():
+        path = args.out / name
+        onnx.save(build(), path)
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -13,11 +13,20 @@ from bnfold.compare import Tolerance
 from bnfold.compare import compare_value as compare_output
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
-SAMPLES = sorted(MODELS.glob("*.onnx"))
+SAMPLES = [MODELS / "sample_cnn.onnx"]
 
 
 def test_there_are_sample_models():
-    assert SAMPLES and sum(p.stat().st_size for p in MODELS.iterdir()) < 4 * 2**20
+    assert sorted(p.name for p in MODELS.glob("*.onnx")) == ["sample_cnn.onnx", "textbook_bn.onnx"]
+    assert sum(p.stat().st_size for p in MODELS.iterdir()) < 4 * 2**20
+
+
+def test_the_textbook_bn_has_nothing_to_fold_into_and_is_written_as_it_is(tmp_path):
+    out = tmp_path / "out.onnx"
+    report = bnfold.fold_file(MODELS / "textbook_bn.onnx", out)
+    assert report.unchanged and report.check is None
+    assert [(r.name, r.action) for r in report.records] == [("bn", "kept")]
+    assert onnx.load(out).graph.SerializeToString() == onnx.load(MODELS / "textbook_bn.onnx").graph.SerializeToString()
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.name)

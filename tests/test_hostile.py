@@ -190,10 +190,10 @@ def test_external_data_shorter_than_the_tensor(tmp_path):
 
 # --- the output path ---------------------------------------------------------------------------
 
-def test_output_folder_missing(tmp_path):
+def test_output_folder_under_a_file(tmp_path):
     source = tmp_path / "in.onnx"
     shutil.copy(SAMPLE, source)
-    refuse(tmp_path, source, "does not exist", out=tmp_path / "missing" / "deeper" / "out.onnx")
+    refuse(tmp_path, source, "cannot be created: ", out=tmp_path / "in.onnx" / "deeper" / "out.onnx")
 
 
 def _run(*args):

@@ -64,7 +64,7 @@ def test_the_report_may_not_be_any_model_file(tmp_path, which):
     assert_refused(invoke(source, out, "--report", report), "give the report its own path", tmp_path, before)
 
 
-@pytest.mark.parametrize("report", ["missing/r.json", "a_folder"])
+@pytest.mark.parametrize("report", ["in.onnx/r.json", "a_folder"])
 def test_an_unwritable_report_is_refused_before_folding(tmp_path, report):
     source = tmp_path / "in.onnx"
     shutil.copy(SAMPLE, source)

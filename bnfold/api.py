@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import onnx
@@ -59,8 +59,8 @@ class FoldResult:
     __str__ = __repr__
 
 
-def fold(model, *, standalone: str = "bn", bn_only: bool = False,
-         base_dir: str | os.PathLike | None = None) -> FoldResult:
+def fold(model: onnx.ModelProto | ir.Model | str | os.PathLike | Any, *, standalone: str = "bn",
+         bn_only: bool = False, base_dir: str | os.PathLike | None = None) -> FoldResult:
     """Fold every BatchNormalization that can be folded.
 
     `model` is an onnx.ModelProto (an onnx.ModelProto comes back), an onnx_ir.Model

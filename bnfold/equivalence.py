@@ -24,6 +24,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -52,6 +53,9 @@ from bnfold.report import CheckResult, OutputCheck, Site
 from bnfold.runnable import Session, open_session
 from bnfold.sites import find_sites
 
+if TYPE_CHECKING:
+    import onnx_ir as ir
+
 logger = logging.getLogger(__name__)
 
 
@@ -73,7 +77,8 @@ class Source:
         return copy
 
 
-def verify(original, folded, *, inputs: Mapping[str, np.ndarray] | None = None,
+def verify(original: onnx.ModelProto | ir.Model | str | os.PathLike,
+           folded: onnx.ModelProto | ir.Model | str | os.PathLike, *, inputs: Mapping[str, np.ndarray] | None = None,
            shapes: Mapping[str, tuple[int, ...]] | None = None, rtol: float | None = None,
            atol: float | None = None, seed: int = 0, sites: Iterable[Site] | None = None,
            base_dir: str | os.PathLike | None = None) -> CheckResult:
@@ -94,7 +99,8 @@ def verify(original, folded, *, inputs: Mapping[str, np.ndarray] | None = None,
     return check.folded(second)
 
 
-def source_of(model, base_dir: str | os.PathLike | None, label: str) -> Source:
+def source_of(model: onnx.ModelProto | ir.Model | str | os.PathLike, base_dir: str | os.PathLike | None,
+              label: str) -> Source:
     """A Source for a path (validated as bnfold validates its input), a ModelProto or an onnx_ir.Model."""
     from bnfold.validation import check_external_data, load_proto, uses_external_data, validate_proto
 

@@ -59,6 +59,7 @@ class Session:
 def session_options():
     import onnxruntime as ort  # slow to import, and only the check needs it
 
+    ort.set_default_logger_severity(4)  # the environment's own log lines too: none reach the terminal
     options = ort.SessionOptions()
     # ORT's own BASIC level already folds BN: it would hide a wrong fold.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

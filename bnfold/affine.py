@@ -14,31 +14,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_ir as ir
 
-from bnfold.graph import in_default_domain
+from bnfold.node_attrs import in_default_domain
 from bnfold.skip import Skip
 
 if TYPE_CHECKING:
-    from bnfold.graph import ConstantResolver
-
-QUANTIZATION_OPS = frozenset({"DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear"})
-
-
-def constant_input(resolver: ConstantResolver, value: ir.Value | None, label: str, *,
-                   refuse_quantized: bool = False) -> np.ndarray:
-    """The constant array behind `value`; Skip, naming `label`, when it is missing, can be
-    overridden at run time, is quantized (with `refuse_quantized`) or is computed at run time."""
-    if value is None:
-        raise Skip(f"{label} is missing")
-    if resolver.is_overridable_initializer(value):
-        raise Skip(f"{label} is a graph input (can be overridden at run time)")
-    if refuse_quantized:
-        quantization = sorted(resolver.ops_behind(value) & QUANTIZATION_OPS)
-        if quantization:
-            raise Skip(f"{label} is quantized ({quantization[0]}); fold before quantizing")
-    array = resolver.value_of(value)
-    if array is None:
-        raise Skip(f"{label} is not constant (computed at run time)")
-    return array
+    pass
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,12 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold import fold_math
-from bnfold.affine import AffineParams, Skip, constant_input
-from bnfold.graph import ConstantResolver, TypeHints, float_attr, int_attr, values_in_use
+from bnfold.affine import AffineParams
+from bnfold.constants import ConstantResolver, constant_input
+from bnfold.node_attrs import float_attr, int_attr
+from bnfold.rewire import values_in_use
+from bnfold.skip import Skip
+from bnfold.value_types import ValueTypes
 
 PARAMETER_NAMES = ("scale", "B", "input_mean", "input_var")
 
@@ -26,13 +30,13 @@ def training_reason(bn: ir.Node, opset: int) -> str | None:
     return None
 
 
-def read_params(bn: ir.Node, opset: int, resolver: ConstantResolver, hints: TypeHints) -> AffineParams:
+def read_params(bn: ir.Node, opset: int, resolver: ConstantResolver, types: ValueTypes) -> AffineParams:
     """The constant parameters of `bn` as the affine map (s, t); raises Skip with the reason otherwise."""
     arrays = read_raw_params(bn, resolver)
     per_element = opset < 9 and int_attr(bn, "spatial", 1) == 0
     # Only what the model states: inference costs a pass over the graph, and every
     # move (and the rewrite) checks the channel count against what it changes anyway.
-    check_parameter_shapes(hints.stated_shape(bn.inputs[0]), arrays, per_element)
+    check_parameter_shapes(types.stated_shape(bn.inputs[0]), arrays, per_element)
     gamma, beta, mean, var = arrays
     epsilon = float_attr(bn, "epsilon", 1e-5)
     for name, array in zip(PARAMETER_NAMES, arrays, strict=True):

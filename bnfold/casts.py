@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
-from bnfold.graph import in_default_domain, int_attr, retire_node
+from bnfold.node_attrs import in_default_domain, int_attr
+from bnfold.rewire import retire_node
 from bnfold.skip import Skip
 
 # Every value of the key type is exactly representable in each of its wider types.
@@ -56,7 +57,7 @@ def find_sandwich(ctx, widen: ir.Node | None, output: ir.Value) -> Sandwich | No
     """
     if widen is None or widen.op_type != "Cast" or not in_default_domain(widen) or not widen.inputs:
         return None
-    source = ctx.hints.dtype(widen.inputs[0])
+    source = ctx.types.dtype(widen.inputs[0])
     wide = int_attr(widen, "to", -1)
     if source is None or wide not in [t.value for t in WIDER.get(source, ())]:
         return None

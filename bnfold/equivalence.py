@@ -127,7 +127,7 @@ def source_of(model: onnx.ModelProto | ir.Model | str | os.PathLike, base_dir: s
 
 
 def _ir_tensors(model):
-    from bnfold.graph import tensor_slots
+    from bnfold.ir_walk import tensor_slots
 
     return (slot.tensor for slot in tensor_slots(model))
 

@@ -25,12 +25,13 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold import fold_math
-from bnfold.affine import Skip
 from bnfold.batchnorm import check_parameter_shapes, read_raw_params, training_reason
+from bnfold.constants import ConstantResolver
 from bnfold.errors import InputError
-from bnfold.graph import ConstantResolver, float_attr, int_attr, opset_of
+from bnfold.node_attrs import float_attr, int_attr, opset_of
 from bnfold.report import BnRecord
 from bnfold.rules import PRODUCER_RULES
+from bnfold.skip import Skip
 
 EPSILON_DOMINANCE = 10.0
 DEAD_GAMMA = 1e-6

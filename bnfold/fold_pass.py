@@ -37,26 +37,22 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold import fold_math, reparam
-from bnfold.affine import ELEMENTWISE_OPS, AffineParams, Skip, read_elementwise
+from bnfold.affine import ELEMENTWISE_OPS, AffineParams, read_elementwise
 from bnfold.batchnorm import read_params, training_reason
+from bnfold.constants import ConstantResolver
 from bnfold.errors import InputError
-from bnfold.graph import (
-    ConstantResolver,
-    NameAuthority,
-    TypeHints,
-    float_attr,
-    in_default_domain,
-    model_graphs,
-    opset_of,
-    remove_if_dead,
-    take_over_output,
-)
+from bnfold.ir_walk import ir_graphs
 from bnfold.layout import layout_kind
 from bnfold.moves import AffineNode, Folded, fold_backward, fold_forward, prepare_forward
+from bnfold.names import NameAuthority
+from bnfold.node_attrs import float_attr, in_default_domain, opset_of
 from bnfold.report import BnRecord, Site
+from bnfold.rewire import remove_if_dead, take_over_output
 from bnfold.rules import standalone
 from bnfold.rules.base import FoldContext, describe, rounded
 from bnfold.sites import SiteLocator
+from bnfold.skip import Skip
+from bnfold.value_types import ValueTypes
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +131,7 @@ class _Run:
         self.settled = 0  # BNs folded or given up, for progress
         self.model = model
         self.scopes = list(_scopes(model))
-        shared = FoldContext(ConstantResolver(model), NameAuthority(model), TypeHints(model), opset=1,
+        shared = FoldContext(ConstantResolver(model), NameAuthority(model), ValueTypes(model), opset=1,
                              function_graphs=frozenset(s.graph for s in self.scopes if s.in_function),
                              refused=refused or {})
         self.contexts = {s.graph: dataclasses.replace(shared, opset=s.opsets.get("", 1)) for s in self.scopes}
@@ -160,7 +156,7 @@ class _Run:
         if self._collapse_leftovers():
             self._fixpoint()
         self._convert_leftovers()
-        next(iter(self.contexts.values())).hints.invalidate()  # shared: the conversions added values
+        next(iter(self.contexts.values())).types.invalidate()  # shared: the conversions added values
         self._fixpoint()
 
     def records(self) -> tuple[list[BnRecord], list[Site]]:
@@ -191,7 +187,7 @@ class _Run:
         try:
             if reason is not None:
                 raise Skip(reason)
-            state.params = read_params(bn, opset, context.resolver, context.hints)
+            state.params = read_params(bn, opset, context.resolver, context.types)
         except Skip as skip:
             state.final = _record(state.name, "skipped", reason=skip.reason, scope=state.scope)
             self._settle()
@@ -248,7 +244,7 @@ class _Run:
 
     def _fold_elementwise(self, context: FoldContext, node: ir.Node, scope: _Scope) -> bool:
         try:
-            found = read_elementwise(node, context.resolver.value_of, context.hints.rank, context.hints.dim)
+            found = read_elementwise(node, context.resolver.value_of, context.types.rank, context.types.dim)
         except Skip as skip:
             self.elementwise_reasons[node] = (scope, skip.reason)
             return False
@@ -339,7 +335,7 @@ class _Run:
 
     def _refuse_channel_mismatch(self, bn: ir.Node, state: _BnState) -> bool:
         """Leave a BN exactly as it is when its parameters do not match its input's channels (as far as inferred)."""
-        channels = self.contexts[state.scope.graph].hints.dim(bn.inputs[0], 1)
+        channels = self.contexts[state.scope.graph].types.dim(bn.inputs[0], 1)
         if state.params.per_element or channels is None or state.params.channels == channels:
             return False
         mismatch = f"parameter shape ({state.params.channels},) does not match channel count {channels}"
@@ -403,7 +399,7 @@ class _Run:
         if node.op_type not in ELEMENTWISE_OPS or node in self.created_by:
             return None
         try:
-            found = read_elementwise(node, context.resolver.value_of, context.hints.rank, context.hints.dim)
+            found = read_elementwise(node, context.resolver.value_of, context.types.rank, context.types.dim)
         except Skip:
             return None
         return (found.data_index, found.params) if found.axis in (1, None) else None
@@ -590,7 +586,7 @@ def batch_norms(model: ir.Model):
 def _scopes(model: ir.Model):
     """A scope for the main graph, its subgraphs (If/Loop/Scan bodies), and every function body."""
     opsets = dict(model.opset_imports)
-    for graph, function in model_graphs(model):
+    for graph, function in ir_graphs(model):
         if function is None:
             label = "main" if graph is model.graph else f"subgraph {graph.name or '(unnamed)'}"
             yield _Scope(graph, label, opsets, False)

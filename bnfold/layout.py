@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from bnfold.graph import in_default_domain, int_attr
+from bnfold.node_attrs import in_default_domain, int_attr
 from bnfold.skip import Skip
 
 LAYOUT_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
@@ -86,7 +86,7 @@ def is_transparent(ctx, node: ir.Node) -> bool:
         legacy_training = "is_test" in node.attributes and int_attr(node, "is_test", 0) == 0
         return not (mask_used or training or legacy_training)
     if node.op_type == "Cast":
-        source = ctx.hints.dtype(node.inputs[0])
+        source = ctx.types.dtype(node.inputs[0])
         return source is not None and int_attr(node, "to", -1) == source.value
     return False
 
@@ -103,7 +103,7 @@ def _axis_before(ctx, node: ir.Node, axis: int) -> int:
         return axis
     if op == "Transpose":
         perm = node.attributes.get("perm")
-        rank = ctx.hints.rank(node.inputs[0])
+        rank = ctx.types.rank(node.inputs[0])
         order = list(perm.value) if perm is not None else (list(reversed(range(rank))) if rank else None)
         if order is None or axis >= len(order):
             raise Skip(f"the permutation of {_describe(node)} is unknown")
@@ -114,7 +114,7 @@ def _axis_before(ctx, node: ir.Node, axis: int) -> int:
 
 
 def _axis_through_axes(ctx, node: ir.Node, axis: int) -> int:
-    rank_in = ctx.hints.rank(node.inputs[0])
+    rank_in = ctx.types.rank(node.inputs[0])
     axes = _axes(ctx, node)
     if rank_in is None or axes is None:
         raise Skip(f"the axes or input rank of {_describe(node)} are unknown, so the channel axis is too")
@@ -137,14 +137,14 @@ def _axes(ctx, node: ir.Node) -> list[int] | None:
         array = ctx.resolver.value_of(node.inputs[1])
         return None if array is None else [int(a) for a in np.asarray(array).reshape(-1)]
     if node.op_type == "Squeeze":  # every axis of size 1
-        shape = ctx.hints.shape(node.inputs[0])
+        shape = ctx.types.shape(node.inputs[0])
         if shape is not None and all(d is not None for d in shape):
             return [a for a, d in enumerate(shape) if d == 1]
     return None
 
 
 def _axis_through_reshape(ctx, node: ir.Node, axis: int) -> int:
-    before, after = ctx.hints.shape(node.inputs[0]), ctx.hints.shape(node.outputs[0])
+    before, after = ctx.types.shape(node.inputs[0]), ctx.types.shape(node.outputs[0])
     if before is None or after is None or axis >= len(after) or after[axis] is None:
         raise Skip(f"the shapes around {_describe(node)} are unknown, so where the channel goes is too")
     inner = _product(after[axis + 1:])
@@ -160,7 +160,7 @@ def _product(dims) -> int | None:
 
 def remove_passed(trace: Trace) -> None:
     """Remove the transparent nodes of a walk, and Transpose pairs in it that cancel."""
-    from bnfold.graph import retire_node
+    from bnfold.rewire import retire_node
 
     for node in trace.passed:
         if node.graph is None:
@@ -178,7 +178,7 @@ def remove_passed(trace: Trace) -> None:
 
 
 def _retire_safely(node: ir.Node) -> None:
-    from bnfold.graph import retire_node
+    from bnfold.rewire import retire_node
 
     data = node.inputs[0]
     if data is not None and not data.is_graph_input() and not data.is_graph_output():

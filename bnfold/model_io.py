@@ -21,8 +21,9 @@ import onnx
 import onnx_ir as ir
 
 from bnfold.errors import InputError, first_line
-from bnfold.graph import initializer_values, subgraphs, tensor_slots
-from bnfold.validation import all_graphs, load_proto
+from bnfold.ir_walk import initializer_values, subgraphs, tensor_slots
+from bnfold.proto_walk import proto_graphs
+from bnfold.validation import load_proto
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def to_ir(proto: onnx.ModelProto, label: str) -> ir.Model:
         raise InputError(f"{label}: cannot read the model: {first_line(error)}") from error
     # onnx-ir types every initializer from its tensor and would write a value_info
     # entry for each; only initializers the proto described keep their type.
-    described = {info.name for graph in all_graphs(proto) for info in graph.value_info}
+    described = {info.name for graph in proto_graphs(proto) for info in graph.value_info}
     for value in initializer_values(model):
         if value.name not in described and not value.is_graph_input():
             value.type = None

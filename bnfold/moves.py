@@ -17,12 +17,15 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
-from bnfold.affine import QUANTIZATION_OPS, AffineParams, Skip
+from bnfold.affine import AffineParams
 from bnfold.casts import find_sandwich, remove_narrowing, remove_widening, set_path_dtype
-from bnfold.graph import bypass_node, in_default_domain, int_attr, retire_node
+from bnfold.constants import QUANTIZATION_OPS
 from bnfold.layout import is_transparent, remove_passed, trace_back
+from bnfold.node_attrs import in_default_domain, int_attr
+from bnfold.rewire import bypass_node, retire_node
 from bnfold.rules import FORWARD_RULES, PRODUCER_RULES, matmul
 from bnfold.rules.base import Commit, FoldContext, describe
+from bnfold.skip import Skip
 
 PRODUCERS = "Conv, ConvTranspose, Gemm or MatMul"
 CONSUMERS = "Conv, Gemm or MatMul"
@@ -160,7 +163,7 @@ def _fold_into_concat(ctx: FoldContext, affine: AffineNode, concat: ir.Node) -> 
     if data.is_graph_output() or len(data.uses()) > 1:
         raise Skip(f"output of {describe(concat)} is used elsewhere too")
     axis = int_attr(concat, "axis", 1)
-    rank = ctx.hints.rank(data) if axis < 0 else None
+    rank = ctx.types.rank(data) if axis < 0 else None
     if rank is not None:
         axis += rank
     if axis != 1:
@@ -243,7 +246,7 @@ def _prepare_consumer(ctx: FoldContext, affine: AffineNode, consumer: ir.Node, i
 
 def _features_per_channel(ctx: FoldContext, affine: AffineNode, flatten: ir.Node) -> int:
     """How many consecutive features each channel becomes, when [N, C, D…] is flattened to [N, C·ΠD]."""
-    shape = ctx.hints.shape(affine.data)
+    shape = ctx.types.shape(affine.data)
     if shape is None or len(shape) < 2 or any(d is None for d in shape[1:]):
         raise Skip(f"the shape behind {describe(flatten)} is unknown, so the channel blocks are too")
     block = math.prod(shape[2:])
@@ -254,7 +257,7 @@ def _features_per_channel(ctx: FoldContext, affine: AffineNode, flatten: ir.Node
         if axis != 1:
             raise Skip(f"{describe(flatten)} flattens from axis {axis}, not 1")
         return block
-    out_shape = ctx.hints.shape(flatten.outputs[0])
+    out_shape = ctx.types.shape(flatten.outputs[0])
     if out_shape is None or len(out_shape) != 2 or out_shape[1] != shape[1] * block:
         raise Skip(f"{describe(flatten)} does not provably keep each channel a contiguous block of features")
     return block

@@ -25,7 +25,7 @@ import onnx
 import onnx_ir as ir
 
 from bnfold.errors import OutputError
-from bnfold.graph import tensor_slots
+from bnfold.ir_walk import tensor_slots
 from bnfold.model_io import relist_initializer_inputs, to_proto
 from bnfold.wire import length_delimited
 

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from bnfold.validation import all_tensors, every_graph
+from bnfold.proto_walk import proto_graphs, proto_tensors
 
 HALF_TYPES = frozenset({TensorProto.FLOAT16, TensorProto.BFLOAT16})
 _TYPE_ATTRIBUTES = {("Cast", "to"), ("RandomNormal", "dtype"), ("RandomUniform", "dtype"),
@@ -22,9 +22,9 @@ def convert_float_type(model: onnx.ModelProto, source: frozenset[int], target: i
     """A copy of `model` (with its data loaded) in which every `source`-typed float becomes `target`."""
     converted = onnx.ModelProto.FromString(model.SerializeToString())
     target_dtype = helper.tensor_dtype_to_np_dtype(target)
-    for tensor in all_tensors(converted):
+    for tensor in proto_tensors(converted):
         _convert_tensor(tensor, source, target_dtype)
-    graphs = list(every_graph(converted))
+    graphs = list(proto_graphs(converted, in_functions=True))
     for graph in graphs:
         for info in (*graph.input, *graph.output, *graph.value_info):
             if info.type.tensor_type.elem_type in source:

@@ -36,7 +36,8 @@ import onnx_ir as ir
 
 from bnfold import fold_math
 from bnfold.affine import AffineParams
-from bnfold.graph import in_default_domain, int_attr, remove_if_dead, str_attr, take_over_output
+from bnfold.node_attrs import in_default_domain, int_attr, str_attr
+from bnfold.rewire import remove_if_dead, take_over_output
 from bnfold.rules.base import FoldContext, describe, rounded
 from bnfold.skip import Skip
 

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from bnfold.graph import attributes_of, subgraphs
+from bnfold.ir_walk import attributes_of, subgraphs
 from bnfold.report import Site
 
 Holder = tuple[ir.Node, tuple[str, bool] | None]  # a main-graph node, and (If condition, branch) when direct

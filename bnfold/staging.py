@@ -252,14 +252,14 @@ def referenced_data_files(destination: Path) -> set[str]:
 
 
 def _data_locations(path: Path) -> set[str]:
-    from bnfold.validation import all_tensors
+    from bnfold.proto_walk import proto_tensors
     from bnfold.wire import WireError, strip_large_tensors
 
     try:
         model = strip_large_tensors(path)[0]
     except (WireError, OSError, ValueError):
         return set()
-    return {entry.value for tensor in all_tensors(model) for entry in tensor.external_data
+    return {entry.value for tensor in proto_tensors(model) for entry in tensor.external_data
             if entry.key == "location"}
 
 

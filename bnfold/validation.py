@@ -15,6 +15,7 @@ from pathlib import Path
 import onnx
 
 from bnfold.errors import InputError, first_line
+from bnfold.proto_walk import node_graphs, proto_tensors
 
 # Types packed several elements to a byte: their element counts are not field lengths.
 _SUB_BYTE_TYPES = frozenset(
@@ -77,7 +78,7 @@ def validate_proto(proto: onnx.ModelProto, label: str) -> None:
         raise InputError(f"{label}: unknown default-domain opset {default_opset} (this onnx knows 1..{newest})")
     _check_text([proto.producer_name, proto.domain, proto.doc_string, *(o.domain for o in proto.opset_import),
                  *_metadata_text(proto)], label, "the model's")
-    for tensor in all_tensors(proto):
+    for tensor in proto_tensors(proto):
         _check_tensor(tensor, label)
     for value in (*proto.graph.input, *proto.graph.output):
         if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type == 0:
@@ -110,7 +111,7 @@ def _check_node_order(nodes, defined: set[str], outputs: Iterable[str], label: s
                 if name not in produced:
                     raise InputError(f"{label}: input '{name}' of node '{_node_label(node)}' is not defined anywhere")
                 unsorted = True
-        for subgraph in _node_graphs(node):
+        for subgraph in node_graphs(node):
             _check_graph_structure(subgraph, defined | produced if unsorted else defined, label)
         defined.update(name for name in node.output if name)
     for name in outputs:
@@ -197,7 +198,7 @@ def itemsize_of(data_type: int) -> int | None:
 
 def uses_external_data(proto: onnx.ModelProto) -> bool:
     """Whether any tensor of the model keeps its data in an external file."""
-    return any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in all_tensors(proto))
+    return any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in proto_tensors(proto))
 
 
 def check_external_data(proto: onnx.ModelProto, base_dir: Path, model_file: Path | None = None) -> None:
@@ -210,7 +211,7 @@ def check_external_data(proto: onnx.ModelProto, base_dir: Path, model_file: Path
     base = base_dir.resolve()
     own = model_file.resolve() if model_file is not None else None
     file_sizes: dict[str, int] = {}  # checked once per location, however many tensors it holds
-    for tensor in all_tensors(proto):
+    for tensor in proto_tensors(proto):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         info = {entry.key: entry.value for entry in tensor.external_data}
@@ -273,51 +274,3 @@ def _check_extent(tensor: onnx.TensorProto, info: dict[str, str], size: int, loc
                          f"'{Path(location).name}' ({size} bytes)")
 
 
-def all_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    """Every TensorProto of the model: initializers, sparse values, attributes, in all graphs and functions."""
-    for function in proto.functions:
-        yield from _attribute_tensors(function.node)
-    for graph in every_graph(proto):
-        yield from graph.initializer
-        yield from (sparse.values for sparse in graph.sparse_initializer)
-        yield from _attribute_tensors(graph.node)
-
-
-def every_graph(proto: onnx.ModelProto) -> Iterator[onnx.GraphProto]:
-    """The main graph, its subgraphs, and the subgraphs inside function bodies."""
-    roots = [proto.graph]
-    for function in proto.functions:
-        roots += [graph for node in function.node for graph in _node_graphs(node)]
-    return _graphs_below(roots)
-
-
-def all_graphs(proto: onnx.ModelProto) -> Iterator[onnx.GraphProto]:
-    """The main graph and every subgraph below it (not function bodies)."""
-    return _graphs_below([proto.graph])
-
-
-def _graphs_below(roots: list[onnx.GraphProto]) -> Iterator[onnx.GraphProto]:
-    """`roots` and every subgraph nested in their nodes' attributes."""
-    graphs = list(roots)
-    while graphs:
-        graph = graphs.pop()
-        yield graph
-        for node in graph.node:
-            graphs.extend(_node_graphs(node))
-
-
-def _attribute_tensors(nodes) -> Iterator[onnx.TensorProto]:
-    for node in nodes:
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                yield attribute.t
-            yield from attribute.tensors
-
-
-def _node_graphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    found = []
-    for attribute in node.attribute:
-        if attribute.HasField("g"):
-            found.append(attribute.g)
-        found.extend(attribute.graphs)
-    return found

@@ -44,7 +44,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from bnfold.validation import all_tensors
+from bnfold.proto_walk import proto_tensors
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -256,7 +256,7 @@ def check_output(path: Path) -> None:
     found = data_files(path)
     data = found[0] if found else path.with_name(path.name + ".data")
     size = data.stat().st_size if data.exists() else 0
-    for tensor in all_tensors(proto):
+    for tensor in proto_tensors(proto):
         if tensor.data_location != TensorProto.EXTERNAL:
             continue
         info = {entry.key: entry.value for entry in tensor.external_data}

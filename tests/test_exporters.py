@@ -263,7 +263,7 @@ def _untyped_rank(op_type, **attrs):
     """A model in which `op_type` reads a custom-domain op's output: shape inference knows nothing of it."""
     import onnx_ir as ir
 
-    from bnfold.graph import TypeHints
+    from bnfold.value_types import ValueTypes
 
     nodes = [helper.make_node("Opaque", ["x"], ["o"], domain="custom"),
              helper.make_node(op_type, ["o", *attrs.pop("inputs", [])], ["y"], **attrs)]
@@ -276,7 +276,7 @@ def _untyped_rank(op_type, **attrs):
         opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom", 1)])
     ir_model = ir.serde.deserialize_model(model)
     value = next(node for node in ir_model.graph if node.op_type == op_type).outputs[0]
-    return TypeHints(ir_model).rank(value)
+    return ValueTypes(ir_model).rank(value)
 
 
 @pytest.mark.parametrize("op_type,attrs,rank", [

@@ -15,8 +15,11 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold import fold_math
-from bnfold.affine import Skip, constant_input
-from bnfold.graph import ConstantResolver, NameAuthority, TypeHints, constant_value, replace_input, tensor_of
+from bnfold.constants import ConstantResolver, constant_input
+from bnfold.names import NameAuthority
+from bnfold.rewire import constant_value, replace_input, tensor_of
+from bnfold.skip import Skip
+from bnfold.value_types import ValueTypes
 
 Commit = Callable[[], None]
 
@@ -31,7 +34,7 @@ class FoldContext:
 
     resolver: ConstantResolver
     names: NameAuthority
-    hints: TypeHints
+    types: ValueTypes
     opset: int  # the default-domain opset of the graph or function being folded
     function_graphs: frozenset[ir.Graph] = frozenset()  # bodies that cannot hold initializers
     refused: Mapping[str, str] = field(default_factory=dict)  # Cast sandwiches a check refused: key -> reason

@@ -13,8 +13,9 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from bnfold import fold_math
-from bnfold.affine import AffineParams, Skip
+from bnfold.affine import AffineParams
 from bnfold.rules.base import Commit, FoldContext, describe, folded_commit
+from bnfold.skip import Skip
 
 
 def output_channels(ctx: FoldContext, conv: ir.Node) -> int:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from bnfold import fold_math
-from bnfold.affine import AffineParams, Skip
-from bnfold.graph import int_attr
+from bnfold.affine import AffineParams
+from bnfold.node_attrs import int_attr
 from bnfold.rules.base import Commit, FoldContext, describe, folded_commit
+from bnfold.skip import Skip
 
 
 def _weight_and_group(ctx: FoldContext, conv_t: ir.Node):

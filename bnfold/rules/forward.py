@@ -18,11 +18,12 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from bnfold import fold_math
-from bnfold.affine import AffineParams, Skip
-from bnfold.graph import float_attr, int_attr, str_attr
+from bnfold.affine import AffineParams
+from bnfold.node_attrs import float_attr, int_attr, str_attr
 from bnfold.rules.base import Commit, FoldContext, describe, folded_commit
 from bnfold.rules.gemm import check_c_broadcast, set_beta_to_one
 from bnfold.rules.matmul import become_gemm
+from bnfold.skip import Skip
 
 
 def prepare_conv(ctx: FoldContext, conv: ir.Node, params: AffineParams) -> Commit:
@@ -66,7 +67,7 @@ def prepare_gemm(ctx: FoldContext, gemm: ir.Node, params: AffineParams) -> Commi
 
 
 def prepare_matmul(ctx: FoldContext, matmul: ir.Node, params: AffineParams) -> Commit:
-    rank = ctx.hints.rank(matmul.inputs[0])
+    rank = ctx.types.rank(matmul.inputs[0])
     if rank != 2:
         raise Skip(f"input of {describe(matmul)} has rank {rank if rank is not None else 'unknown'}, "
                    "so the channel axis 1 is not the one it contracts")

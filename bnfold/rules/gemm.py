@@ -14,9 +14,10 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold import fold_math
-from bnfold.affine import AffineParams, Skip
-from bnfold.graph import float_attr, int_attr
+from bnfold.affine import AffineParams
+from bnfold.node_attrs import float_attr, int_attr
 from bnfold.rules.base import Commit, FoldContext, describe, folded_commit
+from bnfold.skip import Skip
 
 
 def _b_matrix(ctx: FoldContext, gemm: ir.Node):

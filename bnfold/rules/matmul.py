@@ -18,9 +18,10 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold import fold_math
-from bnfold.affine import AffineParams, Skip
-from bnfold.graph import replace_input
+from bnfold.affine import AffineParams
+from bnfold.rewire import replace_input
 from bnfold.rules.base import Commit, FoldContext, describe, folded_commit, rounded
+from bnfold.skip import Skip
 
 
 def feature_axis(ctx: FoldContext, matmul: ir.Node) -> int | None:
@@ -29,9 +30,9 @@ def feature_axis(ctx: FoldContext, matmul: ir.Node) -> int | None:
 
 
 def output_rank(ctx: FoldContext, matmul: ir.Node) -> int | None:
-    rank = ctx.hints.rank(matmul.outputs[0])
+    rank = ctx.types.rank(matmul.outputs[0])
     if rank is None:
-        rank_a = ctx.hints.rank(matmul.inputs[0])
+        rank_a = ctx.types.rank(matmul.inputs[0])
         rank = None if rank_a is None else max(rank_a, 2)
     return rank
 
@@ -49,7 +50,7 @@ def output_channels(ctx: FoldContext, matmul: ir.Node) -> int:
 def prepare(ctx: FoldContext, matmul: ir.Node, params: AffineParams, bias_add: ir.Node | None = None) -> Commit:
     b_matrix = _b_matrix(ctx, matmul)
     scale, shift = params.for_channels(b_matrix.shape[1], f"output of {describe(matmul)}")
-    if output_rank(ctx, matmul) == 2 and ctx.hints.rank(matmul.inputs[0]) in (None, 2) and bias_add is None:
+    if output_rank(ctx, matmul) == 2 and ctx.types.rank(matmul.inputs[0]) in (None, 2) and bias_add is None:
         return become_gemm(ctx, matmul, lambda: fold_math.fold_gemm(b_matrix, None, scale, shift, trans_b=False,
                                                                          beta=1.0, dtype=b_matrix.dtype),
                            b_matrix, bias_alone=lambda: fold_math.gemm_output_bias(None, scale, shift, beta=1.0),

@@ -20,9 +20,10 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold import fold_math
-from bnfold.affine import AffineParams, Skip
-from bnfold.graph import bypass_node, retire_node
+from bnfold.affine import AffineParams
+from bnfold.rewire import bypass_node, retire_node
 from bnfold.rules.base import FoldContext, rounded
+from bnfold.skip import Skip
 
 LEGACY_BROADCAST_BEFORE = 7
 
@@ -52,11 +53,11 @@ def rewrite_as_shift(ctx: FoldContext, bn: ir.Node, params: AffineParams) -> ir.
 def _channel_constant(ctx: FoldContext, bn: ir.Node, vector: np.ndarray, params: AffineParams) -> np.ndarray:
     """`vector` shaped to broadcast on the BN input's channel axis, rounded to the input's dtype."""
     data = bn.inputs[0]
-    channels = ctx.hints.dim(data, 1)
+    channels = ctx.types.dim(data, 1)
     if channels is not None and not params.per_element and channels != params.channels:
         raise Skip(f"parameter shape ({params.channels},) does not match channel count {channels}")
     if not params.per_element and ctx.opset >= LEGACY_BROADCAST_BEFORE:
-        rank = ctx.hints.rank(data)
+        rank = ctx.types.rank(data)
         if rank is None:
             raise Skip("rank of the input is unknown, so the channel axis cannot be broadcast")
         vector = fold_math.per_channel_broadcast(vector, rank)
@@ -65,7 +66,7 @@ def _channel_constant(ctx: FoldContext, bn: ir.Node, vector: np.ndarray, params:
 
 def _data_dtype(ctx: FoldContext, bn: ir.Node) -> np.dtype:
     for value in (bn.inputs[0], bn.outputs[0]):
-        dtype = ctx.hints.dtype(value)
+        dtype = ctx.types.dtype(value)
         if dtype is not None:
             return dtype.numpy()
     raise Skip("element type of the input is unknown")

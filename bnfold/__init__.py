@@ -24,6 +24,7 @@ _EXPORTS = {
     "RuntimeUnavailableError": "bnfold.errors",
     "BatchNormFoldPass": "bnfold.fold_pass",
     "BnRecord": "bnfold.report",
+    "NodeRecord": "bnfold.report",
     "CheckResult": "bnfold.report",
     "FoldReport": "bnfold.report",
     "OutputCheck": "bnfold.report",

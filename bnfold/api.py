@@ -22,7 +22,7 @@ import onnx
 from bnfold import __version__
 from bnfold.compare import Tolerance
 from bnfold.errors import BnfoldError, CheckFailedError, InputError, first_line
-from bnfold.report import BnRecord, CheckResult, FoldReport, Site, totals
+from bnfold.report import CheckResult, FoldReport, NodeRecord, Site, totals
 from bnfold.staging import (
     Stage,
     check_output_path,
@@ -46,7 +46,7 @@ class FoldResult:
     """The folded model (same kind as given: ModelProto in, ModelProto out) and a record per BN."""
 
     model: onnx.ModelProto | ir.Model
-    records: list[BnRecord] = field(default_factory=list)
+    records: list[NodeRecord] = field(default_factory=list)
 
     @property
     def report(self) -> FoldReport:
@@ -136,7 +136,7 @@ class _PassOptions:
 
 class _PassOutcome(NamedTuple):
     model: ir.Model
-    records: list[BnRecord]
+    records: list[NodeRecord]
     sites: list[Site]
     sandwiches: dict[str, list[str]]  # site name -> the Cast sandwich folds (keys) it shows
 

@@ -229,7 +229,7 @@ def _show_plan(result, view: _View, plan) -> None:
 
 
 def _batch(paths: list[Path], output_dir: Path, jobs: int, options: dict, report_path, view: _View) -> None:
-    from bnfold.batch import check_batch_report, fold_many, plan_outputs, worst_exit_code
+    from bnfold.many import check_batch_report, fold_many, plan_outputs, worst_exit_code
     from bnfold.progress import TerminalProgress
     from bnfold.render import Line, batch_table
     from bnfold.staging import write_atomically

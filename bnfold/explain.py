@@ -29,7 +29,7 @@ from bnfold.batchnorm import check_parameter_shapes, read_raw_params, training_r
 from bnfold.constants import ConstantResolver
 from bnfold.errors import InputError
 from bnfold.node_attrs import float_attr, int_attr, opset_of
-from bnfold.report import BnRecord
+from bnfold.report import NodeRecord
 from bnfold.rules import PRODUCER_RULES
 from bnfold.skip import Skip
 
@@ -72,7 +72,7 @@ class Explanation:
     input_name: str
     numbers: BnNumbers | None
     diagnosis: Diagnosis
-    plan: BnRecord
+    plan: NodeRecord
 
     def render(self, rows: int = 16) -> str:
         return "\n".join(_render(self, rows))
@@ -181,7 +181,7 @@ def _render(explanation: Explanation, rows: int) -> list[str]:
     return lines
 
 
-def _plan(plan: BnRecord) -> str:
+def _plan(plan: NodeRecord) -> str:
     if plan.action == "folded":
         return f"folded into {plan.into} ({plan.pattern})"
     if plan.action == "converted":

@@ -46,7 +46,7 @@ from bnfold.layout import layout_kind
 from bnfold.moves import AffineNode, Folded, fold_backward, fold_forward, prepare_forward
 from bnfold.names import NameAuthority
 from bnfold.node_attrs import float_attr, in_default_domain, opset_of
-from bnfold.report import BnRecord, Site
+from bnfold.report import NodeRecord, Site
 from bnfold.rewire import remove_if_dead, take_over_output
 from bnfold.rules import standalone
 from bnfold.rules.base import FoldContext, describe, rounded
@@ -80,7 +80,7 @@ class BatchNormFoldPass(ir.passes.InPlacePass):
         self.bn_only = bn_only  # fold only BNs and the per-channel nodes of their chains
         self.progress = progress  # called as progress("folding", done, total)
         self.refused = dict(refused or {})  # Cast sandwiches (casts.py) not to fold: key -> reason
-        self.records: list[BnRecord] = []
+        self.records: list[NodeRecord] = []
         self.sites: list[Site] = []  # every value a fold changed, for the check
         self.sandwiches: dict[str, list[str]] = {}  # site name -> keys of the Cast sandwich folds it shows
 
@@ -107,7 +107,7 @@ class _BnState:
     name: str
     scope: _Scope
     params: AffineParams | None = None
-    final: BnRecord | None = None  # set once the BN is folded or given up
+    final: NodeRecord | None = None  # set once the BN is folded or given up
     reason: str | None = None  # why the last attempt failed
     absorbed: list[str] = dataclasses.field(default_factory=list)  # neighbours it took in: "Mul 'm'"
     sites: list[ir.Value] = dataclasses.field(default_factory=list)  # values its fold changed
@@ -137,7 +137,7 @@ class _Run:
         self.contexts = {s.graph: dataclasses.replace(shared, opset=s.opsets.get("", 1)) for s in self.scopes}
         self.bns: dict[ir.Node, _BnState] = {}
         # with the values each changed, its scope and the key of the Cast sandwich it folded out of
-        self.elementwise_records: list[tuple[BnRecord, list[ir.Value], _Scope, str | None]] = []
+        self.elementwise_records: list[tuple[NodeRecord, list[ir.Value], _Scope, str | None]] = []
         self.sandwich_sites: dict[str, list[str]] = {}  # site name -> Cast sandwich keys, filled by records()
         self.chain: set[ir.Node] = set()  # elementwise nodes that belong to a BN's chain
         self.created_by: dict[ir.Node, _BnState] = {}  # a conversion's Mul/Add -> its BN
@@ -159,7 +159,7 @@ class _Run:
         next(iter(self.contexts.values())).types.invalidate()  # shared: the conversions added values
         self._fixpoint()
 
-    def records(self) -> tuple[list[BnRecord], list[Site]]:
+    def records(self) -> tuple[list[NodeRecord], list[Site]]:
         """BNs in graph order, then the Mul/Add/Sub/Div of their chains: folded, or left with the reason;
         and the sites: every main-graph value a fold changed, with the BN (or chain node) that changed it."""
         locate = SiteLocator(self.model)
@@ -458,12 +458,12 @@ class _Run:
             self.chain.add(node)
             self.created_by[node] = state
 
-    def _kept(self, state: _BnState, note: str = "") -> BnRecord:
+    def _kept(self, state: _BnState, note: str = "") -> NodeRecord:
         into = "BatchNormalization" + (f" (absorbed {', '.join(state.absorbed)})" if state.absorbed else "")
         return _record(state.name, "kept", into, f"{state.reason}{note}", state.scope,
                        pattern="collapsed" if state.absorbed else None)
 
-    def _bn_record(self, state: _BnState) -> BnRecord:
+    def _bn_record(self, state: _BnState) -> NodeRecord:
         if state.final is not None:
             return state.final
         pattern = "mul-add" if "Mul" in state.created else "scale-forward"
@@ -565,9 +565,9 @@ def _data_input(context: FoldContext, node: ir.Node) -> ir.Value | None:
 
 
 def _record(name: str, action, into: str | None = None, reason: str | None = None, scope: _Scope | None = None,
-            pattern: str | None = None, op: str = "BatchNormalization") -> BnRecord:
+            pattern: str | None = None, op: str = "BatchNormalization") -> NodeRecord:
     logger.info("%s %s: %s %s", op, name, action, into or reason)
-    return BnRecord(name=name, action=action, into=into, reason=reason, graph=scope.label if scope else "main",
+    return NodeRecord(name=name, action=action, into=into, reason=reason, graph=scope.label if scope else "main",
                     pattern=pattern, op=op)
 
 

@@ -12,8 +12,8 @@ ACTIONS: tuple[Action, ...] = ("folded", "kept", "converted", "skipped")
 
 
 @dataclass(frozen=True)
-class BnRecord:
-    """What happened to one BatchNormalization node (or a Mul/Add/Sub/Div folded along with one)."""
+class NodeRecord:
+    """What happened to one node: a BatchNormalization, or a per-channel Mul/Add/Sub/Div (`op` says which)."""
 
     name: str
     action: Action
@@ -26,6 +26,9 @@ class BnRecord:
     pattern: str | None = None
     op: str = "BatchNormalization"
     site: str | None = None  # the value the check compares for it (its output, now computed by the fold)
+
+
+BnRecord = NodeRecord  # its name before it also recorded Mul/Add/Sub/Div nodes
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,7 @@ class FoldReport:
     """Everything one run found and did: a record per BN (and per Mul/Add/Sub/Div folded), the check,
     op counts and file sizes before → after, the time it took, and the error that stopped it, if any."""
 
-    records: list[BnRecord] = field(default_factory=list)
+    records: list[NodeRecord] = field(default_factory=list)
     check: CheckResult | None = None
     model: str | None = None
     diagnostics: dict | None = None  # BN name -> explain.Diagnosis (dry runs)
@@ -132,7 +135,7 @@ class FoldReport:
         """Actions of the BatchNormalization records."""
         return Counter(record.action for record in self.batch_norms())
 
-    def batch_norms(self) -> list[BnRecord]:
+    def batch_norms(self) -> list[NodeRecord]:
         return [record for record in self.records if record.op == "BatchNormalization"]
 
     def others_folded(self) -> Counter:

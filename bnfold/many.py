@@ -1,4 +1,4 @@
-"""Folding many models: inputs (files or folders) → an output folder, optionally in parallel.
+"""Folding many models: inputs (files or folders) → an output folder, optionally in parallel (batch mode).
 
 Each model is folded, checked and written exactly as `fold_file` does it, in a
 process of its own: one model's failure (a failed check, a broken file, a worker

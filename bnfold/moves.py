@@ -23,12 +23,10 @@ from bnfold.constants import QUANTIZATION_OPS
 from bnfold.layout import is_transparent, remove_passed, trace_back
 from bnfold.node_attrs import in_default_domain, int_attr
 from bnfold.rewire import bypass_node, retire_node
-from bnfold.rules import FORWARD_RULES, PRODUCER_RULES, matmul
+from bnfold.rules import CONSUMER_NAMES, CONSUMER_RULES, PRODUCER_NAMES, PRODUCER_RULES, matmul
 from bnfold.rules.base import Commit, FoldContext, describe
 from bnfold.skip import Skip
 
-PRODUCERS = "Conv, ConvTranspose, Gemm or MatMul"
-CONSUMERS = "Conv, Gemm or MatMul"
 # Integer-arithmetic producers: their weights are quantized, nothing folds into them.
 QUANTIZED_PRODUCERS = frozenset({"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm"})
 FLATTENING_OPS = frozenset({"Flatten", "Reshape"})
@@ -148,7 +146,7 @@ def _check_feature_axis(ctx: FoldContext, producer: ir.Node, axis: int | None) -
 def _check_foldable_producer(user: ir.Node, value: ir.Value, producer: ir.Node | None) -> None:
     """`value` must come from a rule's producer, in the same graph, and feed nothing but `user`."""
     if producer is None or not in_default_domain(producer) or producer.op_type not in PRODUCER_RULES:
-        raise Skip(f"no {PRODUCERS} before it")
+        raise Skip(f"no {PRODUCER_NAMES} before it")
     if producer.graph is not user.graph:
         raise Skip(f"{describe(producer)} is in an outer graph")
     if value.is_graph_output():
@@ -235,13 +233,13 @@ def _prepare_consumer(ctx: FoldContext, affine: AffineNode, consumer: ir.Node, i
         params = params.repeated(_features_per_channel(ctx, affine, consumer))
         through = f" (through {describe(consumer)})"
         consumer, index = _past_transparent(ctx, *_only_consumer(consumer))
-    rule = FORWARD_RULES.get(consumer.op_type) if in_default_domain(consumer) else None
+    rule = CONSUMER_RULES.get(consumer.op_type) if in_default_domain(consumer) else None
     if rule is None:
-        raise Skip(f"its output feeds {describe(consumer)}, not a {CONSUMERS}")
+        raise Skip(f"its output feeds {describe(consumer)}, not a {CONSUMER_NAMES}")
     if index != 0:
         raise Skip(f"its output is input {index} of {describe(consumer)}, not the data input")
     target = describe(consumer)
-    return rule(ctx, consumer, params), target + through, consumer.outputs[0]
+    return rule.prepare(ctx, consumer, params), target + through, consumer.outputs[0]
 
 
 def _features_per_channel(ctx: FoldContext, affine: AffineNode, flatten: ir.Node) -> int:

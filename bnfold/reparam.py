@@ -88,7 +88,7 @@ def merge(ctx: FoldContext, root: ir.Node, leaves: list[ir.Value], sums: list[ir
     if any(bn.op_type != "BatchNormalization" or bn_params(bn) is None for bn in bns):
         return None
     _check_single_uses(leaves, sums, root)
-    kernels = [ctx.matrix_or_kernel(conv) for conv in convs]
+    kernels = [ctx.kernel(conv) for conv in convs]
     _check_alike(convs, kernels, has_identity=bool(identities))
     size = tuple(max(kernel.shape[2 + axis] for kernel in kernels) for axis in range(kernels[0].ndim - 2))
     if all(kernel.shape[2:] != size for kernel in kernels):

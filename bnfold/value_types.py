@@ -123,7 +123,7 @@ def _rank_from_producer(types: ValueTypes, value: ir.Value) -> int | None:
     op = node.op_type
     if op == "Transpose" and "perm" in node.attributes:
         return len(node.attributes["perm"].value)
-    if op in ("Conv", "ConvTranspose") and len(node.inputs) > 1:
+    if op in ("Conv", "ConvTranspose", "DeformConv") and len(node.inputs) > 1:  # output rank = kernel rank
         weight = _static_dims(node.inputs[1])
         return None if weight is None else len(weight)
     if op == "Reshape" and len(node.inputs) > 1:

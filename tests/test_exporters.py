@@ -381,7 +381,7 @@ def test_a_narrowing_first_cast_is_no_sandwich():
     result = bnfold.fold(model)
     (record,) = result.records
     assert record.action == "kept"
-    assert record.reason.startswith("no Conv, ConvTranspose, Gemm or MatMul before it")
+    assert record.reason.startswith("no Conv, ConvTranspose, DeformConv, Gemm or MatMul before it")
 
 
 # --- RepVGG / MobileOne / ACNet: branches on one input summed by Add --------------------------------
@@ -593,7 +593,7 @@ def test_dropout_in_training_mode_is_not_transparent():
              "training": np.array(True), **bn_arrays(rng, 4)}
     result = bnfold.fold(make_model(nodes, [("x", F32, ["N", 3, 6, 6])], [("z", F32, None)], inits))
     (record,) = result.records
-    assert record.action == "kept" and record.reason.startswith("no Conv, ConvTranspose, Gemm or MatMul before it")
+    assert record.action == "kept" and record.reason.startswith("no Conv, ConvTranspose, DeformConv, Gemm or MatMul before it")
 
 
 # --- Refusals through layout ops ------------------------------------------------------------------

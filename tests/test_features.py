@@ -53,7 +53,7 @@ def test_explain_shows_the_formula_and_the_numbers(tmp_path, node):
     assert row.split() == ["0", "1", "0", "0", "1", "0.9995004", "0"]
     assert "ε dominates σ² (σ² < 10·ε, so ε sets the scale): 1 channel (2)" in out
     assert "dead: γ ≈ 0 (|γ| < 1e-06; the channel outputs β whatever its input): 1 channel (1)" in out
-    assert "bnfold: kept as BatchNormalization: no Conv, ConvTranspose, Gemm or MatMul before it" in out
+    assert "bnfold: kept as BatchNormalization: no Conv, ConvTranspose, DeformConv, Gemm or MatMul before it" in out
 
 
 def test_explain_a_training_mode_bn(tmp_path):

@@ -52,7 +52,7 @@ def test_padded_conv_after_bn_keeps_the_shift_with_reason_padding(pads, auto_pad
     folded, records = fold_and_check(bn_conv_model(pads=pads, auto_pad=auto_pad))
     record = records_by_name(records)["bn"]
     assert record.action == "converted"
-    assert record.reason == ("no Conv, ConvTranspose, Gemm or MatMul before it; "
+    assert record.reason == ("no Conv, ConvTranspose, DeformConv, Gemm or MatMul before it; "
                              "padding: Conv 'conv' pads its input with zeros, which the shift would not reach")
     # Its pure scale still folds into the padded Conv: only an Add is left.
     assert (record.into, record.pattern) == ("Add (Mul folded into Conv 'conv' (forward))", "scale-forward")

@@ -140,7 +140,7 @@ def test_standalone_bn_stays_one_node_by_default(rank):
     assert folded == model
     record = only_record(records)
     assert (record.action, record.into, record.pattern) == ("kept", "BatchNormalization", None)
-    assert record.reason == "no Conv, ConvTranspose, Gemm or MatMul before it; its output is a graph output"
+    assert record.reason == "no Conv, ConvTranspose, DeformConv, Gemm or MatMul before it; its output is a graph output"
 
 
 @pytest.mark.parametrize("rank", [2, 3, 4, 5])
@@ -152,7 +152,7 @@ def test_standalone_mul_add_rewrites_it(rank):
     assert op_counts(folded) == {"Mul": 1, "Add": 1}
     record = only_record(records)
     assert (record.action, record.into, record.pattern) == ("converted", "Mul+Add", "mul-add")
-    assert record.reason == "no Conv, ConvTranspose, Gemm or MatMul before it; its output is a graph output"
+    assert record.reason == "no Conv, ConvTranspose, DeformConv, Gemm or MatMul before it; its output is a graph output"
     scale = next(i for i in folded.graph.initializer if i.name.endswith("_scale"))
     assert list(scale.dims) == [3] + [1] * (rank - 2)
 

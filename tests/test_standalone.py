@@ -82,7 +82,7 @@ def test_a_chain_of_affine_nodes_around_a_leftover_bn_becomes_one_bn(chain):
     assert (bn.action, bn.pattern) == ("kept", "collapsed")
     ops = {n.name: n.op_type for n in model.graph.node}
     assert bn.into == "BatchNormalization (absorbed " + ", ".join(f"{ops[n]} '{n}'" for n in absorbed) + ")"
-    assert bn.reason == "no Conv, ConvTranspose, Gemm or MatMul before it; its output feeds Relu 'relu', " \
+    assert bn.reason == "no Conv, ConvTranspose, DeformConv, Gemm or MatMul before it; its output feeds Relu 'relu', " \
                         "not a Conv, Gemm or MatMul"
     for name in absorbed:
         assert (by_name(records)[name].action, by_name(records)[name].into, by_name(records)[name].pattern) == (
@@ -148,7 +148,7 @@ def test_a_constant_on_another_axis_is_not_absorbed():
     folded, records = fold_and_check(model)
     assert op_counts(folded) == {"BatchNormalization": 1, "Mul": 1, "Relu": 1}
     assert by_name(records)["post0"].reason == (
-        "no Conv, ConvTranspose, Gemm or MatMul before it; it runs along axis 3; a consumer can take a map along axis 1 only")
+        "no Conv, ConvTranspose, DeformConv, Gemm or MatMul before it; it runs along axis 3; a consumer can take a map along axis 1 only")
 
 
 def test_collapsing_never_overwrites_shared_parameters():

@@ -1,37 +1,32 @@
-"""One module per producer family; the moves look rules up in these tables.
+"""The rules, one module per op family, and the registry the moves look them up in.
 
-PRODUCER_RULES fold an affine map that follows a node into it ("backward");
-FORWARD_RULES fold one that precedes it ("forward"). Each rule's `prepare` checks
-and computes without touching the graph and returns the Commit that writes.
+A producer rule folds an affine map that follows its node into it (the backward
+move); a consumer rule folds one that precedes it (the forward move). Each rule's
+`prepare` checks and computes without touching the graph and returns the Commit
+that writes (rules/base.py). Adding a producer is one module defining `RULE` (a
+ProducerRule) and one entry in PRODUCERS; the moves, the report's wording and
+`--explain` derive from this table.
 """
 
-from dataclasses import dataclass
+from __future__ import annotations
 
-from bnfold.rules import conv, conv_transpose, forward, gemm, matmul, standalone
+from bnfold.rules import conv, conv_transpose, deform_conv, forward, gemm, matmul, standalone
+from bnfold.rules.base import ConsumerRule, ProducerRule
 
+PRODUCERS: tuple[ProducerRule, ...] = (conv.RULE, conv_transpose.RULE, deform_conv.RULE, gemm.RULE, matmul.RULE)
+CONSUMERS: tuple[ConsumerRule, ...] = forward.RULES
 
-def _channel_axis(ctx, node) -> int:
-    return 1
-
-
-@dataclass(frozen=True)
-class ProducerRule:
-    prepare: object  # (ctx, node, AffineParams) -> Commit
-    output_channels: object  # (ctx, node) -> int
-    feature_axis: object = _channel_axis  # (ctx, node) -> the output axis its weight's output features run along
+PRODUCER_RULES: dict[str, ProducerRule] = {op: rule for rule in PRODUCERS for op in rule.op_types}
+CONSUMER_RULES: dict[str, ConsumerRule] = {op: rule for rule in CONSUMERS for op in rule.op_types}
 
 
-PRODUCER_RULES = {
-    "Conv": ProducerRule(conv.prepare, conv.output_channels),
-    "ConvTranspose": ProducerRule(conv_transpose.prepare, conv_transpose.output_channels),
-    "Gemm": ProducerRule(gemm.prepare, gemm.output_channels),
-    "MatMul": ProducerRule(matmul.prepare, matmul.output_channels, matmul.feature_axis),
-}
+def _either(ops: list[str]) -> str:
+    """'Conv, Gemm or MatMul'."""
+    return ops[0] if len(ops) == 1 else f"{', '.join(ops[:-1])} or {ops[-1]}"
 
-FORWARD_RULES = {
-    "Conv": forward.prepare_conv,
-    "Gemm": forward.prepare_gemm,
-    "MatMul": forward.prepare_matmul,
-}
 
-__all__ = ["FORWARD_RULES", "PRODUCER_RULES", "ProducerRule", "standalone"]
+PRODUCER_NAMES = _either(list(PRODUCER_RULES))  # in the refusals: "no Conv, ConvTranspose, … or MatMul before it"
+CONSUMER_NAMES = _either(list(CONSUMER_RULES))
+
+__all__ = ["CONSUMERS", "CONSUMER_NAMES", "CONSUMER_RULES", "PRODUCERS", "PRODUCER_NAMES", "PRODUCER_RULES",
+           "ConsumerRule", "ProducerRule", "standalone"]

@@ -15,6 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold import fold_math
+from bnfold.affine import AffineParams
 from bnfold.constants import ConstantResolver, constant_input
 from bnfold.names import NameAuthority
 from bnfold.rewire import constant_value, replace_input, tensor_of
@@ -39,13 +40,18 @@ class FoldContext:
     function_graphs: frozenset[ir.Graph] = frozenset()  # bodies that cannot hold initializers
     refused: Mapping[str, str] = field(default_factory=dict)  # Cast sandwiches a check refused: key -> reason
 
-    def matrix_or_kernel(self, node: ir.Node, role: str = "weight") -> np.ndarray:
-        """Input 1 of a Conv/ConvTranspose (rank ≥ 3) or a Gemm/MatMul (rank 2); Skip otherwise."""
-        array = self.weight(node, 1, role)
-        is_kernel = node.op_type in ("Conv", "ConvTranspose")
-        if (array.ndim < 3) if is_kernel else (array.ndim != 2):
-            expected = "at least 3" if is_kernel else "2"
-            raise Skip(f"{role} of {describe(node)} has rank {array.ndim}, expected {expected}")
+    def kernel(self, node: ir.Node, index: int = 1, role: str = "weight") -> np.ndarray:
+        """A convolution kernel [C, C', k…] (rank ≥ 3) at input `index`; Skip otherwise."""
+        array = self.weight(node, index, role)
+        if array.ndim < 3:
+            raise Skip(f"{role} of {describe(node)} has rank {array.ndim}, expected at least 3")
+        return array
+
+    def matrix(self, node: ir.Node, index: int = 1, role: str = "weight") -> np.ndarray:
+        """A 2-D weight at input `index`; Skip otherwise."""
+        array = self.weight(node, index, role)
+        if array.ndim != 2:
+            raise Skip(f"{role} of {describe(node)} has rank {array.ndim}, expected 2")
         return array
 
     def weight(self, node: ir.Node, index: int, role: str) -> np.ndarray:
@@ -121,6 +127,37 @@ class FoldContext:
 LAZY_TENSOR_BYTES = 1 << 20
 
 
+def channel_axis(ctx: FoldContext, node: ir.Node) -> int | None:
+    """Output features along axis 1 (NCHW…): the convolutions'."""
+    return 1
+
+
+@dataclass(frozen=True)
+class ProducerRule:
+    """A linear op that an affine map following it folds into (the backward move).
+
+    `op_types`: the default-domain ops it handles. `weight_input`: the input holding its
+    weight. `output_channels(ctx, node)`: how many output features it has.
+    `feature_axis(ctx, node)`: the output axis they run along (None when unknown), which
+    the affine map's channel axis must land on. `prepare(ctx, node, params)`: check the
+    fold of `params` and return the Commit that writes it (Skip with the reason).
+    """
+
+    op_types: tuple[str, ...]
+    weight_input: int
+    output_channels: Callable[[FoldContext, ir.Node], int]
+    prepare: Callable[[FoldContext, ir.Node, AffineParams], Commit]
+    feature_axis: Callable[[FoldContext, ir.Node], int | None] = channel_axis
+
+
+@dataclass(frozen=True)
+class ConsumerRule:
+    """A linear op that an affine map before it folds into (the forward move): `prepare(ctx, node, params)`."""
+
+    op_types: tuple[str, ...]
+    prepare: Callable[[FoldContext, ir.Node, AffineParams], Commit]
+
+
 def _tensor(array: np.ndarray, name: str, recompute: Callable[[], np.ndarray] | None):
     if recompute is None:
         return tensor_of(array, name)
@@ -153,10 +190,10 @@ def folded_commit(ctx: FoldContext, node: ir.Node, fold: Callable[[], tuple[np.n
                   weight: np.ndarray, bias_like: np.ndarray, *, roles: tuple[str, str] = ("weight", "bias"),
                   write_bias: bool = True, before: Callable[[], None] | None = None,
                   after: Callable[[], None] | None = None, bias_alone: Callable[[], np.ndarray] | None = None,
-                  factors: np.ndarray | None = None) -> Commit:
+                  factors: np.ndarray | None = None, bias_input: int = 2) -> Commit:
     """Check a fold now (it may overflow: Skip), and return the Commit that writes it.
 
-    `fold()` gives (new weight, new bias) in float64 for inputs 1 and 2 of `node`.
+    `fold()` gives (new weight, new bias) in float64 for inputs 1 and `bias_input` of `node`.
     It is kept as the recipe for the weight: a large weight whose source is memory
     mapped is recomputed while the output is written instead of being held in memory.
     When the fold multiplies each weight element by one of `factors` and
@@ -180,7 +217,7 @@ def folded_commit(ctx: FoldContext, node: ir.Node, fold: Callable[[], tuple[np.n
         if before is not None:
             before()
         if write_bias:
-            ctx.write_input(node, 2, new_bias, roles[1])
+            ctx.write_input(node, bias_input, new_bias, roles[1])
         ctx.write_input(node, 1, new_weight, roles[0], recompute=make_weight, like=weight)
         if after is not None:
             after()

@@ -14,21 +14,26 @@ import onnx_ir as ir
 
 from bnfold import fold_math
 from bnfold.affine import AffineParams
-from bnfold.rules.base import Commit, FoldContext, describe, folded_commit
+from bnfold.rules.base import Commit, FoldContext, ProducerRule, describe, folded_commit
 from bnfold.skip import Skip
 
 
 def output_channels(ctx: FoldContext, conv: ir.Node) -> int:
-    return int(ctx.matrix_or_kernel(conv).shape[0])
+    return int(ctx.kernel(conv).shape[0])
 
 
-def prepare(ctx: FoldContext, conv: ir.Node, params: AffineParams) -> Commit:
-    weight = ctx.matrix_or_kernel(conv)
-    bias = ctx.optional_weight(conv, 2, "bias")
+def prepare(ctx: FoldContext, conv: ir.Node, params: AffineParams, bias_input: int = 2) -> Commit:
+    """The fold into a convolution whose output channel o owns W[o] and the bias at input `bias_input`."""
+    weight = ctx.kernel(conv)
+    bias = ctx.optional_weight(conv, bias_input, "bias")
     scale, shift = params.for_channels(weight.shape[0], f"output of {describe(conv)}")
     if bias is not None and bias.shape != (weight.shape[0],):
         raise Skip(f"bias of {describe(conv)} has shape {bias.shape}, expected ({weight.shape[0]},)")
     return folded_commit(ctx, conv,
                          lambda: fold_math.fold_output_channels(weight, bias, scale, shift, dtype=weight.dtype),
                          weight, weight if bias is None else bias,
-                         bias_alone=lambda: fold_math.output_bias(bias, scale, shift), factors=scale)
+                         bias_alone=lambda: fold_math.output_bias(bias, scale, shift), factors=scale,
+                         bias_input=bias_input)
+
+
+RULE = ProducerRule(("Conv",), weight_input=1, output_channels=output_channels, prepare=prepare)

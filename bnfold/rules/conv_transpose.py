@@ -15,12 +15,12 @@ import onnx_ir as ir
 from bnfold import fold_math
 from bnfold.affine import AffineParams
 from bnfold.node_attrs import int_attr
-from bnfold.rules.base import Commit, FoldContext, describe, folded_commit
+from bnfold.rules.base import Commit, FoldContext, ProducerRule, describe, folded_commit
 from bnfold.skip import Skip
 
 
 def _weight_and_group(ctx: FoldContext, conv_t: ir.Node):
-    weight = ctx.matrix_or_kernel(conv_t)
+    weight = ctx.kernel(conv_t)
     group = int_attr(conv_t, "group", 1)
     if group < 1 or weight.shape[0] % group:
         raise Skip(f"weight of {describe(conv_t)} has {weight.shape[0]} input channels, not divisible by group {group}")
@@ -43,3 +43,6 @@ def prepare(ctx: FoldContext, conv_t: ir.Node, params: AffineParams) -> Commit:
                          lambda: fold_math.fold_conv_transpose(weight, bias, scale, shift, group, weight.dtype),
                          weight, weight if bias is None else bias,
                          bias_alone=lambda: fold_math.output_bias(bias, scale, shift), factors=scale)
+
+
+RULE = ProducerRule(("ConvTranspose",), weight_input=1, output_channels=output_channels, prepare=prepare)

@@ -20,14 +20,14 @@ import onnx_ir as ir
 from bnfold import fold_math
 from bnfold.affine import AffineParams
 from bnfold.node_attrs import float_attr, int_attr, str_attr
-from bnfold.rules.base import Commit, FoldContext, describe, folded_commit
+from bnfold.rules.base import Commit, ConsumerRule, FoldContext, describe, folded_commit
 from bnfold.rules.gemm import check_c_broadcast, set_beta_to_one
 from bnfold.rules.matmul import become_gemm
 from bnfold.skip import Skip
 
 
 def prepare_conv(ctx: FoldContext, conv: ir.Node, params: AffineParams) -> Commit:
-    weight = ctx.matrix_or_kernel(conv)
+    weight = ctx.kernel(conv)
     bias = ctx.optional_weight(conv, 2, "bias")
     group = int_attr(conv, "group", 1)
     if group < 1 or weight.shape[0] % group:
@@ -52,7 +52,7 @@ def _pads_with_zeros(conv: ir.Node) -> bool:
 def prepare_gemm(ctx: FoldContext, gemm: ir.Node, params: AffineParams) -> Commit:
     if int_attr(gemm, "transA", 0):
         raise Skip(f"{describe(gemm)} has transA=1: the channel would index its output's rows")
-    b_matrix = ctx.matrix_or_kernel(gemm, "B")
+    b_matrix = ctx.matrix(gemm, role="B")
     trans_b = bool(int_attr(gemm, "transB", 0))
     columns = b_matrix.shape[0] if trans_b else b_matrix.shape[1]
     scale, shift = params.for_channels(b_matrix.shape[1] if trans_b else b_matrix.shape[0],
@@ -71,7 +71,11 @@ def prepare_matmul(ctx: FoldContext, matmul: ir.Node, params: AffineParams) -> C
     if rank != 2:
         raise Skip(f"input of {describe(matmul)} has rank {rank if rank is not None else 'unknown'}, "
                    "so the channel axis 1 is not the one it contracts")
-    b_matrix = ctx.matrix_or_kernel(matmul)
+    b_matrix = ctx.matrix(matmul)
     scale, shift = params.for_channels(b_matrix.shape[0], f"input of {describe(matmul)}")
     return become_gemm(ctx, matmul, lambda: fold_math.fold_gemm_input_columns(
         b_matrix, None, scale, shift, trans_b=False, alpha=1.0, beta=1.0, dtype=b_matrix.dtype), b_matrix)
+
+
+RULES = (ConsumerRule(("Conv",), prepare_conv), ConsumerRule(("Gemm",), prepare_gemm),
+         ConsumerRule(("MatMul",), prepare_matmul))

@@ -16,12 +16,12 @@ import onnx_ir as ir
 from bnfold import fold_math
 from bnfold.affine import AffineParams
 from bnfold.node_attrs import float_attr, int_attr
-from bnfold.rules.base import Commit, FoldContext, describe, folded_commit
+from bnfold.rules.base import Commit, FoldContext, ProducerRule, describe, folded_commit
 from bnfold.skip import Skip
 
 
 def _b_matrix(ctx: FoldContext, gemm: ir.Node):
-    b_matrix = ctx.matrix_or_kernel(gemm, "B")
+    b_matrix = ctx.matrix(gemm, role="B")
     trans_b = bool(int_attr(gemm, "transB", 0))
     return b_matrix, trans_b
 
@@ -45,6 +45,9 @@ def prepare(ctx: FoldContext, gemm: ir.Node, params: AffineParams) -> Commit:
                          b_matrix, b_matrix if c_bias is None else c_bias, roles=("B", "C"),
                          after=lambda: set_beta_to_one(ctx, gemm),
                          bias_alone=lambda: fold_math.gemm_output_bias(c_bias, scale, shift, beta=beta), factors=scale)
+
+
+RULE = ProducerRule(("Gemm",), weight_input=1, output_channels=output_channels, prepare=prepare)  # [M, N]: axis 1
 
 
 def set_beta_to_one(ctx: FoldContext, gemm: ir.Node) -> None:

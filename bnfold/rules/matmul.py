@@ -20,7 +20,7 @@ import onnx_ir as ir
 from bnfold import fold_math
 from bnfold.affine import AffineParams
 from bnfold.rewire import replace_input
-from bnfold.rules.base import Commit, FoldContext, describe, folded_commit, rounded
+from bnfold.rules.base import Commit, FoldContext, ProducerRule, describe, folded_commit, rounded
 from bnfold.skip import Skip
 
 
@@ -40,7 +40,7 @@ def output_rank(ctx: FoldContext, matmul: ir.Node) -> int | None:
 def _b_matrix(ctx: FoldContext, matmul: ir.Node) -> np.ndarray:
     if output_rank(ctx, matmul) is None:
         raise Skip(f"rank of the output of {describe(matmul)} is unknown")
-    return ctx.matrix_or_kernel(matmul)
+    return ctx.matrix(matmul)
 
 
 def output_channels(ctx: FoldContext, matmul: ir.Node) -> int:
@@ -60,6 +60,10 @@ def prepare(ctx: FoldContext, matmul: ir.Node, params: AffineParams, bias_add: i
     if bias_add is None and np.all(scale == 1):
         raise Skip(f"{describe(matmul)} has rank {output_rank(ctx, matmul)} and no bias Add to take a shift")
     return _with_bias(ctx, matmul, b_matrix, scale, shift, bias_add)
+
+
+RULE = ProducerRule(("MatMul",), weight_input=1, output_channels=output_channels, prepare=prepare,
+                    feature_axis=feature_axis)
 
 
 def _scaled(ctx: FoldContext, matmul: ir.Node, b_matrix: np.ndarray, scale: np.ndarray) -> Commit:

@@ -118,7 +118,7 @@ def source_of(model: onnx.ModelProto | ir.Model | str | os.PathLike, base_dir: s
     import onnx_ir as ir
 
     if isinstance(model, ir.Model):
-        from bnfold.model_io import to_proto
+        from bnfold.model_file import to_proto
 
         external = [t for t in _ir_tensors(model) if isinstance(t, ir.ExternalTensor)]
         folder = Path(external[0].base_dir) if external else None

@@ -92,18 +92,17 @@ class Explanation:
 
 def explain(source: str | os.PathLike, node: str) -> Explanation:
     """Explain the BatchNormalization `node` (a name, or its index in the report's order) of the model at `source`."""
-    from bnfold.api import _PassOptions, _run_pass  # the plan: what the pass does with it
-    from bnfold.fold_pass import batch_norms
-    from bnfold.model_io import load_model
+    from bnfold.fold_pass import batch_norms, run_pass  # the plan: what the pass does with it
+    from bnfold.model_file import ModelFile
 
-    model = load_model(source)
+    model = ModelFile.open(source).load()
     found = list(batch_norms(model))
     index = _find(found, node)
     bn, scope = found[index]
     numbers, diagnosis = _study(ConstantResolver(model), bn, scope)
     input_name = bn.inputs[0].name if bn.inputs and bn.inputs[0] is not None else "?"
     name = bn.name or "(unnamed BatchNormalization)"
-    plan = _run_pass(model, _PassOptions())[1][index]
+    plan = run_pass(model).records[index]
     return Explanation(name, index, scope.label, input_name, numbers, diagnosis, plan)
 
 

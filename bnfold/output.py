@@ -26,7 +26,7 @@ import onnx_ir as ir
 
 from bnfold.errors import OutputError
 from bnfold.ir_walk import tensor_slots
-from bnfold.model_io import relist_initializer_inputs, to_proto
+from bnfold.model_file import relist_initializer_inputs, to_proto
 from bnfold.wire import length_delimited
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def write_model(model: ir.Model, model_path: Path, data_path: Path, external_thr
     """Serialize `model` to `model_path` (the model is not usable afterwards).
 
     `external_threshold`: tensors of at least this many bytes go to `data_path`, which
-    the model refers to by its name (see model_io.external_data_threshold); None
+    the model refers to by its name (see model_file.external_data_threshold); None
     writes everything inline.
     """
     try:

@@ -163,9 +163,9 @@ def test_compare_output_shape_and_integer_outputs():
 
 
 def test_a_model_past_the_protobuf_limit_gets_external_data_automatically(tmp_path, monkeypatch):
-    from bnfold import model_io
+    from bnfold import model_file
 
-    monkeypatch.setattr(model_io, "_INLINE_BUDGET", 1000)  # stands in for 2 GB
+    monkeypatch.setattr(model_file, "_INLINE_BUDGET", 1000)  # stands in for 2 GB
     out = tmp_path / "big.onnx"
     bnfold.fold_file(SAMPLES[0], out)
     assert data_file(out).exists()

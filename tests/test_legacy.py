@@ -111,3 +111,20 @@ def test_spatial_0_never_folds_into_a_conv():
 def test_spatial_1_at_opset_7_folds_as_usual():
     folded, records = fold_and_check(conv_bn_legacy(7, spatial=1))
     assert only_record(records).action == "folded"
+
+
+@pytest.mark.parametrize("given", ["path", "proto", "ir"])
+def test_ir3_models_come_back_valid_whatever_they_were_given_as(given, tmp_path):
+    import onnx_ir as ir
+
+    model = conv_bn_legacy(9)
+    path = tmp_path / "legacy.onnx"
+    onnx.save(model, path)
+    source = {"path": path, "proto": model, "ir": ir.serde.deserialize_model(model)}[given]
+    folded = bnfold.fold(source).model
+    proto = folded if isinstance(folded, onnx.ModelProto) else ir.serde.serialize_model(folded)
+    onnx.checker.check_model(proto, full_check=True)  # IR 3: every initializer must be a graph input too
+    listed = {i.name for i in proto.graph.input}
+    assert proto.ir_version == 3 and proto.graph.initializer
+    assert all(t.name in listed for t in proto.graph.initializer)
+    assert op_counts(proto) == {"Conv": 1}

@@ -1,11 +1,21 @@
-"""Loading models and converting them back: nothing added, nothing lost.
+"""The one owner of model files: open and validate, load for folding, decide the output layout, save.
 
-Loading validates the file (see validation.py) and deserializes into onnx-ir,
-undoing the two things the IR would otherwise change on the way back out: a
-value_info entry per initializer, and IR < 4's initializers listed as inputs.
-`to_proto` restores what onnx-ir cannot carry (sparse initializers), and
-`external_data_threshold` decides the output's layout explicitly (one data file
-named after the output, never the input's). Writing is in output.py.
+A ModelFile is made from a path (`open`), an onnx.ModelProto (`from_proto`) or an
+onnx_ir.Model (`from_ir`); nothing is read from data files until `load`. Its life:
+
+    ModelFile.open(path)            validate the structure, and every external-data reference's
+                                    path and extent, without reading a byte of data (validation.py)
+    .load(external_data)            the onnx-ir model to fold: external tensors memory-mapped,
+                                    those of 64 KiB or less read now; IR < 4's initializers,
+                                    listed as inputs by rule, unlisted; the output layout decided
+    .token(...), .data_name(...)    the output's data-file name, for the no-clobbering checks
+    .save(model, stage)             written into the staging folder (output.py) in that layout
+    .finish(model)                  the folded model the way the caller gave it: a ModelProto
+                                    (sparse initializers and IR < 4 input lists restored) or an
+                                    onnx_ir.Model (input lists restored)
+
+Loading undoes what onnx-ir would change on the way back out (a value_info entry per
+initializer, IR < 4's input lists); `to_proto` restores what it cannot carry.
 """
 
 from __future__ import annotations
@@ -23,7 +33,8 @@ import onnx_ir as ir
 from bnfold.errors import InputError, first_line
 from bnfold.ir_walk import initializer_values, subgraphs, tensor_slots
 from bnfold.proto_walk import proto_graphs
-from bnfold.validation import load_proto
+from bnfold.staging import Stage, data_file_name, data_token
+from bnfold.validation import check_external_data, load_proto, uses_external_data, validate_proto
 
 logger = logging.getLogger(__name__)
 
@@ -37,15 +48,89 @@ _SPARSE_KEY = "bnfold.sparse_initializers"
 _READ_AT_LOAD_BYTES = 64 * 1024
 
 
-def load_model(path: str | os.PathLike, proto: onnx.ModelProto | None = None) -> ir.Model:
-    """Read and validate an ONNX model file; external tensors stay on disk (memory-mapped).
+class ModelFile:
+    """One model, from opening to the save of its folded version (see the module's docstring)."""
 
-    `proto`: the file's ModelProto when the caller already loaded it (validation.load_proto).
-    """
-    path = Path(path)
-    model = to_ir(load_proto(path) if proto is None else proto, str(path))
-    ir.external_data.set_base_dir(model.graph, str(path.parent.resolve()))
-    return model
+    def __init__(self, label: str, proto: onnx.ModelProto | None, base_dir: Path | None, path: Path | None = None,
+                 given: ir.Model | None = None) -> None:
+        self.label = label
+        self.proto = proto  # the structure (large tensors by reference); None for an onnx_ir.Model
+        self.base_dir = base_dir  # where its external data lives
+        self.path = path  # the model file, when it came from one
+        self._given = given
+        self.data_files: set[Path] = set()  # resolved data files its tensors read, once loaded
+        self.layout: int | None = None  # the output's external-data threshold (None: inline), once loaded
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, by_reference: bool = True) -> ModelFile:
+        """`by_reference`: large inline tensors stay in the file (read by reference) rather than in memory;
+        only for a model bnfold itself writes (output.py copies them file to file)."""
+        path = Path(path)
+        return cls(str(path), load_proto(path, by_reference=by_reference), path.resolve().parent, path)
+
+    @classmethod
+    def from_proto(cls, proto: onnx.ModelProto, base_dir: str | os.PathLike | None = None,
+                   label: str = "model") -> ModelFile:
+        """A ModelProto; one whose tensors live in external data needs `base_dir`, checked as a file's would be."""
+        validate_proto(proto, label)
+        if not uses_external_data(proto):
+            return cls(label, proto, None)
+        if base_dir is None:
+            raise InputError(f"{label}: its tensors live in external data; pass base_dir=, the folder they are in")
+        check_external_data(proto, Path(base_dir))
+        return cls(label, proto, Path(base_dir).resolve())
+
+    @classmethod
+    def from_ir(cls, model: ir.Model) -> ModelFile:
+        return cls("model", None, None, given=model)
+
+    @property
+    def files(self) -> list[Path]:
+        """The model file and its data files: what nothing bnfold writes may be."""
+        return [] if self.path is None else [self.path, *sorted(self.data_files)]
+
+    def load(self, external_data: str | None = None) -> ir.Model:
+        """A fresh onnx-ir model to fold (the caller's own model or file is never changed)."""
+        if self._given is not None:
+            model = self._given.clone()
+            unlist_initializer_inputs(model)
+            return model
+        model = to_ir(self.proto, self.label)
+        if self.base_dir is not None:
+            ir.external_data.set_base_dir(model.graph, os.fspath(self.base_dir))
+        if self.path is not None:
+            self.data_files = external_data_files(model, self.path)
+            if external_data is not None:
+                size = model_file_bytes(self.path, self.data_files)
+                self.layout = external_data_threshold(model, external_data, size, self.path)
+            read_small_external_tensors(model)  # after the layout: it looks at which tensors are external
+        return model
+
+    def finish(self, model: ir.Model) -> onnx.ModelProto | ir.Model:
+        """The folded model, of the kind it came as (a path gives an onnx_ir.Model)."""
+        if self.proto is not None and self.path is None:
+            return to_proto(model)
+        relist_initializer_inputs(model)
+        return model
+
+    def token(self, *options: str) -> str:
+        """Names this write: the input files' identity, the layout and `options` (version, fold options)."""
+        return data_token(self.files, *options, str(self.layout))
+
+    def data_name(self, destination: Path, token: str) -> str | None:
+        """The output's data file name, or None when the output is inline."""
+        return None if self.layout is None else data_file_name(destination, token)
+
+    def save(self, model: ir.Model, stage: Stage) -> int:
+        """Write `model` into the staging folder in the decided layout; the bytes written."""
+        from bnfold.output import write_model
+
+        write_model(model, stage.model, stage.data, self.layout)
+        return sum(path.stat().st_size for path in (stage.model, stage.data) if path.exists())
+
+    def size(self) -> int:
+        """Bytes of the model file and its data files."""
+        return 0 if self.path is None else model_file_bytes(self.path, self.data_files)
 
 
 def read_small_external_tensors(model: ir.Model) -> None:

@@ -1,0 +1,216 @@
+"""One `fold_file` run, top to bottom: open → fold → save (staged) → check → commit.
+
+    ModelFile.open(src)          validated; nothing read from data files
+    .load(external_data)         the model to fold; the output layout decided
+    run_pass(model, options)     the folded model, its records and the check's sites
+    ModelFile.save(model, stage) written into a staging folder beside the output
+    Check.original / .folded    both models on onnxruntime, every site and output
+    Stage.commit()               renamed into place (data file first), under a folder lock
+
+When the check fails only where Cast sandwich folds are (casts.py), the run folds
+again without them (each refused with the reason) and checks again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from bnfold import __version__
+from bnfold.compare import Tolerance
+from bnfold.errors import BnfoldError, CheckFailedError, InputError
+from bnfold.fold_pass import FoldOutcome, PassOptions, check_standalone, run_pass
+from bnfold.model_file import ModelFile
+from bnfold.report import CheckResult, FoldReport
+from bnfold.staging import Stage, check_output_path, check_report_path, refuse_clobbering, same_file, write_atomically
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CheckRequest:
+    tolerance: Tolerance
+    inputs: Mapping[str, np.ndarray]
+    shapes: Mapping[str, tuple[int, ...]]
+    strict: bool
+
+
+@dataclass
+class FileRun:
+    """One fold_file run; `run(result)` fills the report."""
+
+    source: Path
+    destination: Path | None
+    check: bool
+    dry_run: bool
+    options: PassOptions
+    external_data: str
+    checks: CheckRequest
+    progress: Callable[[str, int, int], None] | None
+    report: Path | None = None
+    outcome: FoldOutcome | None = None  # the current fold; dropped once written (one model in memory)
+
+    def run(self, result: FoldReport) -> None:
+        check_standalone(self.options.standalone)
+        self._check_paths()
+        self._step("loading")
+        source = ModelFile.open(self.source)
+        if self.check:
+            from bnfold.draws import check_user_inputs, input_specs
+
+            check_user_inputs(input_specs(source.proto), self.checks.inputs, self.checks.shapes)
+        model = source.load(self.external_data)
+        token = source.token(__version__, self.options.standalone, str(self.options.bn_only))
+        self._refuse_clobbering(source, token)
+        if self.dry_run:
+            from bnfold.explain import diagnose
+
+            result.diagnostics = diagnose(model)
+        self._fold(model, result, source)
+        del model
+        if self.dry_run:
+            return
+        before = source.size()
+        while (written := self._save_checked(result, source, token)) is None:
+            logger.info("folding again without the Cast sandwich fold(s) the check refused")
+            self._fold(source.load(self.external_data), result, source)
+        result.output, result.size = os.fspath(self.destination), (before, written)
+
+    def _step(self, name: str) -> None:
+        if self.progress is not None:
+            self.progress(name, 0, 1)
+
+    def _check_paths(self) -> None:
+        if self.report is not None:
+            check_report_path(self.report)
+        if self.dry_run:
+            return
+        if self.destination is None:
+            raise InputError("an output path is needed (or use dry_run)")
+        check_output_path(self.destination)
+
+    def _refuse_clobbering(self, source: ModelFile, token: str) -> None:
+        if not self.dry_run:
+            refuse_clobbering(source.files, self.destination, source.data_name(self.destination, token), self.report)
+        elif self.report is not None:
+            refuse_clobbering(source.files, self.report, None)
+
+    def _fold(self, model: ir.Model, result: FoldReport, source: ModelFile) -> None:
+        self.outcome = run_pass(model, self.options, self.progress)
+        result.records, result.unchanged = self.outcome.records, not self.outcome.sites
+        result.ops = _op_counts(source.proto, self.outcome.model)
+
+    def _save_checked(self, result: FoldReport, source: ModelFile, token: str) -> int | None:
+        """Save staged, check, commit: the bytes written; None when Cast sandwich folds must be refused first."""
+        checker = _checker(self.outcome, self.checks if self.check else None, source)
+        sandwiches = {} if self.options.refused else self.outcome.sandwiches  # a second run commits or fails
+        with Stage(self.destination, token) as stage:
+            self._step("writing")
+            written = source.save(self.outcome.model, stage)
+            self.outcome = None  # its memory-mapped weights go before onnxruntime loads a model
+            if checker is not None:
+                self._step("checking")
+            refusals = _check_staged(checker, stage, result, sandwiches, self.checks.strict)
+            if refusals:
+                self.options = dataclasses.replace(self.options, refused=refusals)
+                return None
+            stage.commit()
+        return written
+
+
+def _op_counts(proto: onnx.ModelProto, folded: ir.Model) -> dict[str, tuple[int, int]]:
+    """Op type -> (nodes before, nodes after) in the main graph."""
+    from collections import Counter
+
+    before = Counter(node.op_type for node in proto.graph.node)
+    after = Counter(node.op_type for node in folded.graph)
+    return {op: (before[op], after[op]) for op in sorted(set(before) | set(after))}
+
+
+def _checker(outcome: FoldOutcome, checks: CheckRequest | None, source: ModelFile):
+    """The check of this fold, or None (not asked for, or nothing changed)."""
+    if checks is None or not outcome.sites:
+        return None
+    from bnfold.equivalence import Check, Source
+
+    return Check(Source(source.proto, source.base_dir), outcome.sites, checks.tolerance, checks.inputs,
+                 checks.shapes, seed=0)
+
+
+def _check_staged(checker, stage: Stage, result: FoldReport, sandwiches: Mapping[str, list[str]],
+                  strict: bool) -> dict[str, str]:
+    """Check the staged model: the Cast sandwich folds to refuse when they alone failed it, else {} (passed, or
+    raises CheckFailedError)."""
+    if checker is None:
+        return {}
+    from bnfold.equivalence import Source
+    from bnfold.validation import load_proto
+
+    checker.original()
+    result.check = checker.folded(Source(load_proto(stage.model, by_reference=True), stage.path))
+    refusals = _sandwich_refusals(result.check, sandwiches)
+    if not refusals:
+        _judge(result, strict)
+    return refusals
+
+
+def _sandwich_refusals(check: CheckResult, sandwiches: Mapping[str, list[str]]) -> dict[str, str]:
+    """The Cast sandwich folds to undo when they alone explain a failed check (key -> reason); else {}.
+
+    Each failing site must show such a fold; when only graph outputs fail, every such fold is undone.
+    """
+    if not check.failed or not sandwiches:
+        return {}
+    failing = [site for site in check.sites if not site.passed]
+    if any(site.name not in sandwiches for site in failing):
+        return {}
+    blamed = {key: site for site in failing for key in sandwiches[site.name]}
+    if not failing:
+        first = next(output for output in check.outputs if not output.passed)
+        blamed = {key: first for keys in sandwiches.values() for key in keys}
+    return {key: f"folding it across its Casts fails the check at '{where.name}' (max abs err "
+                 f"{where.max_abs_err:.3e}, allowed {where.tolerance:.3e}); left as it was"
+            for key, where in blamed.items()}
+
+
+def write_report(path: str | os.PathLike | None, result: FoldReport) -> None:
+    if path is not None:
+        write_atomically(Path(path), result.to_json() + "\n")
+
+
+def write_failure_report(report: Path | None, result: FoldReport, source: Path, destination: Path | None) -> None:
+    """The report of a run that failed, naming the failure: written unless writing it could lose a file (the
+    report path is one of the models, or an existing file that is not a JSON report) or is itself the failure."""
+    if report is None or any(path is not None and same_file(report, path) for path in (source, destination)):
+        return
+    try:
+        check_report_path(report)
+        if report.exists() and report.read_bytes()[:1] not in (b"{", b""):
+            return
+        write_report(report, result)
+    except (BnfoldError, OSError) as error:
+        logger.info("no report written: %s", error)
+
+
+def _judge(report: FoldReport, strict: bool) -> None:
+    """Raise CheckFailedError for a failed check (or, with `strict`, an inconclusive one)."""
+    check = report.check
+    if check.failed:
+        failure = check.first_failure()
+        where = f"at BatchNormalization {failure.bn}, " if failure.bn else ""
+        kind = "site" if failure in check.sites else "output"
+        channel = f" channel {failure.channel}" if failure.channel is not None else ""
+        raise CheckFailedError(
+            f"check failed {where}{kind} '{failure.name}'{channel} differs (max abs err {failure.max_abs_err:.3e}, "
+            f"max rel err {failure.max_rel_err:.3e}); nothing written", report)
+    if check.verdict == "inconclusive" and strict:
+        raise CheckFailedError("check inconclusive: no value a fold changed held evidence (all NaN/Inf, constant "
+                               "or never reached); nothing written (--strict)", report)

@@ -136,7 +136,7 @@ def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: b
     except BnfoldError as error:
         result.error, result.exit_code = first_line(error, 500), error.exit_code
         result.seconds = time.perf_counter() - started
-        write_failure_report(report_path, result, Path(src), destination)
+        write_failure_report(report_path, result.to_json(), [Path(src), destination])
         raise
     result.seconds = time.perf_counter() - started
     write_report(report_path, result)

@@ -143,7 +143,9 @@ def run(
     """
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="bnfold: %(message)s")
     fmt = Format.json if json_out else output_format
-    view = _View(fmt.value, quiet and fmt != Format.json, every_node)
+    from bnfold.render import View
+
+    view = View(fmt.value, quiet and fmt != Format.json, every_node)
     options = dict(check=not no_check, standalone=standalone.value, bn_only=bn_only,
                    external_data=external_data.value, rtol=rtol, atol=atol, strict=strict)
     try:
@@ -172,66 +174,34 @@ def run(
         _fail(error, debug, prefix="internal error: ")
 
 
-class _View:
-    """How results are shown: the format, whether summaries are silenced, whether the plan lists every BN."""
-
-    def __init__(self, fmt: str, quiet: bool, every_node: bool) -> None:
-        self.fmt, self.quiet, self.every_node = fmt, quiet, every_node
-
-    def show(self, blocks, stream=None) -> None:
-        from bnfold.render import Printer
-
-        Printer(stream or sys.stderr, self.fmt).print(blocks)
-
-    def json(self, text: str) -> None:
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
-
-
-def _single(paths: list[Path], dry_run: bool, options: dict, report_path, view: _View) -> None:
+def _single(paths: list[Path], dry_run: bool, options: dict, report_path, view) -> None:
     from bnfold.api import fold_file
     from bnfold.progress import TerminalProgress
-    from bnfold.render import fold_summary, plan
 
     if len(paths) > 2 or (len(paths) == 1 and not dry_run):
         error = InputError("give IN OUT (or IN --dry-run, or IN... -o DIR for many models)")
         _report_early_failure(report_path, paths, error)
         raise error
     source, output = paths[0], (paths[1] if len(paths) == 2 else None)
-    progress = TerminalProgress(enabled=False if view.quiet or view.fmt == "json" else None)
+    progress = TerminalProgress(enabled=view.progress)
     try:
         result = fold_file(source, output, dry_run=dry_run, progress=progress, report=report_path, **options)
     except CheckFailedError as error:
         progress.close()
         if error.report is not None:
-            _show_fold(error.report, view, fold_summary)
+            view.show_fold(error.report)
         raise
     finally:
         progress.close()
     if dry_run:
-        _show_plan(result, view, plan)
+        view.show_plan(result)
     else:
-        _show_fold(result, view, fold_summary)
+        view.show_fold(result)
 
 
-def _show_fold(result, view: _View, summary) -> None:
-    if view.fmt == "json":
-        view.json(result.to_json())
-    elif not view.quiet:
-        view.show(summary(result))
-
-
-def _show_plan(result, view: _View, plan) -> None:
-    if view.fmt == "json":
-        view.json(result.to_json())
-    elif not view.quiet:
-        view.show(plan(result, view.every_node), sys.stdout)
-
-
-def _batch(paths: list[Path], output_dir: Path, jobs: int, options: dict, report_path, view: _View) -> None:
+def _batch(paths: list[Path], output_dir: Path, jobs: int, options: dict, report_path, view) -> None:
     from bnfold.many import check_batch_report, fold_many, plan_outputs, worst_exit_code
     from bnfold.progress import TerminalProgress
-    from bnfold.render import Line, batch_table
     from bnfold.staging import write_atomically
 
     try:
@@ -241,7 +211,7 @@ def _batch(paths: list[Path], output_dir: Path, jobs: int, options: dict, report
     except BnfoldError as error:
         _report_early_failure(report_path, paths, error, batch=True)
         raise
-    progress = TerminalProgress(enabled=False if view.quiet or view.fmt == "json" else None)
+    progress = TerminalProgress(enabled=view.progress)
     items = fold_many(planned, jobs=jobs, progress=progress, **options)
     progress.close()
     reports = [{**(item.report.to_dict() if item.report else {"model": str(item.source)}),
@@ -250,22 +220,11 @@ def _batch(paths: list[Path], output_dir: Path, jobs: int, options: dict, report
     text = json.dumps({"models": reports, "exit_code": worst_exit_code(items), "error": None}, indent=2)
     if report_path is not None:
         write_atomically(report_path, text + "\n")
-    if view.fmt == "json":
-        view.json(text)
-    elif not view.quiet:
-        view.show(batch_table(items))
-    failed = [item for item in items if item.exit_code != 0]
-    if failed and (view.quiet or view.fmt == "json"):  # errors are never silent
-        view.show([Line(f"bnfold: error: {_about(item.source, item.error)}") for item in failed])
+    view.show_batch(items, text)
     raise typer.Exit(worst_exit_code(items))
 
 
-def _about(source: Path, error: str | None) -> str:
-    """The error, naming the model it is about."""
-    return error if error and str(source) in error else f"{source}: {error}"
-
-
-def _explain(source: Path, node: str, view: _View) -> None:
+def _explain(source: Path, node: str, view) -> None:
     from bnfold.explain import explain
 
     explanation = explain(source, node)
@@ -284,29 +243,15 @@ def _single_input(paths: list[Path], option: str) -> Path:
 def _report_early_failure(report_path: Optional[Path], paths: list[Path], error: BnfoldError,
                           batch: bool = False) -> None:
     """A run that fails before any model is read still writes --report, naming the failure."""
-    if report_path is None or any(_same_path(report_path, path) for path in paths):
-        return
+    from bnfold.file_run import write_failure_report
     from bnfold.report import FoldReport
-    from bnfold.staging import check_report_path, write_atomically
 
     message, code = first_line(error, 500), error.exit_code
     if batch:
         text = json.dumps({"models": [], "exit_code": code, "error": message}, indent=2)
     else:
         text = FoldReport(model=str(paths[0]) if paths else None, error=message, exit_code=code).to_json()
-    try:
-        check_report_path(report_path)
-        if report_path.exists() and report_path.read_bytes()[:1] not in (b"{", b""):
-            return  # never write over a file that is not a report
-        write_atomically(report_path, text + "\n")
-    except (BnfoldError, OSError):
-        return
-
-
-def _same_path(a: Path, b: Path) -> bool:
-    from bnfold.staging import same_file
-
-    return same_file(a, b)
+    write_failure_report(report_path, text, paths)
 
 
 def _fail(error: BaseException, debug: bool, prefix: str = "", message: str | None = None,

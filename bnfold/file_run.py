@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,16 +186,17 @@ def write_report(path: str | os.PathLike | None, result: FoldReport) -> None:
         write_atomically(Path(path), result.to_json() + "\n")
 
 
-def write_failure_report(report: Path | None, result: FoldReport, source: Path, destination: Path | None) -> None:
+def write_failure_report(report: Path | None, text: str, protected: Iterable[Path | None]) -> None:
     """The report of a run that failed, naming the failure: written unless writing it could lose a file (the
-    report path is one of the models, or an existing file that is not a JSON report) or is itself the failure."""
-    if report is None or any(path is not None and same_file(report, path) for path in (source, destination)):
+    report path is one of the `protected` model paths, or an existing file that is not a JSON report) or is
+    itself the failure."""
+    if report is None or any(path is not None and same_file(report, path) for path in protected):
         return
     try:
         check_report_path(report)
         if report.exists() and report.read_bytes()[:1] not in (b"{", b""):
             return
-        write_report(report, result)
+        write_atomically(report, text + "\n")
     except (BnfoldError, OSError) as error:
         logger.info("no report written: %s", error)
 

@@ -9,6 +9,7 @@ and issues) and "json" (the report itself; printed by the CLI, not here).
 from __future__ import annotations
 
 import os
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -105,6 +106,53 @@ def markdown_table(table: Table) -> list[str]:
 
     rule = "|" + "|".join("---:" if i in table.numeric else "---" for i in range(len(table.columns))) + "|"
     return [line(table.columns), rule, *(line(row) for row in table.rows)]
+
+
+class View:
+    """How the CLI shows results: the format, whether summaries are silenced (`--quiet`; never errors), whether
+    the plan lists every node. Summaries and tables go to stderr, the plan to stdout, JSON alone to stdout."""
+
+    def __init__(self, fmt: str, quiet: bool, every_node: bool) -> None:
+        self.fmt, self.quiet, self.every_node = fmt, quiet, every_node
+
+    @property
+    def progress(self) -> bool | None:
+        """Whether to draw progress: never when quiet or printing JSON; else on a terminal (None)."""
+        return False if self.quiet or self.fmt == "json" else None
+
+    def show(self, blocks: Iterable[Block], stream: TextIO | None = None) -> None:
+        Printer(stream or sys.stderr, self.fmt).print(blocks)
+
+    def json(self, text: str) -> None:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    def show_fold(self, report: FoldReport) -> None:
+        if self.fmt == "json":
+            self.json(report.to_json())
+        elif not self.quiet:
+            self.show(fold_summary(report))
+
+    def show_plan(self, report: FoldReport) -> None:
+        if self.fmt == "json":
+            self.json(report.to_json())
+        elif not self.quiet:
+            self.show(plan(report, self.every_node), sys.stdout)
+
+    def show_batch(self, items, text: str) -> None:
+        """The batch table (or its JSON `text`); each failed model's error even when that is all that is shown."""
+        if self.fmt == "json":
+            self.json(text)
+        elif not self.quiet:
+            self.show(batch_table(items))
+        failed = [item for item in items if item.exit_code != 0]
+        if failed and (self.quiet or self.fmt == "json"):
+            self.show([Line(f"bnfold: error: {_about(item.source, item.error)}") for item in failed])
+
+
+def _about(source, error: str | None) -> str:
+    """The error, naming the model it is about."""
+    return error if error and str(source) in error else f"{source}: {error}"
 
 
 # --- what is shown -------------------------------------------------------------------------------

@@ -133,4 +133,3 @@ def _params(op: str, data_index: int, vector: np.ndarray) -> AffineParams:
     if np.any(vector == 0):
         raise Skip("division by a constant that contains 0")
     return AffineParams(1.0 / vector, zeros)
-

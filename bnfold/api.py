@@ -47,8 +47,13 @@ class FoldResult:
     __str__ = __repr__
 
 
-def fold(model: onnx.ModelProto | ir.Model | str | os.PathLike | Any, *, standalone: str = "bn",
-         bn_only: bool = False, base_dir: str | os.PathLike | None = None) -> FoldResult:
+def fold(
+    model: onnx.ModelProto | ir.Model | str | os.PathLike | Any,
+    *,
+    standalone: str = "bn",
+    bn_only: bool = False,
+    base_dir: str | os.PathLike | None = None,
+) -> FoldResult:
     """Fold every BatchNormalization that can be folded.
 
     `model` is an onnx.ModelProto (an onnx.ModelProto comes back), an onnx_ir.Model
@@ -98,12 +103,23 @@ def _fold_graphsurgeon(graph, standalone: str, bn_only: bool) -> FoldResult:
     return FoldResult(gs.import_onnx(folded.model), folded.records)
 
 
-def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: bool = True,
-              standalone: str = "bn", bn_only: bool = False, external_data: str = "auto", dry_run: bool = False,
-              inputs: Mapping[str, np.ndarray] | None = None,
-              shapes: Mapping[str, tuple[int, ...]] | None = None,
-              rtol: float | None = None, atol: float | None = None, strict: bool = False,
-              report: str | os.PathLike | None = None, progress: ProgressCallback | None = None) -> FoldReport:
+def fold_file(
+    src: str | os.PathLike,
+    dst: str | os.PathLike | None,
+    *,
+    check: bool = True,
+    standalone: str = "bn",
+    bn_only: bool = False,
+    external_data: str = "auto",
+    dry_run: bool = False,
+    inputs: Mapping[str, np.ndarray] | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    strict: bool = False,
+    report: str | os.PathLike | None = None,
+    progress: ProgressCallback | None = None,
+) -> FoldReport:
     """Fold `src`, check it against the original (unless `check=False`), write `dst`.
 
     The output is staged beside `dst` (its folder is created if need be) and renamed
@@ -129,9 +145,17 @@ def fold_file(src: str | os.PathLike, dst: str | os.PathLike | None, *, check: b
     report_path = None if report is None else Path(report)
     destination = None if dst is None else Path(dst)
     try:
-        run = FileRun(Path(src), destination, check and not dry_run, dry_run, PassOptions(standalone, bn_only),
-                      external_data, CheckRequest(Tolerance(rtol, atol), inputs or {}, shapes or {}, strict),
-                      progress, report_path)
+        run = FileRun(
+            Path(src),
+            destination,
+            check and not dry_run,
+            dry_run,
+            PassOptions(standalone, bn_only),
+            external_data,
+            CheckRequest(Tolerance(rtol, atol), inputs or {}, shapes or {}, strict),
+            progress,
+            report_path,
+        )
         run.run(result)
     except BnfoldError as error:
         result.error, result.exit_code = first_line(error, 500), error.exit_code

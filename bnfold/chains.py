@@ -50,8 +50,12 @@ def affine_run(context: FoldContext, node: ir.Node, bns) -> tuple[set[ir.Node], 
 
 
 def _is_elementwise_candidate(context: FoldContext, node: ir.Node) -> bool:
-    return (node.op_type in ELEMENTWISE_OPS and in_default_domain(node) and len(node.inputs) == 2
-            and _data_input(context, node) is not None)
+    return (
+        node.op_type in ELEMENTWISE_OPS
+        and in_default_domain(node)
+        and len(node.inputs) == 2
+        and _data_input(context, node) is not None
+    )
 
 
 def _data_input(context: FoldContext, node: ir.Node) -> ir.Value | None:

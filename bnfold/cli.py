@@ -20,12 +20,12 @@ import sys
 import traceback
 from enum import Enum
 from pathlib import Path
-from typing import Optional
 
 import typer
 from typer.core import TyperCommand
 
 from bnfold import __version__
+from bnfold.cli_values import load_inputs, parse_shapes
 from bnfold.errors import BnfoldError, CheckFailedError, InputError, Terminated, first_line
 
 
@@ -65,8 +65,12 @@ class _Command(TyperCommand):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-app = typer.Typer(add_completion=True, pretty_exceptions_enable=False, rich_markup_mode=None,
-                  context_settings={"help_option_names": ["-h", "--help"]})
+app = typer.Typer(
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 
 
 def _version(value: bool) -> None:
@@ -75,7 +79,7 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-def _tolerance(value: Optional[float]) -> Optional[float]:
+def _tolerance(value: float | None) -> float | None:
     if value is not None and not (math.isfinite(value) and value >= 0):
         raise typer.BadParameter(f"must be a finite number >= 0, not {value}")
     return value
@@ -83,51 +87,77 @@ def _tolerance(value: Optional[float]) -> Optional[float]:
 
 @app.command(cls=_Command)
 def run(
-    paths: list[Path] = typer.Argument(..., metavar="IN [OUT] | IN... -o DIR",
-                                       help="The model to fold (never modified) and where to write it (its folder "
-                                            "is created); with -o, any number of models or folders of models."),
-    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o",
-                                              help="Batch mode: fold every input into this folder (created)."),
+    paths: list[Path] = typer.Argument(
+        ...,
+        metavar="IN [OUT] | IN... -o DIR",
+        help="The model to fold (never modified) and where to write it (its folder "
+        "is created); with -o, any number of models or folders of models.",
+    ),
+    output_dir: Path | None = typer.Option(
+        None, "--output-dir", "-o", help="Batch mode: fold every input into this folder (created)."
+    ),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Batch mode: models folded in parallel processes."),
-    explain: Optional[str] = typer.Option(None, "--explain", metavar="NODE",
-                                          help="Show what one BN (name or index) computes, with its numbers."),
-    dry_run: bool = typer.Option(False, "--dry-run",
-                                 help="Show the BNs that will not fold, and diagnostics; write nothing."),
+    explain: str | None = typer.Option(
+        None, "--explain", metavar="NODE", help="Show what one BN (name or index) computes, with its numbers."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Show the BNs that will not fold, and diagnostics; write nothing."
+    ),
     every_node: bool = typer.Option(False, "--all", help="With --dry-run: list every BN, folded ones too."),
     no_check: bool = typer.Option(False, "--no-check", help="Write without the onnxruntime equivalence check."),
-    bn_only: bool = typer.Option(False, "--bn-only",
-                                 help="Fold only BNs and the per-channel Mul/Add/Sub/Div of their chains "
-                                      "(default: such nodes fold into a linear layer next to them, BN or not)."),
-    strict: bool = typer.Option(False, "--strict",
-                                help="Treat an inconclusive check (no changed value held evidence) as failed: "
-                                     "exit 1, nothing written."),
-    report: Optional[Path] = typer.Option(None, "--report",
-                                          help="Write the JSON report here (every BN, the check; the error when "
-                                               "the run fails)."),
-    output_format: Format = typer.Option(Format.text, "--format", case_sensitive=False,
-                                         help="text (aligned tables), md (Markdown) or json (the report, on "
-                                              "stdout)."),
+    bn_only: bool = typer.Option(
+        False,
+        "--bn-only",
+        help="Fold only BNs and the per-channel Mul/Add/Sub/Div of their chains "
+        "(default: such nodes fold into a linear layer next to them, BN or not).",
+    ),
+    strict: bool = typer.Option(
+        False,
+        "--strict",
+        help="Treat an inconclusive check (no changed value held evidence) as failed: exit 1, nothing written.",
+    ),
+    report: Path | None = typer.Option(
+        None, "--report", help="Write the JSON report here (every BN, the check; the error when the run fails)."
+    ),
+    output_format: Format = typer.Option(
+        Format.text,
+        "--format",
+        case_sensitive=False,
+        help="text (aligned tables), md (Markdown) or json (the report, on stdout).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Same as --format json."),
-    standalone: Standalone = typer.Option(Standalone.bn, "--standalone", case_sensitive=False,
-                                          help="What a BN with nothing to fold into becomes: bn (one "
-                                               "BatchNormalization, absorbing its per-channel Mul/Add neighbours) "
-                                               "or mul-add (for runtimes without BatchNormalization)."),
-    shape: list[str] = typer.Option([], "--shape", "--input-shape", metavar="NAME:1,3,224,224",
-                                    help="Input shape for the check: NAME:1,3,224,224 or NAME=1x3x224x224, "
-                                         "repeatable; a bare 1,3,224,224 for a model with one input."),
-    inputs: Optional[Path] = typer.Option(None, "--inputs",
-                                          help="An .npz of input arrays for the check (by input name)."),
-    rtol: Optional[float] = typer.Option(None, "--rtol", callback=_tolerance,
-                                         help="Relative tolerance for the check (finite, >= 0); default by dtype."),
-    atol: Optional[float] = typer.Option(None, "--atol", callback=_tolerance,
-                                         help="Absolute tolerance for the check (finite, >= 0); default by dtype."),
-    external_data: ExternalData = typer.Option(ExternalData.auto, "--external-data", case_sensitive=False,
-                                               help="Weights in OUT.<token>.data: auto (as the input, or when "
-                                                    "over 2 GB), always, never."),
+    standalone: Standalone = typer.Option(
+        Standalone.bn,
+        "--standalone",
+        case_sensitive=False,
+        help="What a BN with nothing to fold into becomes: bn (one "
+        "BatchNormalization, absorbing its per-channel Mul/Add neighbours) "
+        "or mul-add (for runtimes without BatchNormalization).",
+    ),
+    shape: list[str] = typer.Option(
+        [],
+        "--shape",
+        "--input-shape",
+        metavar="NAME:1,3,224,224",
+        help="Input shape for the check: NAME:1,3,224,224 or NAME=1x3x224x224, "
+        "repeatable; a bare 1,3,224,224 for a model with one input.",
+    ),
+    inputs: Path | None = typer.Option(None, "--inputs", help="An .npz of input arrays for the check (by input name)."),
+    rtol: float | None = typer.Option(
+        None, "--rtol", callback=_tolerance, help="Relative tolerance for the check (finite, >= 0); default by dtype."
+    ),
+    atol: float | None = typer.Option(
+        None, "--atol", callback=_tolerance, help="Absolute tolerance for the check (finite, >= 0); default by dtype."
+    ),
+    external_data: ExternalData = typer.Option(
+        ExternalData.auto,
+        "--external-data",
+        case_sensitive=False,
+        help="Weights in OUT.<token>.data: auto (as the input, or when over 2 GB), always, never.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary or progress (errors are still shown)."),
     debug: bool = typer.Option(False, "--debug", help="Log every decision; show tracebacks."),
-    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
-                                 help="Show the version."),
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True, help="Show the version."),
 ) -> None:
     """Fold BatchNormalization into Conv/ConvTranspose/Gemm/MatMul, check the result on onnxruntime, write it.
 
@@ -146,11 +176,18 @@ def run(
     from bnfold.render import View
 
     view = View(fmt.value, quiet and fmt != Format.json, every_node)
-    options = dict(check=not no_check, standalone=standalone.value, bn_only=bn_only,
-                   external_data=external_data.value, rtol=rtol, atol=atol, strict=strict)
+    options = dict(
+        check=not no_check,
+        standalone=standalone.value,
+        bn_only=bn_only,
+        external_data=external_data.value,
+        rtol=rtol,
+        atol=atol,
+        strict=strict,
+    )
     try:
         try:
-            options.update(inputs=_load_inputs(inputs), shapes=parse_shapes(shape))
+            options.update(inputs=load_inputs(inputs), shapes=parse_shapes(shape))
         except BnfoldError as error:
             _report_early_failure(report, paths, error)
             raise
@@ -200,9 +237,9 @@ def _single(paths: list[Path], dry_run: bool, options: dict, report_path, view) 
 
 
 def _batch(paths: list[Path], output_dir: Path, jobs: int, options: dict, report_path, view) -> None:
+    from bnfold.files import write_atomically
     from bnfold.many import check_batch_report, fold_many, plan_outputs, worst_exit_code
     from bnfold.progress import TerminalProgress
-    from bnfold.staging import write_atomically
 
     try:
         planned = plan_outputs(paths, output_dir)
@@ -214,9 +251,15 @@ def _batch(paths: list[Path], output_dir: Path, jobs: int, options: dict, report
     progress = TerminalProgress(enabled=view.progress)
     items = fold_many(planned, jobs=jobs, progress=progress, **options)
     progress.close()
-    reports = [{**(item.report.to_dict() if item.report else {"model": str(item.source)}),
-                "output": str(item.destination) if item.exit_code == 0 else None, "exit_code": item.exit_code,
-                "error": item.error} for item in items]
+    reports = [
+        {
+            **(item.report.to_dict() if item.report else {"model": str(item.source)}),
+            "output": str(item.destination) if item.exit_code == 0 else None,
+            "exit_code": item.exit_code,
+            "error": item.error,
+        }
+        for item in items
+    ]
     text = json.dumps({"models": reports, "exit_code": worst_exit_code(items), "error": None}, indent=2)
     if report_path is not None:
         write_atomically(report_path, text + "\n")
@@ -240,8 +283,7 @@ def _single_input(paths: list[Path], option: str) -> Path:
     return paths[0]
 
 
-def _report_early_failure(report_path: Optional[Path], paths: list[Path], error: BnfoldError,
-                          batch: bool = False) -> None:
+def _report_early_failure(report_path: Path | None, paths: list[Path], error: BnfoldError, batch: bool = False) -> None:
     """A run that fails before any model is read still writes --report, naming the failure."""
     from bnfold.file_run import write_failure_report
     from bnfold.report import FoldReport
@@ -254,46 +296,13 @@ def _report_early_failure(report_path: Optional[Path], paths: list[Path], error:
     write_failure_report(report_path, text, paths)
 
 
-def _fail(error: BaseException, debug: bool, prefix: str = "", message: str | None = None,
-          code: int | None = None) -> None:
+def _fail(
+    error: BaseException, debug: bool, prefix: str = "", message: str | None = None, code: int | None = None
+) -> None:
     if debug:
         traceback.print_exception(error)
     typer.echo(f"bnfold: error: {prefix}{message or first_line(error, 500)}", err=True)
     raise typer.Exit(code if code is not None else getattr(error, "exit_code", 2))
-
-
-def parse_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
-    """--shape values: NAME:1,3,224,224, NAME=1x3x224x224, or a bare 1,3,224,224 (name "": the only input).
-
-    The name is everything before the last '=' (or, without one, the last ':'), so tf2onnx's
-    names such as 'input:0' work: input:0:1,3,224,224.
-    """
-    shapes = {}
-    for spec in specs:
-        separator = "=" if "=" in spec else ":"
-        name, _, dims = spec.rpartition(separator)
-        try:
-            shape = tuple(int(d) for d in dims.lower().replace("x", ",").split(","))
-        except ValueError:
-            raise InputError(f"--shape '{spec}' is not NAME:1,3,224,224 or NAME=1x3x224x224") from None
-        if any(d < 0 for d in shape) or (not name and separator in spec):
-            raise InputError(f"--shape '{spec}' is not NAME:1,3,224,224 or NAME=1x3x224x224")
-        if name in shapes:
-            raise InputError(f"--shape: input '{name or 'the only input'}' is given twice")
-        shapes[name] = shape
-    return shapes
-
-
-def _load_inputs(path: Optional[Path]):
-    if path is None:
-        return None
-    import numpy as np
-
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
-    except (OSError, ValueError) as error:
-        raise InputError(f"--inputs {path}: cannot read it as .npz ({error})") from None
 
 
 def _one_line(message: str) -> str:

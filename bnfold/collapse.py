@@ -90,8 +90,11 @@ def _neighbours(ledger: Ledger, context: FoldContext, bn: ir.Node, backward: boo
         value = current.inputs[data_index] if backward else current.outputs[0]
         neighbour = _single_use_neighbour(value, backward)
         affine = None if neighbour is None else _leftover_affine(ledger, context, neighbour)
-        if affine is None or neighbour.graph is not bn.graph or (
-                not backward and neighbour.inputs[affine[0]] is not value):
+        if (
+            affine is None
+            or neighbour.graph is not bn.graph
+            or (not backward and neighbour.inputs[affine[0]] is not value)
+        ):
             return found
         found.append((neighbour, *affine))
         current, data_index = neighbour, affine[0]
@@ -122,5 +125,7 @@ def _bn_arrays(context: FoldContext, bn: ir.Node, params: AffineParams) -> list[
     """The BN's four parameters computing `params` exactly, each rounded once to its current dtype."""
     values = fold_math.bn_parameters(params.scale, params.shift, float_attr(bn, "epsilon", 1e-5))
     roles = ("scale", "B", "input_mean", "input_var")
-    return [(role, rounded(array, context.resolver.value_of(bn.inputs[index])))
-            for index, (role, array) in enumerate(zip(roles, values, strict=True), start=1)]
+    return [
+        (role, rounded(array, context.resolver.value_of(bn.inputs[index])))
+        for index, (role, array) in enumerate(zip(roles, values, strict=True), start=1)
+    ]

@@ -65,12 +65,18 @@ class Tolerance:
 
     def pick(self, table: Mapping[str, tuple[float, float]], dtype_name: str) -> tuple[float, float]:
         default_rtol, default_atol = table.get(dtype_name, (0.0, 0.0))
-        return (default_rtol if self.rtol is None else self.rtol,
-                default_atol if self.atol is None else self.atol)
+        return (default_rtol if self.rtol is None else self.rtol, default_atol if self.atol is None else self.atol)
 
 
-def compare_value(name: str, expected, actual, tolerance: Tolerance = Tolerance(), reference=None,
-                  table: Mapping[str, tuple[float, float]] | None = None, inherits: str | None = None) -> OutputCheck:
+def compare_value(
+    name: str,
+    expected,
+    actual,
+    tolerance: Tolerance = Tolerance(),
+    reference=None,
+    table: Mapping[str, tuple[float, float]] | None = None,
+    inherits: str | None = None,
+) -> OutputCheck:
     """Compare one value; `expected` comes from the original, `reference` from its float32 run.
 
     `table`: the tolerances to use instead of the defaults (the float32 stand-in check).
@@ -103,8 +109,14 @@ def compare_value(name: str, expected, actual, tolerance: Tolerance = Tolerance(
     return _check(name, error, scale, allowed, error, special_equal, note)
 
 
-def _against_reference(name: str, judged_as: str, values: tuple[np.ndarray, np.ndarray, np.ndarray],
-                       tolerance: Tolerance, special_equal: bool, note: str | None) -> OutputCheck:
+def _against_reference(
+    name: str,
+    judged_as: str,
+    values: tuple[np.ndarray, np.ndarray, np.ndarray],
+    tolerance: Tolerance,
+    special_equal: bool,
+    note: str | None,
+) -> OutputCheck:
     """The half-precision rule (of `judged_as`) for the original a and folded b against the float32 run r."""
     a, b, r = values
     r = _comparable(r)
@@ -114,14 +126,22 @@ def _against_reference(name: str, judged_as: str, values: tuple[np.ndarray, np.n
     folded_error = _channel_max(np.abs(b - r))
     allowed = 2 * original_error + atol + rtol * _channel_max(np.abs(r))
     worst = _worst(folded_error, allowed)
-    note = note or (f"vs float32 run of the original: folded {folded_error[worst]:.3e}, "
-                    f"original {original_error[worst]:.3e}")
+    note = note or (
+        f"vs float32 run of the original: folded {folded_error[worst]:.3e}, original {original_error[worst]:.3e}"
+    )
     error = _channel_max(np.abs(a - b))
     return _check(name, error, _channel_max(np.abs(a)), allowed, folded_error, special_equal, note)
 
 
-def _check(name: str, error: np.ndarray, scale: np.ndarray, allowed: np.ndarray, judged: np.ndarray,
-           special_equal: bool, note: str | None) -> OutputCheck:
+def _check(
+    name: str,
+    error: np.ndarray,
+    scale: np.ndarray,
+    allowed: np.ndarray,
+    judged: np.ndarray,
+    special_equal: bool,
+    note: str | None,
+) -> OutputCheck:
     """The result from per-channel arrays: `judged` (the error held to the rule) against `allowed`."""
     worst = _worst(judged, allowed)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -130,9 +150,16 @@ def _check(name: str, error: np.ndarray, scale: np.ndarray, allowed: np.ndarray,
     channel = worst if error.size > 1 else None
     largest, whole = float(np.max(error, initial=0.0)), float(np.max(scale, initial=0.0))
     value_relative = largest / whole if whole > 0 else (0.0 if largest == 0 else float("inf"))
-    return OutputCheck(name, largest, float(np.max(relative, initial=0.0)),
-                       float(allowed[worst]) if allowed.size else 0.0, passed, note, channel=channel,
-                       value_rel_err=value_relative)
+    return OutputCheck(
+        name,
+        largest,
+        float(np.max(relative, initial=0.0)),
+        float(allowed[worst]) if allowed.size else 0.0,
+        passed,
+        note,
+        channel=channel,
+        value_rel_err=value_relative,
+    )
 
 
 def _comparable(array: np.ndarray) -> np.ndarray:
@@ -148,7 +175,8 @@ def _split_specials(a: np.ndarray, b: np.ndarray) -> tuple[bool, np.ndarray, np.
     if finite_a.all() and finite_b.all():
         return True, a, b
     same = np.array_equal(np.isnan(a), np.isnan(b)) and np.array_equal(
-        np.where(np.isinf(a), a, 0), np.where(np.isinf(b), b, 0))
+        np.where(np.isinf(a), a, 0), np.where(np.isinf(b), b, 0)
+    )
     return same, np.where(finite_a, a, 0), np.where(finite_b, b, 0)
 
 

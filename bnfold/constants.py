@@ -109,8 +109,9 @@ class ConstantResolver:
     def _evaluable(self, node: ir.Node) -> bool:
         if not in_default_domain(node) or node.op_type in _NONDETERMINISTIC_OPS:
             return False
-        return not any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
-                       for attr in node.attributes.values())
+        return not any(
+            attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values()
+        )
 
     def _run_node(self, node: ir.Node, arrays: list, wanted: ir.Value) -> np.ndarray | None:
         if sum(a.size for a in arrays if a is not None) > _MAX_EVALUATED_ELEMENTS:
@@ -137,7 +138,6 @@ class ConstantResolver:
                 return np.asarray(result)
         return None
 
-
     def _output_fits(self, node: ir.Node, proto: onnx.NodeProto, arrays: list) -> bool:
         """Whether every output of `node`, predicted by shape inference from its constant inputs, is small
         enough to evaluate; InputError when one would be absurdly large (a hostile file)."""
@@ -147,16 +147,19 @@ class ConstantResolver:
             return False
         for name, (elements, itemsize) in outputs.items():
             if elements * itemsize > _HOSTILE_OUTPUT_BYTES:
-                raise InputError(f"node '{node.name or node.op_type}' ({node.op_type}) would compute a constant "
-                                 f"'{name}' of {elements:,} elements ({elements * itemsize / 2**30:,.1f} GiB); "
-                                 "bnfold refuses constants this large")
+                raise InputError(
+                    f"node '{node.name or node.op_type}' ({node.op_type}) would compute a constant "
+                    f"'{name}' of {elements:,} elements ({elements * itemsize / 2**30:,.1f} GiB); "
+                    "bnfold refuses constants this large"
+                )
             if elements > _MAX_EVALUATED_ELEMENTS:
                 return False
         return True
 
 
-def constant_input(resolver: ConstantResolver, value: ir.Value | None, label: str, *,
-                   refuse_quantized: bool = False) -> np.ndarray:
+def constant_input(
+    resolver: ConstantResolver, value: ir.Value | None, label: str, *, refuse_quantized: bool = False
+) -> np.ndarray:
     """The constant array behind `value`; Skip, naming `label`, when it is missing, can be
     overridden at run time, is quantized (with `refuse_quantized`) or is computed at run time."""
     if value is None:
@@ -176,8 +179,12 @@ def constant_input(resolver: ConstantResolver, value: ir.Value | None, label: st
 def _one_node_model(node: onnx.NodeProto, opsets: dict[str, int]) -> onnx.ModelProto:
     """`node` alone in a model importing the model's own opsets: a bare node would run under the newest
     opset's signature (Unsqueeze-13 takes its axes as an input, Unsqueeze-9 as an attribute)."""
-    graph = onnx.helper.make_graph([node], "constant", [onnx.ValueInfoProto(name=n) for n in node.input if n],
-                                   [onnx.ValueInfoProto(name=n) for n in node.output if n])
+    graph = onnx.helper.make_graph(
+        [node],
+        "constant",
+        [onnx.ValueInfoProto(name=n) for n in node.input if n],
+        [onnx.ValueInfoProto(name=n) for n in node.output if n],
+    )
     imports = [onnx.helper.make_opsetid(domain, version) for domain, version in opsets.items()]
     return onnx.helper.make_model(graph, opset_imports=imports)
 
@@ -190,8 +197,9 @@ def _predicted_outputs(node: onnx.NodeProto, arrays: list, opset: int) -> dict[s
         for name, array in zip(node.input, arrays, strict=False):
             if not name or array is None:
                 continue
-            types[name] = onnx.helper.make_tensor_type_proto(onnx.helper.np_dtype_to_tensor_dtype(array.dtype),
-                                                             array.shape)
+            types[name] = onnx.helper.make_tensor_type_proto(
+                onnx.helper.np_dtype_to_tensor_dtype(array.dtype), array.shape
+            )
             if array.size <= _SHAPE_DATA_ELEMENTS:
                 data[name] = onnx.numpy_helper.from_array(array, name)
         inferred = onnx.shape_inference.infer_node_outputs(schema, node, types, data)

@@ -72,8 +72,9 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         tensor = value.type.tensor_type
         dims = None
         if tensor.HasField("shape"):
-            dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None
-                         for d in tensor.shape.dim)
+            dims = tuple(
+                d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None for d in tensor.shape.dim
+            )
         specs.append(InputSpec(value.name, tensor.elem_type, dims))
     return specs
 
@@ -90,14 +91,17 @@ def named_shapes(specs: list[InputSpec], shapes: Mapping[str, tuple[int, ...]]) 
     shown = ",".join(str(d) for d in dims)
     if len(specs) != 1:
         inputs = ", ".join(spec.name for spec in specs) or "none"
-        raise InputError(f"--shape {shown}: a shape without a name needs a model with one input; this one has "
-                         f"{len(specs)} ({inputs}): write NAME:{shown}")
+        raise InputError(
+            f"--shape {shown}: a shape without a name needs a model with one input; this one has "
+            f"{len(specs)} ({inputs}): write NAME:{shown}"
+        )
     named.setdefault(specs[0].name, dims)
     return named
 
 
-def check_user_inputs(specs: list[InputSpec], given: Mapping[str, np.ndarray],
-                      shapes: Mapping[str, tuple[int, ...]]) -> None:
+def check_user_inputs(
+    specs: list[InputSpec], given: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]]
+) -> None:
     """Refuse --inputs/--shape that do not fit the model's inputs, naming the option."""
     shapes = named_shapes(specs, shapes)
     by_name = {spec.name: spec for spec in specs}
@@ -178,8 +182,11 @@ def _indexed_size(node: onnx.NodeProto, constants, shapes) -> int | None:
 
 
 def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    found = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
-             if t.data_location != TensorProto.EXTERNAL and np.prod(t.dims) <= _MAX_HINTS}
+    found = {
+        t.name: numpy_helper.to_array(t)
+        for t in model.graph.initializer
+        if t.data_location != TensorProto.EXTERNAL and np.prod(t.dims) <= _MAX_HINTS
+    }
     for node in model.graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             tensor = node.attribute[0].t
@@ -205,11 +212,23 @@ class Draws:
     batched: bool
 
 
-def make_draws(specs: list[InputSpec], hints: Mapping[str, IntegerHint], given: Mapping[str, np.ndarray],
-               shapes: Mapping[str, tuple[int, ...]], seed: int, free_dim: int, single_run: bool) -> Draws:
+def make_draws(
+    specs: list[InputSpec],
+    hints: Mapping[str, IntegerHint],
+    given: Mapping[str, np.ndarray],
+    shapes: Mapping[str, tuple[int, ...]],
+    seed: int,
+    free_dim: int,
+    single_run: bool,
+) -> Draws:
     """Two draws; one batched run when `single_run` is allowed and every input has a free batch axis."""
-    batched = single_run and not given and not shapes and bool(specs) and all(
-        spec.dims and spec.dims[0] is None for spec in specs)
+    batched = (
+        single_run
+        and not given
+        and not shapes
+        and bool(specs)
+        and all(spec.dims and spec.dims[0] is None for spec in specs)
+    )
     batch = 1 if batched else FREE_BATCH_DIM
     draws = []
     for draw in (0, 1):
@@ -219,8 +238,11 @@ def make_draws(specs: list[InputSpec], hints: Mapping[str, IntegerHint], given: 
             if spec.name in given and draw == 0:
                 feeds[spec.name] = np.asarray(given[spec.name])
                 continue
-            shape = tuple(given[spec.name].shape) if spec.name in given else tuple(shapes.get(spec.name, ())) or (
-                _concrete(spec, batch, free_dim))
+            shape = (
+                tuple(given[spec.name].shape)
+                if spec.name in given
+                else tuple(shapes.get(spec.name, ())) or (_concrete(spec, batch, free_dim))
+            )
             feeds[spec.name] = _values(rng, spec, shape, hints.get(spec.name), draw)
         draws.append(feeds)
     if batched:
@@ -234,8 +256,9 @@ def _concrete(spec: InputSpec, batch: int, free_dim: int) -> tuple[int, ...]:
     return tuple(d if d is not None else (batch if axis == 0 else free_dim) for axis, d in enumerate(spec.dims))
 
 
-def _values(rng: np.random.Generator, spec: InputSpec, shape: tuple[int, ...], hint: IntegerHint | None,
-            draw: int) -> np.ndarray:
+def _values(
+    rng: np.random.Generator, spec: InputSpec, shape: tuple[int, ...], hint: IntegerHint | None, draw: int
+) -> np.ndarray:
     dtype = spec.dtype
     if dtype is None or dtype.kind not in "fiub":
         raise InputError(f"cannot make data for input {spec.describe()}; pass it with --inputs")
@@ -248,8 +271,9 @@ def _values(rng: np.random.Generator, spec: InputSpec, shape: tuple[int, ...], h
     return _integers(rng, dtype, shape, hint or IntegerHint(), draw)
 
 
-def _integers(rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, ...], hint: IntegerHint,
-              draw: int) -> np.ndarray:
+def _integers(
+    rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, ...], hint: IntegerHint, draw: int
+) -> np.ndarray:
     info = np.iinfo(dtype)
     if hint.bound is not None:
         low, high = 0, hint.bound

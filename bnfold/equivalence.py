@@ -22,13 +22,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
 from bnfold.compare import (
     DEFAULT_TOLERANCES,
@@ -47,11 +46,11 @@ from bnfold.draws import (
     make_draws,
     named_shapes,
 )
-from bnfold.errors import InputError, RuntimeUnavailableError, first_line
+from bnfold.errors import RuntimeUnavailableError, first_line
 from bnfold.precision import HALF_TYPES, convert_float_type, has_float_type, has_half_precision
 from bnfold.report import CheckResult, OutputCheck, Site
-from bnfold.runnable import Session, open_session
 from bnfold.sites import find_sites
+from bnfold.sources import Source, source_of, tensor_reader
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -59,29 +58,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class Source:
-    """A model for the check: its structure (external data not loaded) and the folder its data lives in."""
-
-    proto: onnx.ModelProto
-    base_dir: Path | None
-
-    def session(self, extra_outputs: Iterable[str] = ()) -> Session:
-        return open_session(self.proto, self.base_dir, extra_outputs)
-
-    def with_data(self) -> onnx.ModelProto:
-        """A copy with every tensor's data inline (for the float32 conversions)."""
-        copy = onnx.ModelProto.FromString(self.proto.SerializeToString())
-        if self.base_dir is not None:
-            onnx.external_data_helper.load_external_data_for_model(copy, os.fspath(self.base_dir))
-        return copy
-
-
-def verify(original: onnx.ModelProto | ir.Model | str | os.PathLike,
-           folded: onnx.ModelProto | ir.Model | str | os.PathLike, *, inputs: Mapping[str, np.ndarray] | None = None,
-           shapes: Mapping[str, tuple[int, ...]] | None = None, rtol: float | None = None,
-           atol: float | None = None, seed: int = 0, sites: Iterable[Site] | None = None,
-           base_dir: str | os.PathLike | None = None) -> CheckResult:
+def verify(
+    original: onnx.ModelProto | ir.Model | str | os.PathLike,
+    folded: onnx.ModelProto | ir.Model | str | os.PathLike,
+    *,
+    inputs: Mapping[str, np.ndarray] | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    seed: int = 0,
+    sites: Iterable[Site] | None = None,
+    base_dir: str | os.PathLike | None = None,
+) -> CheckResult:
     """Run both models on the same inputs and compare every output and every site.
 
     `original` and `folded` are each a path, an onnx.ModelProto or an onnx_ir.Model.
@@ -93,60 +81,24 @@ def verify(original: onnx.ModelProto | ir.Model | str | os.PathLike,
     """
     first, second = source_of(original, base_dir, "original"), source_of(folded, base_dir, "folded")
     if sites is None:
-        sites = find_sites(first.proto, second.proto, _tensor_reader(first, second))
+        sites = find_sites(first.proto, second.proto, tensor_reader(first, second))
     check = Check(first, list(sites), Tolerance(rtol, atol), inputs or {}, shapes or {}, seed)
     check.original()
     return check.folded(second)
 
 
-def source_of(model: onnx.ModelProto | ir.Model | str | os.PathLike, base_dir: str | os.PathLike | None,
-              label: str) -> Source:
-    """A Source for a path (validated as bnfold validates its input), a ModelProto or an onnx_ir.Model."""
-    from bnfold.validation import check_external_data, load_proto, uses_external_data, validate_proto
-
-    if isinstance(model, (str, os.PathLike)):
-        path = Path(model)
-        return Source(load_proto(path, by_reference=True), path.resolve().parent)
-    if isinstance(model, onnx.ModelProto):
-        validate_proto(model, label)
-        if not uses_external_data(model):
-            return Source(model, None)
-        if base_dir is None:
-            raise InputError(f"{label}: the model keeps tensors in external data; pass base_dir=, their folder")
-        check_external_data(model, Path(base_dir))
-        return Source(model, Path(base_dir).resolve())
-    import onnx_ir as ir
-
-    if isinstance(model, ir.Model):
-        from bnfold.model_file import to_proto
-
-        external = [t for t in _ir_tensors(model) if isinstance(t, ir.ExternalTensor)]
-        folder = Path(external[0].base_dir) if external else None
-        return Source(to_proto(model.clone()), folder)
-    raise InputError(f"cannot check a {type(model).__name__}; pass a path, onnx.ModelProto or onnx_ir.Model")
-
-
-def _ir_tensors(model):
-    from bnfold.ir_walk import tensor_slots
-
-    return (slot.tensor for slot in tensor_slots(model))
-
-
-def _tensor_reader(*sources: Source):
-    folders = {id(source.proto): source.base_dir for source in sources}
-
-    def read(model: onnx.ModelProto, tensor: TensorProto) -> np.ndarray:
-        folder = folders.get(id(model))
-        return numpy_helper.to_array(tensor, os.fspath(folder) if folder is not None else "")
-
-    return read
-
-
 class Check:
     """One equivalence check: run the original (once), then compare a folded model against it."""
 
-    def __init__(self, original: Source, sites: list[Site], tolerance: Tolerance,
-                 inputs: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]], seed: int) -> None:
+    def __init__(
+        self,
+        original: Source,
+        sites: list[Site],
+        tolerance: Tolerance,
+        inputs: Mapping[str, np.ndarray],
+        shapes: Mapping[str, tuple[int, ...]],
+        seed: int,
+    ) -> None:
         self.source = original
         produced = {name for node in original.proto.graph.node for name in node.output if name}
         self.sites = [site for site in sites if site.name in produced]
@@ -195,13 +147,20 @@ class Check:
         source = Source(proto, base_dir)
         try:
             session = source.session(self.extra_outputs)
-        except Exception as error:  # noqa: BLE001 - onnxruntime raises many types
+        except Exception as error:  # onnxruntime raises many types
             raise RuntimeUnavailableError(_cannot_run(error)) from error
         try:
             failure: Exception | None = None
             for free_dim in self._free_dims():
-                self.draws = make_draws(self.specs, integer_hints(proto), self.inputs, self.shapes, self.seed,
-                                        free_dim, single_run=not self._needs_two_runs())
+                self.draws = make_draws(
+                    self.specs,
+                    integer_hints(proto),
+                    self.inputs,
+                    self.shapes,
+                    self.seed,
+                    free_dim,
+                    single_run=not self._needs_two_runs(),
+                )
                 try:
                     return [session.run(feeds) for feeds in self.draws.feeds]
                 except Exception as error:  # noqa: BLE001 - a shape it rejects, or a kernel it lacks
@@ -212,14 +171,20 @@ class Check:
             session.close()
 
     def _free_dims(self) -> tuple[int, ...]:
-        retry = any(spec.dims and spec.name not in self.shapes and spec.name not in self.inputs
-                    and any(d is None for d in spec.dims[1:]) for spec in self.specs)
+        retry = any(
+            spec.dims
+            and spec.name not in self.shapes
+            and spec.name not in self.inputs
+            and any(d is None for d in spec.dims[1:])
+            for spec in self.specs
+        )
         return FREE_OTHER_DIMS if retry else FREE_OTHER_DIMS[:1]
 
     def _needs_two_runs(self) -> bool:
         """A scalar input, or a site an If decides, gets its two draws in two runs."""
         return any(site.branch is not None for site in self.sites) or any(
-            spec.dims is not None and len(spec.dims) == 0 for spec in self.specs)
+            spec.dims is not None and len(spec.dims) == 0 for spec in self.specs
+        )
 
     def _run(self, source: Source, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         session = source.session(self.extra_outputs)
@@ -257,8 +222,9 @@ class Check:
     def _result(self, actual: list[dict[str, np.ndarray]]) -> CheckResult:
         outputs = [self._compare(name, actual) for name in self.outputs]
         sites = [self._compare(site.name, actual, site) for site in self.sites]
-        evidence = [c for c in sites if c.informative and c.exercised] if sites else [
-            c for c in outputs if c.informative]
+        evidence = (
+            [c for c in sites if c.informative and c.exercised] if sites else [c for c in outputs if c.informative]
+        )
         if not all(c.passed for c in [*outputs, *sites]):
             verdict = "failed"
         else:
@@ -268,9 +234,18 @@ class Check:
     def _compare(self, name: str, actual: list[dict[str, np.ndarray]], site: Site | None = None) -> OutputCheck:
         table = self.stand_in[1] if self.stand_in is not None else None
         inherits = self.half if name in self.half_downstream else None
-        runs = [compare_value(name, expected[name], got[name], self.tolerance,
-                              self.reference[index][name] if self.reference else None, table, inherits)
-                for index, (expected, got) in enumerate(zip(self.expected, actual, strict=True))]
+        runs = [
+            compare_value(
+                name,
+                expected[name],
+                got[name],
+                self.tolerance,
+                self.reference[index][name] if self.reference else None,
+                table,
+                inherits,
+            )
+            for index, (expected, got) in enumerate(zip(self.expected, actual, strict=True))
+        ]
         worst = max(runs, key=lambda c: (not c.passed, c.max_rel_err))
         exercised = True if site is None or site.branch is None else self._exercised(site.branch)
         evidence = exercised and self._informative(name)
@@ -289,8 +264,11 @@ class Check:
 
     def _exercised(self, branch: tuple[str, bool]) -> bool:
         condition, taken_when = branch
-        return any(bool(np.asarray(run[condition]).reshape(-1)[0]) == taken_when
-                   for run in self.expected if condition in run and np.asarray(run[condition]).size)
+        return any(
+            bool(np.asarray(run[condition]).reshape(-1)[0]) == taken_when
+            for run in self.expected
+            if condition in run and np.asarray(run[condition]).size
+        )
 
     def _unrunnable(self, note: str) -> CheckResult:
         failed = [OutputCheck(name, float("inf"), float("inf"), 0.0, False, note) for name in self.outputs]
@@ -322,8 +300,10 @@ _STAND_IN_NOTE = "both models run converted to float32 (onnxruntime lacks kernel
 
 
 def _cannot_run(error: BaseException | None) -> str:
-    return (f"onnxruntime cannot run the original model ({first_line(error) if error else 'no reason given'}); "
-            "use --no-check to write the folded model without verification")
+    return (
+        f"onnxruntime cannot run the original model ({first_line(error) if error else 'no reason given'}); "
+        "use --no-check to write the folded model without verification"
+    )
 
 
 def _constant(value: np.ndarray) -> bool:
@@ -341,5 +321,6 @@ def _float32_stand_in(model: onnx.ModelProto):
 
 
 def _as_float32(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {name: (np.asarray(a).astype(np.float32) if np.asarray(a).dtype.kind == "f" else a)
-            for name, a in feeds.items()}
+    return {
+        name: (np.asarray(a).astype(np.float32) if np.asarray(a).dtype.kind == "f" else a) for name, a in feeds.items()
+    }

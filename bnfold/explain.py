@@ -49,8 +49,13 @@ class Diagnosis:
     unreadable: str | None = None  # why the parameters could not be read
 
     def to_dict(self) -> dict:
-        return {"epsilon_dominates": self.epsilon_dominates, "dead": self.dead,
-                "fp16_overflow": self.fp16_overflow, "training": self.training, "unreadable": self.unreadable}
+        return {
+            "epsilon_dominates": self.epsilon_dominates,
+            "dead": self.dead,
+            "fp16_overflow": self.fp16_overflow,
+            "training": self.training,
+            "unreadable": self.unreadable,
+        }
 
 
 @dataclass(frozen=True)
@@ -80,11 +85,20 @@ class Explanation:
     def to_dict(self) -> dict:
         numbers = None
         if self.numbers is not None:
-            arrays = {name: getattr(self.numbers, name).reshape(-1).tolist()
-                      for name in ("gamma", "beta", "mean", "var", "scale", "shift")}
+            arrays = {
+                name: getattr(self.numbers, name).reshape(-1).tolist()
+                for name in ("gamma", "beta", "mean", "var", "scale", "shift")
+            }
             numbers = {"epsilon": self.numbers.epsilon, **arrays}
-        return {"name": self.name, "index": self.index, "graph": self.graph, "input": self.input_name,
-                "numbers": numbers, "diagnostics": self.diagnosis.to_dict(), "plan": asdict(self.plan)}
+        return {
+            "name": self.name,
+            "index": self.index,
+            "graph": self.graph,
+            "input": self.input_name,
+            "numbers": numbers,
+            "diagnostics": self.diagnosis.to_dict(),
+            "plan": asdict(self.plan),
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=True)
@@ -141,7 +155,8 @@ def _study(resolver: ConstantResolver, bn: ir.Node, scope) -> tuple[BnNumbers | 
         epsilon_dominates=_channels(var < EPSILON_DOMINANCE * epsilon),
         dead=_channels(np.abs(gamma) < DEAD_GAMMA),
         fp16_overflow=_channels(np.abs(scale) * _largest_weight(bn, resolver) > FLOAT16_MAX),
-        training=training)
+        training=training,
+    )
     return numbers, diagnosis
 
 
@@ -161,23 +176,29 @@ def _largest_weight(bn: ir.Node, resolver: ConstantResolver) -> float:
 
 def _render(explanation: Explanation, rows: int) -> list[str]:
     numbers, diagnosis, plan = explanation.numbers, explanation.diagnosis, explanation.plan
-    lines = [f"BatchNormalization '{explanation.name}' (#{explanation.index}, {explanation.graph}), "
-             f"input '{explanation.input_name}'"]
+    lines = [
+        f"BatchNormalization '{explanation.name}' (#{explanation.index}, {explanation.graph}), "
+        f"input '{explanation.input_name}'"
+    ]
     if numbers is None:
-        return lines + [f"  its parameters cannot be read: {diagnosis.unreadable}", f"  bnfold: {_plan(plan)}"]
+        return [*lines, f"  its parameters cannot be read: {diagnosis.unreadable}", f"  bnfold: {_plan(plan)}"]
     lines += [
         f"  y = γ·(x − μ) / √(σ² + ε) + β      ε = {numbers.epsilon:.7g}, inside the square root",
         "    = s·x + t                          s = γ / √(σ² + ε),  t = β − μ·s",
     ]
     if diagnosis.training:
-        lines.append(f"  {diagnosis.training}: it normalizes with the mean and variance of each batch it sees, "
-                     "not the running statistics below")
+        lines.append(
+            f"  {diagnosis.training}: it normalizes with the mean and variance of each batch it sees, "
+            "not the running statistics below"
+        )
     else:
-        lines.append("  at inference it uses the running mean μ and variance σ² stored in the model, "
-                     "not the statistics of the batch it sees")
+        lines.append(
+            "  at inference it uses the running mean μ and variance σ² stored in the model, "
+            "not the statistics of the batch it sees"
+        )
     lines += [f"  bnfold: {_plan(plan)}", ""]
     lines += _table(numbers, rows)
-    lines += ["", "  diagnostics:"] + _diagnosis_lines(diagnosis)
+    lines += ["", "  diagnostics:", *_diagnosis_lines(diagnosis)]
     return lines
 
 
@@ -193,8 +214,9 @@ def _plan(plan: NodeRecord) -> str:
 
 def _table(numbers: BnNumbers, rows: int) -> list[str]:
     columns = ("γ", "β", "μ", "σ²", "s", "t")
-    arrays = [a.reshape(-1) for a in (numbers.gamma, numbers.beta, numbers.mean, numbers.var,
-                                       numbers.scale, numbers.shift)]
+    arrays = [
+        a.reshape(-1) for a in (numbers.gamma, numbers.beta, numbers.mean, numbers.var, numbers.scale, numbers.shift)
+    ]
     count = arrays[0].size
     lines = ["  channel" + "".join(f"{c:>14}" for c in columns)]
     for channel in range(min(count, rows)):
@@ -202,8 +224,10 @@ def _table(numbers: BnNumbers, rows: int) -> list[str]:
     if count > rows:
         lines.append(f"  … {count - rows} more channels")
     plural = "s" if count > 1 else ""
-    lines.append(f"  {count} channel{plural}; s from {np.min(arrays[4]):.7g} to {np.max(arrays[4]):.7g} "
-                 f"(median {np.median(arrays[4]):.7g}); t from {np.min(arrays[5]):.7g} to {np.max(arrays[5]):.7g}")
+    lines.append(
+        f"  {count} channel{plural}; s from {np.min(arrays[4]):.7g} to {np.max(arrays[4]):.7g} "
+        f"(median {np.median(arrays[4]):.7g}); t from {np.min(arrays[5]):.7g} to {np.max(arrays[5]):.7g}"
+    )
     return lines
 
 

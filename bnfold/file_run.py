@@ -27,10 +27,11 @@ import onnx_ir as ir
 from bnfold import __version__
 from bnfold.compare import Tolerance
 from bnfold.errors import BnfoldError, CheckFailedError, InputError
+from bnfold.files import same_file, write_atomically
 from bnfold.fold_pass import FoldOutcome, PassOptions, check_standalone, run_pass
 from bnfold.model_file import ModelFile
 from bnfold.report import CheckResult, FoldReport
-from bnfold.staging import Stage, check_output_path, check_report_path, refuse_clobbering, same_file, write_atomically
+from bnfold.staging import Stage, check_output_path, check_report_path, refuse_clobbering
 
 logger = logging.getLogger(__name__)
 
@@ -139,19 +140,22 @@ def _checker(outcome: FoldOutcome, checks: CheckRequest | None, source: ModelFil
     """The check of this fold, or None (not asked for, or nothing changed)."""
     if checks is None or not outcome.sites:
         return None
-    from bnfold.equivalence import Check, Source
+    from bnfold.equivalence import Check
+    from bnfold.sources import Source
 
-    return Check(Source(source.proto, source.base_dir), outcome.sites, checks.tolerance, checks.inputs,
-                 checks.shapes, seed=0)
+    return Check(
+        Source(source.proto, source.base_dir), outcome.sites, checks.tolerance, checks.inputs, checks.shapes, seed=0
+    )
 
 
-def _check_staged(checker, stage: Stage, result: FoldReport, sandwiches: Mapping[str, list[str]],
-                  strict: bool) -> dict[str, str]:
+def _check_staged(
+    checker, stage: Stage, result: FoldReport, sandwiches: Mapping[str, list[str]], strict: bool
+) -> dict[str, str]:
     """Check the staged model: the Cast sandwich folds to refuse when they alone failed it, else {} (passed, or
     raises CheckFailedError)."""
     if checker is None:
         return {}
-    from bnfold.equivalence import Source
+    from bnfold.sources import Source
     from bnfold.validation import load_proto
 
     checker.original()
@@ -176,9 +180,11 @@ def _sandwich_refusals(check: CheckResult, sandwiches: Mapping[str, list[str]]) 
     if not failing:
         first = next(output for output in check.outputs if not output.passed)
         blamed = {key: first for keys in sandwiches.values() for key in keys}
-    return {key: f"folding it across its Casts fails the check at '{where.name}' (max abs err "
-                 f"{where.max_abs_err:.3e}, allowed {where.tolerance:.3e}); left as it was"
-            for key, where in blamed.items()}
+    return {
+        key: f"folding it across its Casts fails the check at '{where.name}' (max abs err "
+        f"{where.max_abs_err:.3e}, allowed {where.tolerance:.3e}); left as it was"
+        for key, where in blamed.items()
+    }
 
 
 def write_report(path: str | os.PathLike | None, result: FoldReport) -> None:
@@ -211,7 +217,12 @@ def _judge(report: FoldReport, strict: bool) -> None:
         channel = f" channel {failure.channel}" if failure.channel is not None else ""
         raise CheckFailedError(
             f"check failed {where}{kind} '{failure.name}'{channel} differs (max abs err {failure.max_abs_err:.3e}, "
-            f"max rel err {failure.max_rel_err:.3e}); nothing written", report)
+            f"max rel err {failure.max_rel_err:.3e}); nothing written",
+            report,
+        )
     if check.verdict == "inconclusive" and strict:
-        raise CheckFailedError("check inconclusive: no value a fold changed held evidence (all NaN/Inf, constant "
-                               "or never reached); nothing written (--strict)", report)
+        raise CheckFailedError(
+            "check inconclusive: no value a fold changed held evidence (all NaN/Inf, constant "
+            "or never reached); nothing written (--strict)",
+            report,
+        )

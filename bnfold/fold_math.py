@@ -85,8 +85,8 @@ def weighted_sum(weight, vector, axis: int) -> np.ndarray:
     total = np.zeros(weight.shape[1:], dtype=np.float64)
     rows = max(1, _BLOCK_ELEMENTS // max(1, weight[0].size))
     for start in range(0, weight.shape[0], rows):
-        block = weight[start:start + rows]
-        total += np.tensordot(vector[start:start + rows], block.astype(np.float64), axes=(0, 0))
+        block = weight[start : start + rows]
+        total += np.tensordot(vector[start : start + rows], block.astype(np.float64), axes=(0, 0))
     return total
 
 
@@ -194,8 +194,7 @@ def fold_conv_input_channels(weight, bias, scale, shift, group: int, *, with_shi
     return new_weight, bias64
 
 
-def fold_gemm_input_columns(b_matrix, c_bias, scale, shift, *, trans_b: bool, alpha: float, beta: float,
-                            dtype=None):
+def fold_gemm_input_columns(b_matrix, c_bias, scale, shift, *, trans_b: bool, alpha: float, beta: float, dtype=None):
     """BN on A's K columns before Gemm Y = α·A·B' + β·C ("forward"; transA = 0).
 
     A = X·diag(s) + 1·tᵀ, so B'' = diag(s)·B' (row k of B', column k of B when transB)

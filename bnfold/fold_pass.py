@@ -97,8 +97,13 @@ class BatchNormFoldPass(ir.passes.InPlacePass):
     BatchNormalization, the default) or "mul-add".
     """
 
-    def __init__(self, standalone: str = "bn", progress: Progress | None = None, bn_only: bool = False,
-                 refused: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        standalone: str = "bn",
+        progress: Progress | None = None,
+        bn_only: bool = False,
+        refused: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__()
         self.options = PassOptions(check_standalone(standalone), bn_only, dict(refused or {}))
         self.progress = progress  # called as progress("folding", done, total)
@@ -108,8 +113,9 @@ class BatchNormFoldPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         _, self.records, self.sites, self.sandwiches = run_pass(model, self.options, self.progress)
-        modified = any(record.action not in ("skipped", "kept") or record.pattern == "collapsed"
-                       for record in self.records)
+        modified = any(
+            record.action not in ("skipped", "kept") or record.pattern == "collapsed" for record in self.records
+        )
         return ir.passes.PassResult(model, modified)
 
 
@@ -120,9 +126,14 @@ class _Run:
         self.options = options
         self.model = model
         self.scopes = list(_scopes(model))
-        shared = FoldContext(ConstantResolver(model), NameAuthority(model), ValueTypes(model), opset=1,
-                             function_graphs=frozenset(s.graph for s in self.scopes if s.in_function),
-                             refused=options.refused)
+        shared = FoldContext(
+            ConstantResolver(model),
+            NameAuthority(model),
+            ValueTypes(model),
+            opset=1,
+            function_graphs=frozenset(s.graph for s in self.scopes if s.in_function),
+            refused=options.refused,
+        )
         self.contexts = {s.graph: dataclasses.replace(shared, opset=s.opsets.get("", 1)) for s in self.scopes}
         bns = {node: BnState(node.name or "(unnamed BatchNormalization)", scope) for node, scope in batch_norms(model)}
         self.ledger = Ledger(bns, progress)
@@ -187,8 +198,9 @@ class _Run:
         if folded is None:
             self.ledger.left[node] = (scope, reason)
             return False
-        self.ledger.elementwise_gone(node, scope, f"{folded.into} ({folded.pattern})", folded.into, folded.pattern,
-                                     folded.sites, folded.sandwich)
+        self.ledger.elementwise_gone(
+            node, scope, f"{folded.into} ({folded.pattern})", folded.into, folded.pattern, folded.sites, folded.sandwich
+        )
         self.ledger.supersede(folded.superseded, folded.sites[0])
         return True
 

@@ -78,16 +78,17 @@ def _attribute_slots(node: ir.Node, attribute: ir.Attr) -> Iterator[TensorSlot]:
     if attribute.is_ref():  # a function's attribute reference holds no tensor
         return
     if attribute.type == ir.AttributeType.TENSOR:
+
         def put(tensor: ir.TensorProtocol) -> None:
             node.attributes[attribute.name] = ir.AttrTensor(attribute.name, tensor, doc_string=attribute.doc_string)
 
         yield TensorSlot(attribute.value, attribute.value.name, put)
     elif attribute.type == ir.AttributeType.TENSORS:
         for index, item in enumerate(attribute.value):
+
             def put_item(tensor: ir.TensorProtocol, index: int = index) -> None:
                 items = list(node.attributes[attribute.name].value)
                 items[index] = tensor
-                node.attributes[attribute.name] = ir.AttrTensors(attribute.name, items,
-                                                                 doc_string=attribute.doc_string)
+                node.attributes[attribute.name] = ir.AttrTensors(attribute.name, items, doc_string=attribute.doc_string)
 
             yield TensorSlot(item, item.name, put_item)

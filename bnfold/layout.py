@@ -68,7 +68,7 @@ def trace_back(ctx, value: ir.Value, axis: int | None) -> Trace:
 
 
 def layout_kind(ctx, node: ir.Node) -> str | None:
-    """"transparent", "layout", or None for a node the walk stops at."""
+    """ "transparent", "layout", or None for a node the walk stops at."""
     if node.op_type in LAYOUT_OPS and node.inputs and node.inputs[0] is not None:
         return "layout"
     return "transparent" if is_transparent(ctx, node) else None
@@ -147,9 +147,9 @@ def _axis_through_reshape(ctx, node: ir.Node, axis: int) -> int:
     before, after = ctx.types.shape(node.inputs[0]), ctx.types.shape(node.outputs[0])
     if before is None or after is None or axis >= len(after) or after[axis] is None:
         raise Skip(f"the shapes around {_describe(node)} are unknown, so where the channel goes is too")
-    inner = _product(after[axis + 1:])
+    inner = _product(after[axis + 1 :])
     for candidate, size in enumerate(before):
-        if size == after[axis] and inner is not None and _product(before[candidate + 1:]) == inner:
+        if size == after[axis] and inner is not None and _product(before[candidate + 1 :]) == inner:
             return candidate
     raise Skip(f"{_describe(node)} does not provably keep the channel axis as one axis")
 
@@ -169,9 +169,16 @@ def remove_passed(trace: Trace) -> None:
             _retire_safely(node)
             continue
         source = node.inputs[0].producer() if node.inputs[0] is not None else None
-        if (node.op_type == "Transpose" and source is not None and source.op_type == "Transpose"
-                and source in trace.passed and _cancel(source, node) and len(node.inputs[0].uses()) == 1
-                and not source.inputs[0].is_graph_input() and not source.inputs[0].is_graph_output()):
+        if (
+            node.op_type == "Transpose"
+            and source is not None
+            and source.op_type == "Transpose"
+            and source in trace.passed
+            and _cancel(source, node)
+            and len(node.inputs[0].uses()) == 1
+            and not source.inputs[0].is_graph_input()
+            and not source.inputs[0].is_graph_output()
+        ):
             inner = source.inputs[0]
             retire_node(node, node.inputs[0])
             retire_node(source, inner)

@@ -97,8 +97,16 @@ class Ledger:
         for value in values:
             self.superseded[value] = now
 
-    def elementwise_gone(self, node: ir.Node, scope: Scope, where: str, into: str, pattern: str,
-                         sites: Iterable[ir.Value], sandwich: str | None = None) -> None:
+    def elementwise_gone(
+        self,
+        node: ir.Node,
+        scope: Scope,
+        where: str,
+        into: str,
+        pattern: str,
+        sites: Iterable[ir.Value],
+        sandwich: str | None = None,
+    ) -> None:
         """Record a Mul/Add/Sub/Div of a chain (or of a BN's conversion) that folded away, changing `sites`."""
         self.left.pop(node, None)
         owner = self.created_by.get(node)
@@ -106,8 +114,7 @@ class Ledger:
             owner.elsewhere[node.op_type] = where
             owner.sites.extend(sites)
             return
-        folded = record(node.name or f"({node.op_type})", "folded", into, None, scope, pattern=pattern,
-                        op=node.op_type)
+        folded = record(node.name or f"({node.op_type})", "folded", into, None, scope, pattern=pattern, op=node.op_type)
         self.changed.append(_Changed(folded, list(sites), scope, sandwich))
 
     def created(self, state: BnState, *nodes: ir.Node) -> None:
@@ -136,8 +143,14 @@ class Ledger:
 
     def kept(self, state: BnState, note: str = "") -> NodeRecord:
         into = "BatchNormalization" + (f" (absorbed {', '.join(state.absorbed)})" if state.absorbed else "")
-        return record(state.name, "kept", into, f"{state.reason}{note}", state.scope,
-                      pattern="collapsed" if state.absorbed else None)
+        return record(
+            state.name,
+            "kept",
+            into,
+            f"{state.reason}{note}",
+            state.scope,
+            pattern="collapsed" if state.absorbed else None,
+        )
 
     # --- at the end -------------------------------------------------------------------------------
 
@@ -147,8 +160,9 @@ class Ledger:
         it; and the site names that show each Cast sandwich fold (site name -> keys)."""
         locate = SiteLocator(model)
         records, claims, sandwiches = [], [], {}
-        changed = [_Changed(self._bn_record(state), state.sites, state.scope, state.sandwich)
-                   for state in self.bns.values()]
+        changed = [
+            _Changed(self._bn_record(state), state.sites, state.scope, state.sandwich) for state in self.bns.values()
+        ]
         for item in [*changed, *self.changed]:
             found = locate(self.current(item.values), item.scope.graph, None)
             records.append(dataclasses.replace(item.record, site=found[0].name) if found else item.record)
@@ -156,9 +170,11 @@ class Ledger:
             claims += [(site, item.record.name, own) for site in found]
             for site in found if item.sandwich is not None else ():
                 sandwiches.setdefault(site.name, []).append(item.sandwich)
-        records += [record(node.name or f"({node.op_type})", "skipped", reason=reason, scope=scope, op=node.op_type)
-                    for node, (scope, reason) in self.left.items()
-                    if node.graph is not None and node not in self.created_by and still_in_chain(scope, node)]
+        records += [
+            record(node.name or f"({node.op_type})", "skipped", reason=reason, scope=scope, op=node.op_type)
+            for node, (scope, reason) in self.left.items()
+            if node.graph is not None and node not in self.created_by and still_in_chain(scope, node)
+        ]
         return records, _attributed(claims), sandwiches
 
     def current(self, values: Iterable[ir.Value]) -> list[ir.Value]:
@@ -198,8 +214,22 @@ def _attributed(claims: list[tuple[Site, str, bool]]) -> list[Site]:
     return [dataclasses.replace(first[n], bn=", ".join(names[n])) for n in order]
 
 
-def record(name: str, action, into: str | None = None, reason: str | None = None, scope: Scope | None = None,
-           pattern: str | None = None, op: str = "BatchNormalization") -> NodeRecord:
+def record(
+    name: str,
+    action,
+    into: str | None = None,
+    reason: str | None = None,
+    scope: Scope | None = None,
+    pattern: str | None = None,
+    op: str = "BatchNormalization",
+) -> NodeRecord:
     logger.info("%s %s: %s %s", op, name, action, into or reason)
-    return NodeRecord(name=name, action=action, into=into, reason=reason, graph=scope.label if scope else "main",
-                      pattern=pattern, op=op)
+    return NodeRecord(
+        name=name,
+        action=action,
+        into=into,
+        reason=reason,
+        graph=scope.label if scope else "main",
+        pattern=pattern,
+        op=op,
+    )

@@ -14,8 +14,9 @@ from multiprocessing import connection
 from pathlib import Path
 
 from bnfold.errors import BnfoldError, CheckFailedError, InputError, first_line
+from bnfold.files import check_folder_creatable, make_folders
 from bnfold.report import FoldReport
-from bnfold.staging import check_folder_creatable, make_folders, refuse_clobbering
+from bnfold.staging import refuse_clobbering
 
 
 @dataclass
@@ -33,8 +34,11 @@ def plan_outputs(sources: list[Path], out_dir: Path) -> list[BatchItem]:
     items: list[BatchItem] = []
     for source in sources:
         if source.is_dir():
-            items += [BatchItem(path, out_dir / path.relative_to(source)) for path in sorted(source.rglob("*.onnx"))
-                      if not _is_inside(path, out_dir)]
+            items += [
+                BatchItem(path, out_dir / path.relative_to(source))
+                for path in sorted(source.rglob("*.onnx"))
+                if not _is_inside(path, out_dir)
+            ]
         else:
             items.append(BatchItem(source, out_dir / source.name))
     if not items:

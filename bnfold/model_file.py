@@ -51,8 +51,14 @@ _READ_AT_LOAD_BYTES = 64 * 1024
 class ModelFile:
     """One model, from opening to the save of its folded version (see the module's docstring)."""
 
-    def __init__(self, label: str, proto: onnx.ModelProto | None, base_dir: Path | None, path: Path | None = None,
-                 given: ir.Model | None = None) -> None:
+    def __init__(
+        self,
+        label: str,
+        proto: onnx.ModelProto | None,
+        base_dir: Path | None,
+        path: Path | None = None,
+        given: ir.Model | None = None,
+    ) -> None:
         self.label = label
         self.proto = proto  # the structure (large tensors by reference); None for an onnx_ir.Model
         self.base_dir = base_dir  # where its external data lives
@@ -69,8 +75,9 @@ class ModelFile:
         return cls(str(path), load_proto(path, by_reference=by_reference), path.resolve().parent, path)
 
     @classmethod
-    def from_proto(cls, proto: onnx.ModelProto, base_dir: str | os.PathLike | None = None,
-                   label: str = "model") -> ModelFile:
+    def from_proto(
+        cls, proto: onnx.ModelProto, base_dir: str | os.PathLike | None = None, label: str = "model"
+    ) -> ModelFile:
         """A ModelProto; one whose tensors live in external data needs `base_dir`, checked as a file's would be."""
         validate_proto(proto, label)
         if not uses_external_data(proto):
@@ -143,17 +150,26 @@ def read_small_external_tensors(model: ir.Model) -> None:
     try:
         for value in initializer_values(model):
             tensor = value.const_value
-            if (not isinstance(tensor, ir.ExternalTensor) or tensor.nbytes > _READ_AT_LOAD_BYTES
-                    or tensor.dtype.bitwidth % 8 or tensor.dtype == ir.DataType.STRING):
+            if (
+                not isinstance(tensor, ir.ExternalTensor)
+                or tensor.nbytes > _READ_AT_LOAD_BYTES
+                or tensor.dtype.bitwidth % 8
+                or tensor.dtype == ir.DataType.STRING
+            ):
                 continue
             if tensor.path not in files:
-                files[tensor.path] = open(tensor.path, "rb")
+                files[tensor.path] = open(tensor.path, "rb")  # noqa: SIM115 - closed below, once per file
             data = files[tensor.path]
             data.seek(tensor.offset or 0)
             raw = data.read(tensor.nbytes)
             array = np.frombuffer(raw, dtype=np.dtype(tensor.dtype.numpy()).newbyteorder("<"), count=tensor.size)
-            value.const_value = ir.Tensor(array.reshape(tensor.shape.numpy()), dtype=tensor.dtype, name=tensor.name,
-                                          doc_string=tensor.doc_string, metadata_props=tensor.metadata_props)
+            value.const_value = ir.Tensor(
+                array.reshape(tensor.shape.numpy()),
+                dtype=tensor.dtype,
+                name=tensor.name,
+                doc_string=tensor.doc_string,
+                metadata_props=tensor.metadata_props,
+            )
     finally:
         for data in files.values():
             data.close()
@@ -163,7 +179,7 @@ def to_ir(proto: onnx.ModelProto, label: str) -> ir.Model:
     """Deserialize without adding anything the proto did not say."""
     try:
         model = ir.serde.deserialize_model(proto)
-    except Exception as error:  # noqa: BLE001 - any failure here means the model is not usable
+    except Exception as error:  # any failure here means the model is not usable
         raise InputError(f"{label}: cannot read the model: {first_line(error)}") from error
     # onnx-ir types every initializer from its tensor and would write a value_info
     # entry for each; only initializers the proto described keep their type.
@@ -173,8 +189,9 @@ def to_ir(proto: onnx.ModelProto, label: str) -> ir.Model:
             value.type = None
             value.shape = None
     if proto.graph.sparse_initializer:
-        model.meta[_SPARSE_KEY] = [onnx.SparseTensorProto.FromString(s.SerializeToString())
-                                   for s in proto.graph.sparse_initializer]
+        model.meta[_SPARSE_KEY] = [
+            onnx.SparseTensorProto.FromString(s.SerializeToString()) for s in proto.graph.sparse_initializer
+        ]
     unlist_initializer_inputs(model)
     return model
 
@@ -221,15 +238,17 @@ def external_data_files(model: ir.Model, model_file: Path | None = None) -> set[
 
     `model_file` is left out: tensors that refer to it are inline in the file (validation.load_proto).
     """
-    paths = {Path(slot.tensor.path).resolve() for slot in tensor_slots(model)
-             if isinstance(slot.tensor, ir.ExternalTensor)}
+    paths = {
+        Path(slot.tensor.path).resolve() for slot in tensor_slots(model) if isinstance(slot.tensor, ir.ExternalTensor)
+    }
     return paths - ({model_file.resolve()} if model_file is not None else set())
 
 
 def is_inline(tensor: ir.TensorProtocol, model_file: Path | None) -> bool:
     """In memory, or a reference to the model file itself (inline there): not in a data file."""
     return not isinstance(tensor, ir.ExternalTensor) or (
-        model_file is not None and Path(tensor.path).resolve() == model_file.resolve())
+        model_file is not None and Path(tensor.path).resolve() == model_file.resolve()
+    )
 
 
 def model_file_bytes(path: Path, data_files: set[Path]) -> int:
@@ -237,8 +256,9 @@ def model_file_bytes(path: Path, data_files: set[Path]) -> int:
     return path.stat().st_size + sum(data.stat().st_size for data in data_files)
 
 
-def external_data_threshold(model: ir.Model, mode: str, source_bytes: int,
-                            model_file: Path | None = None) -> int | None:
+def external_data_threshold(
+    model: ir.Model, mode: str, source_bytes: int, model_file: Path | None = None
+) -> int | None:
     """The output layout: tensors of at least this many bytes go to the data file; None = inline.
 
     'auto' keeps the input's layout (external data when the input had it, from its
@@ -255,8 +275,11 @@ def external_data_threshold(model: ir.Model, mode: str, source_bytes: int,
         if too_big:
             raise InputError("the model is larger than protobuf's 2 GB limit; it needs external data")
         return None
-    external_sizes = [value.const_value.nbytes for value in initializer_values(model)
-                      if value.const_value is not None and not is_inline(value.const_value, model_file)]
+    external_sizes = [
+        value.const_value.nbytes
+        for value in initializer_values(model)
+        if value.const_value is not None and not is_inline(value.const_value, model_file)
+    ]
     if external_sizes:
         return min(min(external_sizes), _EXTERNAL_THRESHOLD_BYTES)
     return _EXTERNAL_THRESHOLD_BYTES if too_big else None

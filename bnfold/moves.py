@@ -139,8 +139,9 @@ def _check_feature_axis(ctx: FoldContext, producer: ir.Node, axis: int | None) -
     if feature is None:
         raise Skip(f"rank of the output of {describe(producer)} is unknown")
     if axis != feature:
-        raise Skip(f"it runs along axis {axis} of the output of {describe(producer)}, whose features run along "
-                   f"axis {feature}")
+        raise Skip(
+            f"it runs along axis {axis} of the output of {describe(producer)}, whose features run along axis {feature}"
+        )
 
 
 def _check_foldable_producer(user: ir.Node, value: ir.Value, producer: ir.Node | None) -> None:

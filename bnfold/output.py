@@ -58,7 +58,7 @@ class _DurableFile:
     """A file written front to back whose finished part is sent to disk while the rest is still produced."""
 
     def __init__(self, path: Path) -> None:
-        self.handle: BinaryIO = open(path, "wb")
+        self.handle: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed by close(), after fsync
         self._handed_over = 0
 
     def hand_over(self) -> None:
@@ -73,8 +73,7 @@ class _DurableFile:
         self.handle.flush()
         end = self.handle.tell()
         try:
-            os.posix_fadvise(self.handle.fileno(), self._handed_over, end - self._handed_over,
-                             os.POSIX_FADV_DONTNEED)
+            os.posix_fadvise(self.handle.fileno(), self._handed_over, end - self._handed_over, os.POSIX_FADV_DONTNEED)
         except OSError:  # advice only: a file system that does not take it still gets the fsync
             logger.debug("posix_fadvise refused on %s", self.handle.name)
         self._handed_over = end
@@ -114,13 +113,27 @@ def write_external(model: ir.Model, folder: Path, data_name: str, threshold: int
             data.handle.seek(offset)
             tensor.tofile(data.handle)
             data.hand_over()
-            slot.put(ir.ExternalTensor(data_name, offset, tensor.nbytes, tensor.dtype, shape=tensor.shape,
-                                       name=slot.name, base_dir=str(folder)))
+            slot.put(
+                ir.ExternalTensor(
+                    data_name,
+                    offset,
+                    tensor.nbytes,
+                    tensor.dtype,
+                    shape=tensor.shape,
+                    name=slot.name,
+                    base_dir=str(folder),
+                )
+            )
 
 
 def _in_memory(tensor: ir.ExternalTensor) -> ir.Tensor:
-    return ir.Tensor(tensor.numpy().copy(), dtype=tensor.dtype, name=tensor.name, doc_string=tensor.doc_string,
-                     metadata_props=tensor.metadata_props)
+    return ir.Tensor(
+        tensor.numpy().copy(),
+        dtype=tensor.dtype,
+        name=tensor.name,
+        doc_string=tensor.doc_string,
+        metadata_props=tensor.metadata_props,
+    )
 
 
 def _aligned(offset: int, nbytes: int) -> int:

@@ -14,8 +14,14 @@ from onnx import TensorProto, helper, numpy_helper
 from bnfold.proto_walk import proto_graphs, proto_tensors
 
 HALF_TYPES = frozenset({TensorProto.FLOAT16, TensorProto.BFLOAT16})
-_TYPE_ATTRIBUTES = {("Cast", "to"), ("RandomNormal", "dtype"), ("RandomUniform", "dtype"),
-                    ("RandomNormalLike", "dtype"), ("RandomUniformLike", "dtype"), ("EyeLike", "dtype")}
+_TYPE_ATTRIBUTES = {
+    ("Cast", "to"),
+    ("RandomNormal", "dtype"),
+    ("RandomUniform", "dtype"),
+    ("RandomNormalLike", "dtype"),
+    ("RandomUniformLike", "dtype"),
+    ("EyeLike", "dtype"),
+}
 
 
 def convert_float_type(model: onnx.ModelProto, source: frozenset[int], target: int) -> onnx.ModelProto:
@@ -53,4 +59,5 @@ def has_float_type(model: onnx.ModelProto, data_type: int) -> bool:
     graph = model.graph
     infos = (*graph.input, *graph.output)
     return any(i.type.tensor_type.elem_type == data_type for i in infos) or any(
-        t.data_type == data_type for t in graph.initializer)
+        t.data_type == data_type for t in graph.initializer
+    )

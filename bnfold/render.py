@@ -71,8 +71,9 @@ def _console(stream: TextIO):
     from rich.console import Console
 
     plain = bool(os.environ.get("NO_COLOR")) or os.environ.get("TERM") == "dumb"
-    return Console(file=stream, no_color=plain, color_system=None if plain else "auto", highlight=False,
-                   soft_wrap=False)
+    return Console(
+        file=stream, no_color=plain, color_system=None if plain else "auto", highlight=False, soft_wrap=False
+    )
 
 
 def _rich_table(table: Table):
@@ -81,8 +82,12 @@ def _rich_table(table: Table):
 
     drawn = RichTable(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
     for index, column in enumerate(table.columns):
-        drawn.add_column(column, justify="right" if index in table.numeric else "left",
-                         overflow="fold", no_wrap=index in table.numeric)
+        drawn.add_column(
+            column,
+            justify="right" if index in table.numeric else "left",
+            overflow="fold",
+            no_wrap=index in table.numeric,
+        )
     for index, row in enumerate(table.rows):
         style = table.styles[index] if index < len(table.styles) else None
         drawn.add_row(*row, style=style)
@@ -93,8 +98,9 @@ def plain_table(table: Table) -> list[str]:
     widths = [max([len(column), *(len(row[i]) for row in table.rows)]) for i, column in enumerate(table.columns)]
 
     def line(cells: list[str]) -> str:
-        aligned = [cell.rjust(widths[i]) if i in table.numeric else cell.ljust(widths[i])
-                   for i, cell in enumerate(cells)]
+        aligned = [
+            cell.rjust(widths[i]) if i in table.numeric else cell.ljust(widths[i]) for i, cell in enumerate(cells)
+        ]
         return "  ".join(aligned).rstrip()
 
     return [line(table.columns), line(["-" * width for width in widths]), *(line(row) for row in table.rows)]
@@ -157,6 +163,7 @@ def _about(source, error: str | None) -> str:
 
 # --- what is shown -------------------------------------------------------------------------------
 
+
 def fold_summary(report: FoldReport) -> list[Block]:
     """Op counts and sizes before → after, what became of each BN, the check, where it went and how long."""
     blocks: list[Block] = []
@@ -177,8 +184,9 @@ def plan(report: FoldReport, every_node: bool = False) -> list[Block]:
     if shown:
         table = Table(["node", "op", "action", "pattern", "into", "reason"])
         for record in shown:
-            table.rows.append([record.name, record.op, record.action, record.pattern or "", record.into or "",
-                               record.reason or ""])
+            table.rows.append(
+                [record.name, record.op, record.action, record.pattern or "", record.into or "", record.reason or ""]
+            )
             table.styles.append(_ACTION_STYLES.get(record.action))
         blocks.append(table)
     elif report.batch_norms():
@@ -191,15 +199,18 @@ def plan(report: FoldReport, every_node: bool = False) -> list[Block]:
 
 def batch_table(items) -> list[Block]:
     """One row per model of a batch: BN counts, the check, the outcome."""
-    table = Table(["model", "BN", "folded", "kept", "converted", "skipped", "check", "result"],
-                  numeric=frozenset({1, 2, 3, 4, 5}))
+    table = Table(
+        ["model", "BN", "folded", "kept", "converted", "skipped", "check", "result"], numeric=frozenset({1, 2, 3, 4, 5})
+    )
     for item in items:
         numbers = ["–"] * 5
         check = "–"
         if item.report is not None:
             counts = item.report.counts()
-            numbers = [str(len(item.report.batch_norms())), *(str(counts[a]) for a in ("folded", "kept",
-                                                                                      "converted", "skipped"))]
+            numbers = [
+                str(len(item.report.batch_norms())),
+                *(str(counts[a]) for a in ("folded", "kept", "converted", "skipped")),
+            ]
             check = _short_check(item.report.check)
         result = f"wrote {item.destination}" if item.exit_code == 0 else f"exit {item.exit_code}: {item.error}"
         table.rows.append([str(item.source), *numbers, check, result])
@@ -213,8 +224,14 @@ def check_lines(check: CheckResult | None, unchanged: bool = False) -> list[Line
     counted = f"{len(check.outputs)} outputs, {len(check.sites)} sites"
     if check.passed:
         value, channel = check.largest_errors()
-        detail = "" if value is None else (f"; max rel err {value.value_rel_err:.2e} ({value.name}), "
-                                           f"{channel.max_rel_err:.2e} of one channel's own values ({channel.name})")
+        detail = (
+            ""
+            if value is None
+            else (
+                f"; max rel err {value.value_rel_err:.2e} ({value.name}), "
+                f"{channel.max_rel_err:.2e} of one channel's own values ({channel.name})"
+            )
+        )
         return [Line(f"check: passed ({counted}{detail})", "green")]
     if check.verdict == "inconclusive":
         unreached = [c.name for c in check.sites if not c.exercised]
@@ -271,9 +288,14 @@ def _others(report: FoldReport) -> str:
 def _target_kind(pattern: str | None, into: str | None) -> str:
     """'into Conv', 'forward into Gemm', 'into producers behind a Concat', 'as Mul+Add, both folded'."""
     op = (into or "").split(" ")[0]
-    kinds = {"forward": f"forward into {op}", "concat": "into producers behind a Concat",
-             "mul-add": "as Mul+Add, both folded", "scale-forward": "as Mul+Add, both folded",
-             "collapsed": "into a neighbouring BN", "reparameterized": "into a Conv of its branches"}
+    kinds = {
+        "forward": f"forward into {op}",
+        "concat": "into producers behind a Concat",
+        "mul-add": "as Mul+Add, both folded",
+        "scale-forward": "as Mul+Add, both folded",
+        "collapsed": "into a neighbouring BN",
+        "reparameterized": "into a Conv of its branches",
+    }
     return kinds.get(pattern or "", f"into {op}")
 
 
@@ -290,8 +312,10 @@ def _failure_line(kind: str, value: OutputCheck) -> str:
     where = f" (BatchNormalization {value.bn})" if value.bn else ""
     channel = f" channel {value.channel}" if value.channel is not None else ""
     note = f" ({value.note})" if value.note else ""
-    return (f"{kind} {value.name}{where}{channel}: max abs err {value.max_abs_err:.3e}, max rel err "
-            f"{value.max_rel_err:.3e}, allowed {value.tolerance:.3e}{note}")
+    return (
+        f"{kind} {value.name}{where}{channel}: max abs err {value.max_abs_err:.3e}, max rel err "
+        f"{value.max_rel_err:.3e}, allowed {value.tolerance:.3e}{note}"
+    )
 
 
 def _diagnostics_line(diagnostics: dict) -> str:
@@ -299,9 +323,11 @@ def _diagnostics_line(diagnostics: dict) -> str:
         return sum(len(getattr(d, attribute)) for d in diagnostics.values())
 
     training = sum(d.training is not None for d in diagnostics.values())
-    return (f"diagnostics: ε dominates σ² in {channels('epsilon_dominates')} channels, "
-            f"{channels('dead')} dead channels (γ ≈ 0), {channels('fp16_overflow')} channels at fp16 overflow "
-            f"risk after folding, {training} BN in training mode (bnfold IN --explain NODE for one BN)")
+    return (
+        f"diagnostics: ε dominates σ² in {channels('epsilon_dominates')} channels, "
+        f"{channels('dead')} dead channels (γ ≈ 0), {channels('fp16_overflow')} channels at fp16 overflow "
+        f"risk after folding, {training} BN in training mode (bnfold IN --explain NODE for one BN)"
+    )
 
 
 def human_bytes(count: int) -> str:

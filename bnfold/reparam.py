@@ -76,8 +76,13 @@ def find_trees(root: ir.Node) -> list[tuple[ir.Node, list[ir.Value], list[ir.Nod
     return [tree for node in sums if node is not root and node in _children(root) for tree in find_trees(node)]
 
 
-def merge(ctx: FoldContext, root: ir.Node, leaves: list[ir.Value], sums: list[ir.Node],
-          bn_params: Callable[[ir.Node], AffineParams | None]) -> Merged | None:
+def merge(
+    ctx: FoldContext,
+    root: ir.Node,
+    leaves: list[ir.Value],
+    sums: list[ir.Node],
+    bn_params: Callable[[ir.Node], AffineParams | None],
+) -> Merged | None:
     """Merge the branches; None when the tree is no reparameterizable block, Skip when it is one that cannot be."""
     source = _source(leaves[0])
     convs = [leaf.producer() for leaf in leaves if _conv_of(leaf) is not None]
@@ -100,12 +105,18 @@ def merge(ctx: FoldContext, root: ir.Node, leaves: list[ir.Value], sums: list[ir
     begin, end, offsets = _placement(geometries, _ints(convs[0], "dilations", 1, len(size)), size)
     shape = (*kernels[0].shape[:2], *size)
     ones = np.ones(shape[0])
-    scales = [(ones, 0 * ones) if leaf is source else bn_params(leaf.producer()).for_channels(
-        shape[0], f"output of {describe(leaf.producer())}") for leaf in identities]
-    kernel = fold_math.merged_kernel(shape, list(zip(kernels, offsets[:len(kernels)], strict=True)),
-                                     [(scale, offsets[-1]) for scale, _ in scales])
+    scales = [
+        (ones, 0 * ones)
+        if leaf is source
+        else bn_params(leaf.producer()).for_channels(shape[0], f"output of {describe(leaf.producer())}")
+        for leaf in identities
+    ]
+    kernel = fold_math.merged_kernel(
+        shape, list(zip(kernels, offsets[: len(kernels)], strict=True)), [(scale, offsets[-1]) for scale, _ in scales]
+    )
     bias = sum((_bias(ctx, conv, shape[0]) for conv in convs), np.zeros(shape[0])) + sum(
-        (shift for _, shift in scales), np.zeros(shape[0]))
+        (shift for _, shift in scales), np.zeros(shape[0])
+    )
     target = next(conv for conv, kernel in zip(convs, kernels, strict=True) if kernel.shape[2:] == size)
     new_kernel, new_bias = rounded(kernel, kernels[0]), rounded(bias, kernels[0])
     ctx.write_input(target, 2, new_bias, "bias")
@@ -177,12 +188,16 @@ def _check_alike(convs: list[ir.Node], kernels: list[np.ndarray], has_identity: 
             raise Skip(f"{describe(conv)} pads by auto_pad {str_attr(conv, 'auto_pad', '')}")
     if has_identity:
         if any(stride != 1 for stride in _ints(first, "strides", 1, kernels[0].ndim - 2)):
-            raise Skip(f"the identity branch needs stride 1, {describe(first)} has strides "
-                       f"{_ints(first, 'strides', 1, kernels[0].ndim - 2)}")
+            raise Skip(
+                f"the identity branch needs stride 1, {describe(first)} has strides "
+                f"{_ints(first, 'strides', 1, kernels[0].ndim - 2)}"
+            )
         group = int_attr(first, "group", 1)
         if kernels[0].shape[0] != kernels[0].shape[1] * group:
-            raise Skip(f"the identity branch needs as many output channels as input channels, {describe(first)} "
-                       f"maps {kernels[0].shape[1] * group} to {kernels[0].shape[0]}")
+            raise Skip(
+                f"the identity branch needs as many output channels as input channels, {describe(first)} "
+                f"maps {kernels[0].shape[1] * group} to {kernels[0].shape[0]}"
+            )
 
 
 def _geometry(conv: ir.Node, kernel: np.ndarray) -> _Geometry:
@@ -194,8 +209,9 @@ def _geometry(conv: ir.Node, kernel: np.ndarray) -> _Geometry:
 def _placement(geometries: list[_Geometry], dilations: list[int], size: tuple[int, ...]):
     """(pads begin, pads end, offset of each branch) of the merged kernel; Skip when some branch does not fit."""
     begin = tuple(max(g.begin[axis] for g in geometries) for axis in range(len(size)))
-    reach = {tuple(g.begin[a] + g.end[a] - dilations[a] * (g.size[a] - 1) for a in range(len(size)))
-             for g in geometries}
+    reach = {
+        tuple(g.begin[a] + g.end[a] - dilations[a] * (g.size[a] - 1) for a in range(len(size))) for g in geometries
+    }
     if len(reach) != 1:
         raise Skip("the branches' pads do not give the same output size for every input size")
     end = tuple(r + dilations[a] * (size[a] - 1) - begin[a] for a, r in enumerate(next(iter(reach))))
@@ -205,8 +221,10 @@ def _placement(geometries: list[_Geometry], dilations: list[int], size: tuple[in
         for axis, dilation in enumerate(dilations):
             shift, remainder = divmod(begin[axis] - g.begin[axis], dilation)
             if remainder or shift + g.size[axis] > size[axis] or end[axis] < 0:
-                raise Skip(f"a {'x'.join(map(str, g.size))} branch with pads {g.begin}/{g.end} does not sit "
-                           f"inside the merged {'x'.join(map(str, size))} kernel")
+                raise Skip(
+                    f"a {'x'.join(map(str, g.size))} branch with pads {g.begin}/{g.end} does not sit "
+                    f"inside the merged {'x'.join(map(str, size))} kernel"
+                )
             offset.append(shift)
         offsets.append(tuple(offset))
     return begin, end, offsets

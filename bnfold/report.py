@@ -97,14 +97,22 @@ class CheckResult:
         return next((c for c in [*self.sites, *self.outputs] if not c.passed), None)
 
     def to_dict(self) -> dict:
-        return {"verdict": self.verdict, "passed": self.passed, "outputs": [asdict(o) for o in self.outputs],
-                "sites": [asdict(s) for s in self.sites], "inputs": self.inputs, "note": self.note}
+        return {
+            "verdict": self.verdict,
+            "passed": self.passed,
+            "outputs": [asdict(o) for o in self.outputs],
+            "sites": [asdict(s) for s in self.sites],
+            "inputs": self.inputs,
+            "note": self.note,
+        }
 
     def largest_errors(self) -> tuple[OutputCheck | None, OutputCheck | None]:
         """The compared values with the largest error against their whole value, and against one channel."""
         compared = [*self.outputs, *self.sites]
-        return (max(compared, key=lambda c: c.value_rel_err, default=None),
-                max(compared, key=lambda c: c.max_rel_err, default=None))
+        return (
+            max(compared, key=lambda c: c.value_rel_err, default=None),
+            max(compared, key=lambda c: c.max_rel_err, default=None),
+        )
 
     def __repr__(self) -> str:
         value, _ = self.largest_errors()
@@ -140,8 +148,9 @@ class FoldReport:
 
     def others_folded(self) -> Counter:
         """Mul/Add/Sub/Div folded besides the BNs, by op type."""
-        return Counter(record.op for record in self.records
-                       if record.op != "BatchNormalization" and record.action == "folded")
+        return Counter(
+            record.op for record in self.records if record.op != "BatchNormalization" and record.action == "folded"
+        )
 
     def to_dict(self) -> dict:
         counts = self.counts()
@@ -157,8 +166,11 @@ class FoldReport:
             "seconds": self.seconds,
             "error": self.error,
             "exit_code": self.exit_code,
-            **({} if self.diagnostics is None else {
-                "diagnostics": {name: d.to_dict() for name, d in self.diagnostics.items()}}),
+            **(
+                {}
+                if self.diagnostics is None
+                else {"diagnostics": {name: d.to_dict() for name, d in self.diagnostics.items()}}
+            ),
         }
 
     def to_json(self) -> str:

@@ -29,10 +29,18 @@ _PLACEHOLDER = "bnfold-shared-initializer"
 _SHARED_BYTES = 64 * 1024
 # numpy dtypes an OrtValue can view directly, by ONNX data type.
 _VIEWABLE = {
-    TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64, TensorProto.FLOAT16: np.float16,
-    TensorProto.INT8: np.int8, TensorProto.INT16: np.int16, TensorProto.INT32: np.int32, TensorProto.INT64: np.int64,
-    TensorProto.UINT8: np.uint8, TensorProto.UINT16: np.uint16, TensorProto.UINT32: np.uint32,
-    TensorProto.UINT64: np.uint64, TensorProto.BOOL: np.bool_,
+    TensorProto.FLOAT: np.float32,
+    TensorProto.DOUBLE: np.float64,
+    TensorProto.FLOAT16: np.float16,
+    TensorProto.INT8: np.int8,
+    TensorProto.INT16: np.int16,
+    TensorProto.INT32: np.int32,
+    TensorProto.INT64: np.int64,
+    TensorProto.UINT8: np.uint8,
+    TensorProto.UINT16: np.uint16,
+    TensorProto.UINT32: np.uint32,
+    TensorProto.UINT64: np.uint64,
+    TensorProto.BOOL: np.bool_,
 }
 
 
@@ -77,8 +85,7 @@ def open_session(model: onnx.ModelProto, base_dir: Path | None, extra_outputs: I
     if names:
         options.add_external_initializers(names, values)
     if base_dir is not None:
-        options.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                         os.fspath(base_dir))
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", os.fspath(base_dir))
     session = ort.InferenceSession(skeleton.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return Session(session, [model, arrays, values])
 
@@ -125,8 +132,12 @@ def _repeated(descriptor) -> bool:
 def _view(tensor: TensorProto) -> np.ndarray | None:
     """A read-only numpy view of an inline tensor's raw bytes (no copy); None when it cannot be viewed."""
     dtype = _VIEWABLE.get(tensor.data_type)
-    if (dtype is None or tensor.data_location == TensorProto.EXTERNAL or not tensor.HasField("raw_data")
-            or len(tensor.raw_data) < _SHARED_BYTES):
+    if (
+        dtype is None
+        or tensor.data_location == TensorProto.EXTERNAL
+        or not tensor.HasField("raw_data")
+        or len(tensor.raw_data) < _SHARED_BYTES
+    ):
         return None
     array = np.frombuffer(tensor.raw_data, dtype=np.dtype(dtype).newbyteorder("<"))
     if array.dtype.byteorder == ">":  # pragma: no cover - big-endian hosts
@@ -136,8 +147,9 @@ def _view(tensor: TensorProto) -> np.ndarray | None:
 
 def _placeholder(tensor: TensorProto, nbytes: int) -> TensorProto:
     """Name, type and shape of `tensor`, its data "external": onnxruntime takes the shared array instead."""
-    stub = TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
-                       data_location=TensorProto.EXTERNAL)
+    stub = TensorProto(
+        name=tensor.name, data_type=tensor.data_type, dims=tensor.dims, data_location=TensorProto.EXTERNAL
+    )
     for key, value in (("location", _PLACEHOLDER), ("offset", "0"), ("length", str(nbytes))):
         entry = stub.external_data.add()
         entry.key, entry.value = key, value

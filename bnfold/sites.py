@@ -43,8 +43,12 @@ class SiteLocator:
             return [Site(name, bn) for name in dict.fromkeys(names)]
         if self._holders is None:
             self._holders = holders(self._model)
-        return [Site(output.name, bn, branch) for node, branch in self._holders.get(graph, [])
-                for output in node.outputs if output.name]
+        return [
+            Site(output.name, bn, branch)
+            for node, branch in self._holders.get(graph, [])
+            for output in node.outputs
+            if output.name
+        ]
 
 
 def _produced_in(value: ir.Value, graph: ir.Graph) -> bool:
@@ -98,8 +102,12 @@ def _functions_called(node: ir.Node, functions: dict) -> list[ir.Function]:
 
 # --- finding sites by comparing two models (verify without the pass's knowledge) ----------------
 
-def find_sites(original: onnx.ModelProto, folded: onnx.ModelProto,
-               tensor_of: Callable[[onnx.ModelProto, onnx.TensorProto], np.ndarray]) -> list[Site]:
+
+def find_sites(
+    original: onnx.ModelProto,
+    folded: onnx.ModelProto,
+    tensor_of: Callable[[onnx.ModelProto, onnx.TensorProto], np.ndarray],
+) -> list[Site]:
     """The sites of `folded` against `original`, in the original's graph order.
 
     `tensor_of(model, tensor)` reads a constant's values (external data included).
@@ -122,8 +130,7 @@ def find_sites(original: onnx.ModelProto, folded: onnx.ModelProto,
     return found
 
 
-_COMPUTE_NOTHING = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Cast",
-                              "Dropout"})
+_COMPUTE_NOTHING = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Cast", "Dropout"})
 
 
 def _only_inputs_renamed(node: onnx.NodeProto, twin: onnx.NodeProto, constants: _Constants) -> bool:
@@ -188,8 +195,11 @@ class _Constants:
 
 def _changed_functions(original: onnx.ModelProto, folded: onnx.ModelProto) -> set[tuple[str, str]]:
     bodies = {(f.domain, f.name): f.SerializeToString(deterministic=True) for f in folded.functions}
-    return {(f.domain, f.name) for f in original.functions
-            if bodies.get((f.domain, f.name)) != f.SerializeToString(deterministic=True)}
+    return {
+        (f.domain, f.name)
+        for f in original.functions
+        if bodies.get((f.domain, f.name)) != f.SerializeToString(deterministic=True)
+    }
 
 
 def _batch_norms_inside(node: onnx.NodeProto, attribute_name: str | None = None) -> Iterator[str]:

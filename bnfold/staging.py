@@ -36,6 +36,15 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from bnfold.errors import InputError, OutputError
+from bnfold.files import (
+    check_folder_creatable,
+    folder_lock,
+    fsync_folder,
+    make_folders,
+    remove_created_folders,
+    same_file,
+    signals_deferred,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +66,10 @@ def data_token(sources: Iterable[Path], *parts: str) -> str:
     digest = hashlib.sha256()
     for path in sorted(Path(p).resolve() for p in sources):
         status = path.stat()
-        digest.update(f"{path}\0{status.st_dev}\0{status.st_ino}\0{status.st_size}\0{status.st_mtime_ns}\0"
-                      f"{status.st_ctime_ns}\0".encode())
+        digest.update(
+            f"{path}\0{status.st_dev}\0{status.st_ino}\0{status.st_size}\0{status.st_mtime_ns}\0"
+            f"{status.st_ctime_ns}\0".encode()
+        )
     for part in parts:
         digest.update(f"{part}\0".encode())
     return digest.hexdigest()[:12]
@@ -78,22 +89,27 @@ def check_output_path(destination: Path) -> None:
         raise InputError(f"{destination}: is not a regular file (a FIFO, socket or device); bnfold writes files only")
 
 
-def refuse_clobbering(sources: Iterable[Path], destination: Path, data_name: str | None,
-                      report: Path | None = None) -> None:
+def refuse_clobbering(
+    sources: Iterable[Path], destination: Path, data_name: str | None, report: Path | None = None
+) -> None:
     """Nothing bnfold writes may be one of its inputs (model or data files), and the report may not be
     any of those nor the output (or its data file)."""
     protected = [Path(p) for p in sources]
-    for path, role in ((destination, "the output"),
-                       (destination.parent / data_name if data_name else None, "the output's data file")):
+    for path, role in (
+        (destination, "the output"),
+        (destination.parent / data_name if data_name else None, "the output's data file"),
+    ):
         if path is not None and any(same_file(path, source) for source in protected):
-            raise InputError(f"{destination}: {role} would be {path}, one of the input's files; "
-                             "bnfold never writes over its input")
+            raise InputError(
+                f"{destination}: {role} would be {path}, one of the input's files; bnfold never writes over its input"
+            )
     if report is None:
         return
     taken = [*protected, destination] + ([destination.parent / data_name] if data_name else [])
     if any(same_file(report, path) for path in taken):
-        raise InputError(f"--report {report}: that is one of the model files (input, output or data); "
-                         "give the report its own path")
+        raise InputError(
+            f"--report {report}: that is one of the model files (input, output or data); give the report its own path"
+        )
     check_report_path(report)
 
 
@@ -105,72 +121,6 @@ def check_report_path(report: Path) -> None:
         raise InputError(f"--report {report}: is not a regular file")
     if not os.access(existing, os.W_OK) or (report.exists() and not os.access(report, os.W_OK)):
         raise InputError(f"--report {report}: cannot be written (permission denied)")
-
-
-def check_folder_creatable(folder: Path, what: str) -> Path:
-    """`folder` is a folder, or its nearest existing ancestor is one (bnfold creates the rest); returns that one."""
-    existing = folder.absolute()
-    while not os.path.lexists(existing) and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise InputError(f"{what} folder '{folder}' cannot be created: '{existing}' is not a folder")
-    return existing
-
-
-def make_folders(folder: Path) -> list[Path]:
-    """Create `folder` and any missing parents; the ones created, outermost first."""
-    missing = []
-    current = folder.absolute()
-    while not current.exists() and current != current.parent:
-        missing.append(current)
-        current = current.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(f"{folder}: cannot create this folder ({error.strerror or error})") from None
-    return list(reversed(missing))
-
-
-def remove_created_folders(created: list[Path]) -> None:
-    """Remove folders `make_folders` created, innermost first, as long as they are empty."""
-    for folder in reversed(created):
-        try:
-            folder.rmdir()
-        except OSError:
-            return
-
-
-def same_file(a: Path, b: Path) -> bool:
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-        return a.resolve() == b.resolve()
-    except OSError:
-        return False
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path` (its folder created if need be), then rename it into place."""
-    if str(path.parent):
-        make_folders(path.parent)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent if str(path.parent) else ".")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o666 & ~_umask()
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write it ({error.strerror or error})") from error
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 class Stage:
@@ -209,8 +159,11 @@ class Stage:
         previous = sorted(referenced_data_files(self.destination) - {self.data_name})
         mode = _existing_mode(self.destination)
         has_data = self.data.exists()
-        intent = {"destination": self.destination.name, "data": self.data_name if has_data else None,
-                  "previous": previous}
+        intent = {
+            "destination": self.destination.name,
+            "data": self.data_name if has_data else None,
+            "previous": previous,
+        }
         (self.path / _INTENT).write_text(json.dumps(intent))
         for path in (self.data, self.model) if has_data else (self.model,):
             if mode is not None:
@@ -259,8 +212,7 @@ def _data_locations(path: Path) -> set[str]:
         model = strip_large_tensors(path)[0]
     except (WireError, OSError, ValueError):
         return set()
-    return {entry.value for tensor in proto_tensors(model) for entry in tensor.external_data
-            if entry.key == "location"}
+    return {entry.value for tensor in proto_tensors(model) for entry in tensor.external_data if entry.key == "location"}
 
 
 def remove_stale_stages(folder: Path) -> None:
@@ -300,50 +252,3 @@ def _alive(pid: int) -> bool:
     except OSError:
         return True  # it exists, owned by someone else
     return True
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block ends: a commit is never cut in half (SIGKILL is: see above)."""
-    import signal
-
-    deferred = {signal.SIGINT, signal.SIGTERM}
-    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - Windows
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, deferred)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-@contextlib.contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
-    """An exclusive lock on `folder` held by this process (POSIX flock; elsewhere no lock)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        yield
-        return
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(descriptor)
-
-
-def fsync_folder(folder: Path) -> None:
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -19,7 +19,8 @@ from bnfold.proto_walk import node_graphs, proto_tensors
 
 # Types packed several elements to a byte: their element counts are not field lengths.
 _SUB_BYTE_TYPES = frozenset(
-    getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+    getattr(onnx.TensorProto, name)
+    for name in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
     if hasattr(onnx.TensorProto, name)
 )
 _TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
@@ -50,7 +51,7 @@ def load_proto(path: Path, *, by_reference: bool = False) -> onnx.ModelProto:
     if proto is None:
         try:
             proto = onnx.load(str(path), load_external_data=False)
-        except Exception as error:  # noqa: BLE001 - protobuf raises several types for garbage
+        except Exception as error:  # protobuf raises several types for garbage
             raise InputError(f"{path}: not an ONNX model ({first_line(error)})") from error
     validate_proto(proto, str(path))
     check_external_data(proto, path.parent, model_file=path)
@@ -76,8 +77,17 @@ def validate_proto(proto: onnx.ModelProto, label: str) -> None:
     newest = onnx.defs.onnx_opset_version()
     if default_opset is not None and not 1 <= default_opset <= newest:
         raise InputError(f"{label}: unknown default-domain opset {default_opset} (this onnx knows 1..{newest})")
-    _check_text([proto.producer_name, proto.domain, proto.doc_string, *(o.domain for o in proto.opset_import),
-                 *_metadata_text(proto)], label, "the model's")
+    _check_text(
+        [
+            proto.producer_name,
+            proto.domain,
+            proto.doc_string,
+            *(o.domain for o in proto.opset_import),
+            *_metadata_text(proto),
+        ],
+        label,
+        "the model's",
+    )
     for tensor in proto_tensors(proto):
         _check_tensor(tensor, label)
     for value in (*proto.graph.input, *proto.graph.output):
@@ -89,8 +99,11 @@ def validate_proto(proto: onnx.ModelProto, label: str) -> None:
 
 
 def _check_graph_structure(graph: onnx.GraphProto, outer: set[str], label: str) -> None:
-    _check_text([graph.name, graph.doc_string, *(v.name for v in (*graph.input, *graph.output, *graph.value_info))],
-                label, f"graph '{graph.name}'s")
+    _check_text(
+        [graph.name, graph.doc_string, *(v.name for v in (*graph.input, *graph.output, *graph.value_info))],
+        label,
+        f"graph '{graph.name}'s",
+    )
     defined = set(outer)
     defined.update(value.name for value in graph.input)
     defined.update(tensor.name for tensor in graph.initializer)
@@ -104,8 +117,19 @@ def _check_node_order(nodes, defined: set[str], outputs: Iterable[str], label: s
     produced = {name for node in nodes for name in node.output if name}
     unsorted = False
     for node in nodes:
-        _check_text([node.name, node.op_type, node.domain, node.doc_string, *node.input, *node.output,
-                     *(attribute.name for attribute in node.attribute)], label, "a node's")
+        _check_text(
+            [
+                node.name,
+                node.op_type,
+                node.domain,
+                node.doc_string,
+                *node.input,
+                *node.output,
+                *(attribute.name for attribute in node.attribute),
+            ],
+            label,
+            "a node's",
+        )
         for name in node.input:
             if name and name not in defined:
                 if name not in produced:
@@ -177,8 +201,9 @@ def _check_inline_size(tensor: onnx.TensorProto, label: str) -> None:
     if tensor.HasField("raw_data"):
         itemsize = itemsize_of(tensor.data_type)
         if itemsize is not None and elements * itemsize != len(tensor.raw_data):
-            raise InputError(f"{label}: tensor '{tensor.name}' claims {elements * itemsize} bytes "
-                             f"but holds {len(tensor.raw_data)}")
+            raise InputError(
+                f"{label}: tensor '{tensor.name}' claims {elements * itemsize} bytes but holds {len(tensor.raw_data)}"
+            )
         return
     held = sum(len(getattr(tensor, field)) for field in _TYPED_FIELDS)
     expected = elements * (2 if tensor.data_type in _COMPLEX_TYPES else 1)
@@ -252,8 +277,10 @@ def _checked_file_size(base: Path, location: str, where: str) -> int:
         raise InputError(f"{where}: file '{location}' does not exist")
     status = target.stat()
     if status.st_nlink > 1:  # onnx-ir refuses these too: the other name could be any file on the disk
-        raise InputError(f"{where}: file '{location}' has {status.st_nlink} hard links, so it could be "
-                         "any file on the disk; fold a copy of it")
+        raise InputError(
+            f"{where}: file '{location}' has {status.st_nlink} hard links, so it could be "
+            "any file on the disk; fold a copy of it"
+        )
     return status.st_size
 
 
@@ -270,7 +297,6 @@ def _check_extent(tensor: onnx.TensorProto, info: dict[str, str], size: int, loc
     elif claimed is not None and length < claimed:
         raise InputError(f"{where}: length {length} is less than the {claimed} bytes its dims claim")
     if offset < 0 or length < 0 or offset + length > size:
-        raise InputError(f"{where}: bytes {offset}..{offset + length} lie past the end of "
-                         f"'{Path(location).name}' ({size} bytes)")
-
-
+        raise InputError(
+            f"{where}: bytes {offset}..{offset + length} lie past the end of '{Path(location).name}' ({size} bytes)"
+        )

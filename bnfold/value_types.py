@@ -13,6 +13,7 @@ from bnfold.proto_walk import proto_graphs
 
 logger = logging.getLogger(__name__)
 
+
 class ValueTypes:
     """Element type and shape of values, from the model or, failing that, from ONNX shape inference.
 
@@ -82,8 +83,11 @@ class ValueTypes:
         # Names are unique across the main graph and its subgraphs, so one map serves all.
         # Function bodies get no inferred types: a function's input ranks can differ
         # from one call to the next.
-        return {info.name: info.type for graph in proto_graphs(proto)
-                for info in (*graph.value_info, *graph.input, *graph.output)}
+        return {
+            info.name: info.type
+            for graph in proto_graphs(proto)
+            for info in (*graph.value_info, *graph.input, *graph.output)
+        }
 
 
 _SKELETON_MIN_BYTES = 1024
@@ -100,8 +104,9 @@ def _skeleton(model: ir.Model) -> onnx.ModelProto:
         tensor = value.const_value
         if tensor is None or isinstance(tensor, ir.ExternalTensor) or tensor.nbytes <= _SKELETON_MIN_BYTES:
             continue
-        value.const_value = ir.ExternalTensor("bnfold-skeleton", 0, tensor.nbytes, tensor.dtype,
-                                              shape=tensor.shape, name=value.name)
+        value.const_value = ir.ExternalTensor(
+            "bnfold-skeleton", 0, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=value.name
+        )
         swapped.append((value, tensor))
     try:
         proto = ir.serde.serialize_model(model)
@@ -136,8 +141,25 @@ def _rank_from_producer(types: ValueTypes, value: ir.Value) -> int | None:
     return None
 
 
-_RANK_KEEPING = frozenset({"Identity", "Cast", "CastLike", "Relu", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid",
-                           "LeakyRelu", "Clip", "Neg", "Abs", "Dropout", "BatchNormalization", "Softmax"})
+_RANK_KEEPING = frozenset(
+    {
+        "Identity",
+        "Cast",
+        "CastLike",
+        "Relu",
+        "Sigmoid",
+        "Tanh",
+        "HardSwish",
+        "HardSigmoid",
+        "LeakyRelu",
+        "Clip",
+        "Neg",
+        "Abs",
+        "Dropout",
+        "BatchNormalization",
+        "Softmax",
+    }
+)
 
 
 def _rank_after_axes(types: ValueTypes, node: ir.Node) -> int | None:

@@ -50,7 +50,7 @@ def strip_large_tensors(path: Path) -> tuple[onnx.ModelProto, int]:
     model = onnx.ModelProto()
     try:
         model.ParseFromString(stripped)
-    except Exception as error:  # noqa: BLE001 - protobuf raises several types for bad input
+    except Exception as error:  # protobuf raises several types for bad input
         raise WireError(str(error)) from error
     return model, count
 

@@ -29,6 +29,7 @@ Generated models go to --workdir (default: a temp folder), never into the repo.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import platform
@@ -59,7 +60,9 @@ else:
 """
 
 OTHER_TOOLS = {
-    "onnxruntime (offline, BASIC)": ("onnxruntime", """
+    "onnxruntime (offline, BASIC)": (
+        "onnxruntime",
+        """
 import sys, onnxruntime as ort
 options = ort.SessionOptions()
 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
@@ -68,22 +71,32 @@ if sys.argv[3] == "1":
     options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
                                      sys.argv[2].rsplit("/", 1)[-1] + ".data")
 ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
-"""),
-    "onnxslim": ("onnxslim", """
+""",
+    ),
+    "onnxslim": (
+        "onnxslim",
+        """
 import sys, onnxslim
 onnxslim.slim(sys.argv[1], sys.argv[2])
-"""),
-    "onnxsim": ("onnxsim", """
+""",
+    ),
+    "onnxsim": (
+        "onnxsim",
+        """
 import sys, onnx, onnxsim
 model, ok = onnxsim.simplify(onnx.load(sys.argv[1]))
 onnx.save(model, sys.argv[2], save_as_external_data=sys.argv[3] == "1")
-"""),
-    "onnxscript optimizer": ("onnxscript", """
+""",
+    ),
+    "onnxscript optimizer": (
+        "onnxscript",
+        """
 import sys, onnx_ir as ir, onnxscript.optimizer as opt
 model = ir.load(sys.argv[1])
 opt.optimize_ir(model)
 ir.save(model, sys.argv[2], external_data=(sys.argv[2].rsplit("/", 1)[-1] + ".data") if sys.argv[3] == "1" else None)
-"""),
+""",
+    ),
 }
 
 
@@ -94,22 +107,28 @@ BN_PARAMS = ("scale", "bias", "mean", "var")
 
 def layer_nodes(i: int, x: str, pad: int) -> list[onnx.NodeProto]:
     """Conv → BN → ReLU number i, reading `x`, writing f"r{i}"."""
-    return [helper.make_node("Conv", [x, f"conv{i}.weight"], [f"c{i}"], name=f"conv{i}", pads=[pad] * 4),
-            helper.make_node("BatchNormalization", [f"c{i}"] + [f"bn{i}.{n}" for n in BN_PARAMS], [f"b{i}"],
-                             name=f"bn{i}"),
-            helper.make_node("Relu", [f"b{i}"], [f"r{i}"], name=f"relu{i}")]
+    return [
+        helper.make_node("Conv", [x, f"conv{i}.weight"], [f"c{i}"], name=f"conv{i}", pads=[pad] * 4),
+        helper.make_node("BatchNormalization", [f"c{i}"] + [f"bn{i}.{n}" for n in BN_PARAMS], [f"b{i}"], name=f"bn{i}"),
+        helper.make_node("Relu", [f"b{i}"], [f"r{i}"], name=f"relu{i}"),
+    ]
 
 
 def bn_values(rng: np.random.Generator, channels: int) -> dict[str, np.ndarray]:
-    values = (rng.uniform(0.5, 1.5, channels), rng.normal(0, 0.1, channels), rng.normal(0, 0.1, channels),
-              rng.uniform(0.5, 1.5, channels))
+    values = (
+        rng.uniform(0.5, 1.5, channels),
+        rng.normal(0, 0.1, channels),
+        rng.normal(0, 0.1, channels),
+        rng.uniform(0.5, 1.5, channels),
+    )
     return {name: v.astype(np.float32) for name, v in zip(BN_PARAMS, values, strict=True)}
 
 
 def stack_model(nodes, inits, channels: int, output: str) -> onnx.ModelProto:
     io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", channels, 8, 8]) for name in ("input", output)]
-    model = helper.make_model(helper.make_graph(nodes, "stack", io[:1], io[1:], inits),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph(nodes, "stack", io[:1], io[1:], inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
     model.ir_version = 8
     return model
 
@@ -148,8 +167,10 @@ def write_big_external(path: Path, target_bytes: int) -> Path:
     nodes, inits, offset = [], [], 0
     with open(data_path, "wb") as data:
         for i in range(layers):
-            tensors = {f"conv{i}.weight": rng.standard_normal((256, 256, 3, 3), dtype=np.float32) * np.float32(0.02),
-                       **{f"bn{i}.{n}": v for n, v in bn_values(rng, 256).items()}}
+            tensors = {
+                f"conv{i}.weight": rng.standard_normal((256, 256, 3, 3), dtype=np.float32) * np.float32(0.02),
+                **{f"bn{i}.{n}": v for n, v in bn_values(rng, 256).items()},
+            }
             for name, array in tensors.items():
                 raw = array.tobytes()
                 data.write(raw)
@@ -161,8 +182,7 @@ def write_big_external(path: Path, target_bytes: int) -> Path:
 
 
 def _external_tensor(name: str, array: np.ndarray, location: str, offset: int, length: int) -> TensorProto:
-    tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=array.shape,
-                         data_location=TensorProto.EXTERNAL)
+    tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=array.shape, data_location=TensorProto.EXTERNAL)
     for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
         entry = tensor.external_data.add()
         entry.key, entry.value = key, value
@@ -174,6 +194,7 @@ def model_bytes(path: Path) -> int:
 
 
 # --- measuring -------------------------------------------------------------------------------------
+
 
 @dataclass
 class Sample:
@@ -199,13 +220,18 @@ with open(sys.argv[1], "w") as report:
 def run_process(argv: list[str], expect_failure: bool = False) -> Sample:
     """One whole process: its wall time and its own peak resident set (from wait4's rusage)."""
     with tempfile.NamedTemporaryFile("r", suffix=".txt") as report:
-        process = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, report.name, *argv],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        process = subprocess.run(
+            [sys.executable, "-S", "-c", LAUNCHER, report.name, *argv],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         seconds, max_rss_kib, code = report.read().split()
     ok = int(code) == 0
     if ok == expect_failure:
-        print(f"  ! {' '.join(argv[:4])}… exited {code}: {process.stderr.decode(errors='replace').strip()[-300:]}",
-              file=sys.stderr)
+        print(
+            f"  ! {' '.join(argv[:4])}… exited {code}: {process.stderr.decode(errors='replace').strip()[-300:]}",
+            file=sys.stderr,
+        )
     return Sample(float(seconds), int(max_rss_kib) / 1024, ok)
 
 
@@ -239,8 +265,11 @@ def paired(src: Path, out_dir: Path, external: bool, runs: int) -> dict[str, lis
         for label in ("floor", "bnfold"):
             dst = out_dir / f"{label}.onnx"
             clean(dst)
-            argv = ([sys.executable, "-c", FLOOR, str(src), str(dst), "1" if external else "0"]
-                    if label == "floor" else bnfold_argv(src, dst, check=False))
+            argv = (
+                [sys.executable, "-c", FLOOR, str(src), str(dst), "1" if external else "0"]
+                if label == "floor"
+                else bnfold_argv(src, dst, check=False)
+            )
             sample = run_process(argv)
             if run > 0:
                 results[label].append(sample)
@@ -344,8 +373,10 @@ def node_count(path: Path) -> tuple[int, int]:
     return len(graph.node), sum(node.op_type == "BatchNormalization" for node in graph.node)
 
 
-INFERENCE_HEADER = ("| model | form | nodes | BN | DISABLE_ALL original ms | folded ms | ratio | noise "
-                    "| ENABLE_ALL original ms | folded ms | ratio | noise |")
+INFERENCE_HEADER = (
+    "| model | form | nodes | BN | DISABLE_ALL original ms | folded ms | ratio | noise "
+    "| ENABLE_ALL original ms | folded ms | ratio | noise |"
+)
 
 
 def inference_row(label: str, path: Path, batch: int, form: str, runs: int, rounds: int, work: Path) -> str:
@@ -360,22 +391,34 @@ def inference_row(label: str, path: Path, batch: int, form: str, runs: int, roun
     control = work / f"inference_{label}_control.onnx"
     onnx.save(onnx.load(path), control)
     for level in LEVELS:
+
         def make_sessions(level: str = level) -> dict:
-            return {"original": inference_session(path, level), "folded": inference_session(folded, level),
-                    "control": inference_session(control, level)}
+            return {
+                "original": inference_session(path, level),
+                "folded": inference_session(folded, level),
+                "control": inference_session(control, level),
+            }
 
         feeds = inference_feeds(inference_session(path, level), batch)
         ms = interleaved_ms(make_sessions, feeds, runs, rounds)
-        cells += [f"{ms['original']:.3f}", f"{ms['folded']:.3f}", f"{ms['folded'] / ms['original']:.3f}",
-                  f"±{abs(ms['control'] / ms['original'] - 1) * 100:.1f}%"]
+        cells += [
+            f"{ms['original']:.3f}",
+            f"{ms['folded']:.3f}",
+            f"{ms['folded'] / ms['original']:.3f}",
+            f"±{abs(ms['control'] / ms['original'] - 1) * 100:.1f}%",
+        ]
     return "| " + " | ".join(cells) + " |"
 
 
 def bench_inference(paths: list[Path], forms: list[str], runs: int, rounds: int, work: Path) -> list[str]:
-    lines = [f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-             f"{versions()}; onnxruntime CPU, 1 thread; per model and level {rounds} rounds of fresh sessions, "
-             f"{runs} interleaved samples each; medians.",
-             "", INFERENCE_HEADER, "|---" * 12 + "|"]
+    lines = [
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{versions()}; onnxruntime CPU, 1 thread; per model and level {rounds} rounds of fresh sessions, "
+        f"{runs} interleaved samples each; medians.",
+        "",
+        INFERENCE_HEADER,
+        "|---" * 12 + "|",
+    ]
     print("\n".join(lines), flush=True)
     for label, path, batch in inference_models(paths, work):
         for form in forms:
@@ -386,8 +429,10 @@ def bench_inference(paths: list[Path], forms: list[str], runs: int, rounds: int,
 
 # --- the cost of the check ------------------------------------------------------------------------
 
-CHECK_HEADER = ("| model | size | onnxruntime offline BASIC s | bnfold (fold + check) s | ratio | bnfold peak MiB "
-                "| peak / model size |")
+CHECK_HEADER = (
+    "| model | size | onnxruntime offline BASIC s | bnfold (fold + check) s | ratio | bnfold peak MiB "
+    "| peak / model size |"
+)
 
 
 def bench_check(label: str, src: Path, external: bool, runs: int, work: Path) -> str:
@@ -400,22 +445,29 @@ def bench_check(label: str, src: Path, external: bool, runs: int, work: Path) ->
         for label_, samples in (("ort", theirs), ("bnfold", ours)):
             dst = out_dir / f"{label_}.onnx"
             clean(dst)
-            argv = ([sys.executable, "-c", ort_script, str(src), str(dst), "1" if external else "0"]
-                    if label_ == "ort" else [sys.executable, "-m", "bnfold", str(src), str(dst), "--quiet"])
+            argv = (
+                [sys.executable, "-c", ort_script, str(src), str(dst), "1" if external else "0"]
+                if label_ == "ort"
+                else [sys.executable, "-m", "bnfold", str(src), str(dst), "--quiet"]
+            )
             sample = run_process(argv)
             if run > 0:
                 samples.append(sample)
             clean(dst)
     size = model_bytes(src) / 2**20
     peak = median(ours, "peak_mib")
-    return (f"| {label} | {size:,.0f} MiB | {median(theirs, 'seconds'):.2f} | {median(ours, 'seconds'):.2f} | "
-            f"{median(ours, 'seconds') / median(theirs, 'seconds'):.2f}× | {peak:,.0f} | {peak / size:.2f}× |")
+    return (
+        f"| {label} | {size:,.0f} MiB | {median(theirs, 'seconds'):.2f} | {median(ours, 'seconds'):.2f} | "
+        f"{median(ours, 'seconds') / median(theirs, 'seconds'):.2f}× | {peak:,.0f} | {peak / size:.2f}× |"
+    )
 
 
 # --- the table -------------------------------------------------------------------------------------
 
-HEADER = ("| model | size | floor wall s | bnfold wall s | wall ratio | floor peak MiB | bnfold peak MiB "
-          "| peak ratio | check s |")
+HEADER = (
+    "| model | size | floor wall s | bnfold wall s | wall ratio | floor peak MiB | bnfold peak MiB "
+    "| peak ratio | check s |"
+)
 
 
 def bench_model(label: str, src: Path, external: bool, runs: int, work: Path, with_check: bool) -> str:
@@ -431,8 +483,10 @@ def bench_model(label: str, src: Path, external: bool, runs: int, work: Path, wi
         clean(dst)
         check = f"{statistics.median(s.seconds for s in checked) - ours_s:.2f}"
     size = model_bytes(src) / 2**20
-    return (f"| {label} | {size:,.0f} MiB | {floor_s:.2f} | {ours_s:.2f} | {ours_s / floor_s:.2f}× | "
-            f"{floor_m:,.0f} | {ours_m:,.0f} | {ours_m / floor_m:.2f}× | {check} |")
+    return (
+        f"| {label} | {size:,.0f} MiB | {floor_s:.2f} | {ours_s:.2f} | {ours_s / floor_s:.2f}× | "
+        f"{floor_m:,.0f} | {ours_m:,.0f} | {ours_m / floor_m:.2f}× | {check} |"
+    )
 
 
 def bench_tools(label: str, src: Path, external: bool, work: Path, runs: int) -> list[str]:
@@ -447,17 +501,23 @@ def bench_tools(label: str, src: Path, external: bool, work: Path, runs: int) ->
             samples.append(run_process([sys.executable, "-c", script, str(src), str(dst), "1" if external else "0"]))
         clean(dst)
         ok = all(s.ok for s in samples)
-        rows.append(f"| {label} | {tool} | {median(samples, 'seconds'):.2f} | {median(samples, 'peak_mib'):,.0f} | "
-                    f"{'ok' if ok else 'failed'} |")
+        rows.append(
+            f"| {label} | {tool} | {median(samples, 'seconds'):.2f} | {median(samples, 'peak_mib'):,.0f} | "
+            f"{'ok' if ok else 'failed'} |"
+        )
     return rows
 
 
 def startup_row() -> str:
     helps = [run_process([sys.executable, "-m", "bnfold", "--help"]) for _ in range(5)]
-    errors = [run_process([sys.executable, "-m", "bnfold", "/nonexistent.onnx", "/tmp/x.onnx"], expect_failure=True)
-              for _ in range(5)]
-    return (f"`bnfold --help`: {statistics.median(s.seconds for s in helps):.2f} s; "
-            f"an error path (missing input): {statistics.median(s.seconds for s in errors):.2f} s (medians of 5)")
+    errors = [
+        run_process([sys.executable, "-m", "bnfold", "/nonexistent.onnx", "/tmp/x.onnx"], expect_failure=True)
+        for _ in range(5)
+    ]
+    return (
+        f"`bnfold --help`: {statistics.median(s.seconds for s in helps):.2f} s; "
+        f"an error path (missing input): {statistics.median(s.seconds for s in errors):.2f} s (medians of 5)"
+    )
 
 
 def versions() -> str:
@@ -465,10 +525,8 @@ def versions() -> str:
 
     found = []
     for package in ("onnx", "onnx-ir", "onnxruntime", "numpy", "typer"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             found.append(f"{package} {version(package)}")
-        except PackageNotFoundError:
-            pass
     return ", ".join(found)
 
 
@@ -481,8 +539,14 @@ def main() -> None:
     parser.add_argument("--no-tools", action="store_true", help="do not time other optimizers")
     parser.add_argument("--markdown", type=Path, help="also write the tables here")
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--inference", nargs="*", type=Path, default=None, metavar="MODEL",
-                        help="onnxruntime latency of original vs folded (the samples and built nets if no MODEL)")
+    parser.add_argument(
+        "--inference",
+        nargs="*",
+        type=Path,
+        default=None,
+        metavar="MODEL",
+        help="onnxruntime latency of original vs folded (the samples and built nets if no MODEL)",
+    )
     parser.add_argument("--forms", default="bn", help="with --inference: standalone forms, e.g. bn,mul-add")
     parser.add_argument("--rounds", type=int, default=8, help="with --inference: sets of fresh sessions per level")
     parser.add_argument("--samples", type=int, default=30, help="with --inference: timed samples per session and round")
@@ -511,8 +575,13 @@ def main() -> None:
         models.append(("stack 2.5 GiB external", big, True, False))
     models += [(p.name, p, p.with_name(p.name + ".data").exists(), True) for p in args.models]
 
-    lines = [f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-             f"{versions()}; {args.runs} paired runs, medians.", "", HEADER, "|---" * 9 + "|"]
+    lines = [
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{versions()}; {args.runs} paired runs, medians.",
+        "",
+        HEADER,
+        "|---" * 9 + "|",
+    ]
     print("\n".join(lines), flush=True)
     for label, path, external, with_check in models:
         row = bench_model(label, path, external, args.runs, work, with_check)
@@ -541,7 +610,7 @@ def main() -> None:
                 tool_rows += bench_tools(label, path, external, work, max(1, args.runs // 2))
         if tool_rows:
             lines += ["", "| model | other tool | wall s | peak MiB | result |", "|---|---|---|---|---|", *tool_rows]
-            print("\n".join(lines[-len(tool_rows) - 2:]), flush=True)
+            print("\n".join(lines[-len(tool_rows) - 2 :]), flush=True)
     if args.markdown:
         args.markdown.write_text("\n".join(lines) + "\n")
 

@@ -50,9 +50,15 @@ class Net:
     def bn(self, x: str, channels: int) -> str:
         name = self.name("bn")
         rng = self.rng
-        params = [self.const(f"{name}.{key}", value) for key, value in (
-            ("weight", rng.uniform(0.5, 1.5, channels)), ("bias", rng.normal(0, 0.1, channels)),
-            ("running_mean", rng.normal(0, 0.1, channels)), ("running_var", rng.uniform(0.5, 1.5, channels)))]
+        params = [
+            self.const(f"{name}.{key}", value)
+            for key, value in (
+                ("weight", rng.uniform(0.5, 1.5, channels)),
+                ("bias", rng.normal(0, 0.1, channels)),
+                ("running_mean", rng.normal(0, 0.1, channels)),
+                ("running_var", rng.uniform(0.5, 1.5, channels)),
+            )
+        ]
         self.nodes.append(helper.make_node("BatchNormalization", [x, *params], [name], name=name))
         return name
 
@@ -64,9 +70,13 @@ class Net:
         return name
 
     def model(self, x_shape: list, output: str, out_shape: list, graph_name: str) -> onnx.ModelProto:
-        graph = helper.make_graph(self.nodes, graph_name,
-                                  [helper.make_tensor_value_info("input", TensorProto.FLOAT, x_shape)],
-                                  [helper.make_tensor_value_info(output, TensorProto.FLOAT, out_shape)], self.inits)
+        graph = helper.make_graph(
+            self.nodes,
+            graph_name,
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, x_shape)],
+            [helper.make_tensor_value_info(output, TensorProto.FLOAT, out_shape)],
+            self.inits,
+        )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="bnfold-bench")
         model.ir_version = 8
         onnx.checker.check_model(model)
@@ -157,8 +167,13 @@ def mlp(features: int = 256, width: int = 1024, depth: int = 4) -> onnx.ModelPro
     return net.model(["N", features], net.linear(x, fin, 10), ["N", 10], "mlp")
 
 
-BUILDERS = {"resnet18": resnet18, "resnet50": resnet50, "preact_resnet": preact_resnet, "densenet121": densenet121,
-            "mlp": mlp}
+BUILDERS = {
+    "resnet18": resnet18,
+    "resnet50": resnet50,
+    "preact_resnet": preact_resnet,
+    "densenet121": densenet121,
+    "mlp": mlp,
+}
 # Inputs for the benchmark: batch 1 for the CNNs (latency), 64 rows for the MLP.
 BATCH = {"resnet18": 1, "resnet50": 1, "preact_resnet": 1, "densenet121": 1, "mlp": 64}
 

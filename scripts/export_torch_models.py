@@ -14,6 +14,7 @@ statistics and affine parameters, so a wrong fold cannot hide in rounding.
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ class DCGANGenerator(nn.Module):
     def __init__(self, nz: int = 100, ngf: int = 32) -> None:
         super().__init__()
         layers, channels = [], [nz, ngf * 8, ngf * 4, ngf * 2, ngf]
-        for index, (cin, cout) in enumerate(zip(channels, channels[1:], strict=False)):
+        for index, (cin, cout) in enumerate(itertools.pairwise(channels)):
             stride, pad = (1, 0) if index == 0 else (2, 1)
             layers += [nn.ConvTranspose2d(cin, cout, 4, stride, pad, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
         layers += [nn.ConvTranspose2d(ngf, 3, 4, 2, 1, bias=False), nn.Tanh()]
@@ -37,8 +38,15 @@ class DCGANGenerator(nn.Module):
 
 
 def mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(32, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 64, bias=False),
-                         nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 10))
+    return nn.Sequential(
+        nn.Linear(32, 64),
+        nn.BatchNorm1d(64),
+        nn.ReLU(),
+        nn.Linear(64, 64, bias=False),
+        nn.BatchNorm1d(64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+    )
 
 
 def catalogue() -> dict:
@@ -77,12 +85,22 @@ def export(name: str, build, shape, out_dir: Path) -> None:
         randomize_batch_norms(model, torch.Generator().manual_seed(1))
     example = (torch.randn(shape),)
     dynamic = {"input": {0: "batch"}, "output": {0: "batch"}}
-    torch.onnx.export(model, example, out_dir / f"{name}.onnx", dynamo=False, do_constant_folding=False,
-                      input_names=["input"], output_names=["output"], dynamic_axes=dynamic, opset_version=17)
+    torch.onnx.export(
+        model,
+        example,
+        out_dir / f"{name}.onnx",
+        dynamo=False,
+        do_constant_folding=False,
+        input_names=["input"],
+        output_names=["output"],
+        dynamic_axes=dynamic,
+        opset_version=17,
+    )
     dynamo_dir = out_dir / f"{name}_dynamo"
     dynamo_dir.mkdir(exist_ok=True)
-    program = torch.onnx.export(model, example, dynamo=True, optimize=False, input_names=["input"],
-                                output_names=["output"])
+    program = torch.onnx.export(
+        model, example, dynamo=True, optimize=False, input_names=["input"], output_names=["output"]
+    )
     program.save(dynamo_dir / "model.onnx", external_data=True)
     print(f"exported {name}")
 

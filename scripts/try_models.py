@@ -46,9 +46,11 @@ def try_one(path: Path, out_dir: Path) -> str:
     verdict = check.verdict if check else "not needed"
     label = f"{path.parent.name}/{path.name}"
     error = "–" if worst is None else f"{worst:.1e}"
-    return (f"| {label} | {len(bns)} | {counts['folded']} | {counts['kept']} | {counts['converted']} | "
-            f"{counts['skipped']} | {others} | {left} | {sum(before.values())} → {sum(after.values())} | "
-            f"{verdict} | {error} | {seconds:.2f} |")
+    return (
+        f"| {label} | {len(bns)} | {counts['folded']} | {counts['kept']} | {counts['converted']} | "
+        f"{counts['skipped']} | {others} | {left} | {sum(before.values())} → {sum(after.values())} | "
+        f"{verdict} | {error} | {seconds:.2f} |"
+    )
 
 
 def _nodes(model: onnx.ModelProto) -> Counter:
@@ -62,8 +64,10 @@ def main() -> None:
     args = parser.parse_args()
     out_dir = args.out or Path(tempfile.mkdtemp(prefix="bnfold-try-"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    print("| model | BN | folded | kept | converted | skipped | Mul/Add folded | BN left | nodes | check | "
-          "max rel err | seconds |")
+    print(
+        "| model | BN | folded | kept | converted | skipped | Mul/Add folded | BN left | nodes | check | "
+        "max rel err | seconds |"
+    )
     print("|---" * 12 + "|")
     for path in model_paths(args.paths):
         print(try_one(path, out_dir), flush=True)

@@ -23,7 +23,8 @@ def tensor_type(dtype) -> int:
 def make_model(nodes, inputs, outputs, initializers=(), opset=17, ir_version=8, functions=()):
     """inputs/outputs: (name, dtype, shape) triples; initializers: {name: array}."""
     graph = helper.make_graph(
-        nodes, "test",
+        nodes,
+        "test",
         [helper.make_tensor_value_info(n, tensor_type(d), s) for n, d, s in inputs],
         [helper.make_tensor_value_info(n, tensor_type(d), s) for n, d, s in outputs],
         [numpy_helper.from_array(np.asarray(a), n) for n, a in dict(initializers).items()],
@@ -163,16 +164,21 @@ def affine_node_total(model: onnx.ModelProto) -> int:
         for node in graph.node:
             for attr in node.attribute:
                 pending.extend(([attr.g] if attr.HasField("g") else []) + list(attr.graphs))
-    return sum(node.op_type == "BatchNormalization"
-               or (node.op_type in AFFINE_ELEMENTWISE and any(name in constants for name in node.input))
-               for nodes in every_node_list(model) for node in nodes)
+    return sum(
+        node.op_type == "BatchNormalization"
+        or (node.op_type in AFFINE_ELEMENTWISE and any(name in constants for name in node.input))
+        for nodes in every_node_list(model)
+        for node in nodes
+    )
 
 
 def assert_never_costlier(original: onnx.ModelProto, folded: onnx.ModelProto) -> None:
     """No more nodes, and no more per-channel affine nodes, than the original had."""
     assert node_total(folded) <= node_total(original), (node_total(original), node_total(folded))
     assert affine_node_total(folded) <= affine_node_total(original), (
-        affine_node_total(original), affine_node_total(folded))
+        affine_node_total(original),
+        affine_node_total(folded),
+    )
 
 
 def only_record(records):

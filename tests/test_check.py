@@ -23,8 +23,11 @@ def conv_bn_relu(channel_scales=(1.0, 1.0, 1.0, 1.0)):
     rng = np.random.default_rng(0)
     params = bn_arrays(rng, 4)
     params["bn.scale"] = np.asarray(channel_scales, F32)
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"), bn_node("c", "y"),
-             helper.make_node("Relu", ["y"], ["z"], name="relu")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+        bn_node("c", "y"),
+        helper.make_node("Relu", ["y"], ["z"], name="relu"),
+    ]
     inits = {"w": rng.normal(size=(4, 3, 3, 3)).astype(F32), "b": rng.normal(size=4).astype(F32), **params}
     return make_model(nodes, [("x", F32, ["N", 3, 8, 8])], [("z", F32, None)], inits)
 
@@ -90,11 +93,13 @@ def test_the_first_diverging_bn_is_named_in_the_cli_message(tmp_path):
 def gated_model():
     """z = Where(Equal(k, 7), BN(Conv(x)), Conv(x)): the BN reaches the output only when the integer k is 7."""
     rng = np.random.default_rng(1)
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
-             helper.make_node("Relu", ["c"], ["r"], name="relu"),  # so that the BN cannot fold into the Conv
-             bn_node("c", "y"),
-             helper.make_node("Equal", ["k", "seven"], ["gate"], name="equal"),
-             helper.make_node("Where", ["gate", "y", "r"], ["z"], name="where")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),  # so that the BN cannot fold into the Conv
+        bn_node("c", "y"),
+        helper.make_node("Equal", ["k", "seven"], ["gate"], name="equal"),
+        helper.make_node("Where", ["gate", "y", "r"], ["z"], name="where"),
+    ]
     inits = {"w": rng.normal(size=(4, 3, 1, 1)).astype(F32), "seven": np.array(7, np.int64), **bn_arrays(rng, 4)}
     return make_model(nodes, [("x", F32, ["N", 3, 4, 4]), ("k", np.int64, [])], [("z", F32, None)], inits)
 
@@ -130,11 +135,18 @@ def test_scalar_bool_inputs_take_both_values():
 def constant_model(make_nan=False):
     """The input never reaches the BN: its value is the same for every draw (or NaN)."""
     rng = np.random.default_rng(2)
-    nodes = [helper.make_node("Mul", ["x", "zero"], ["nothing"], name="ignore_input"),
-             helper.make_node("Conv", ["nothing", "w", "b"], ["c"], name="conv"), bn_node("c", "y"),
-             helper.make_node("Relu", ["y"], ["z"], name="relu")]
-    inits = {"zero": np.array(np.nan if make_nan else 0.0, F32), "w": rng.normal(size=(4, 3, 1, 1)).astype(F32),
-             "b": rng.normal(size=4).astype(F32), **bn_arrays(rng, 4)}
+    nodes = [
+        helper.make_node("Mul", ["x", "zero"], ["nothing"], name="ignore_input"),
+        helper.make_node("Conv", ["nothing", "w", "b"], ["c"], name="conv"),
+        bn_node("c", "y"),
+        helper.make_node("Relu", ["y"], ["z"], name="relu"),
+    ]
+    inits = {
+        "zero": np.array(np.nan if make_nan else 0.0, F32),
+        "w": rng.normal(size=(4, 3, 1, 1)).astype(F32),
+        "b": rng.normal(size=4).astype(F32),
+        **bn_arrays(rng, 4),
+    }
     return make_model(nodes, [("x", F32, ["N", 3, 4, 4])], [("z", F32, None)], inits)
 
 
@@ -169,15 +181,26 @@ def test_inconclusive_is_printed_and_strict_exits_1(tmp_path):
 def if_model(condition_from_input):
     """If(cond, then: x + 1, else: BN(Conv(x))): the fold changes the else branch only."""
     rng = np.random.default_rng(3)
-    then_branch = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["t"], name="then_conv")], "then_body", [],
-                                    [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+    then_branch = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["t"], name="then_conv")],
+        "then_body",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)],
+    )
     else_branch = helper.make_graph(
         [helper.make_node("Conv", ["x", "w"], ["e"], name="else_conv"), bn_node("e", "e_out", name="else_bn")],
-        "else_body", [], [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, None)])
-    nodes = [] if condition_from_input else [helper.make_node("Constant", [], ["cond"], name="always",
-                                                              value=numpy_helper.from_array(np.array(True)))]
-    nodes.append(helper.make_node("If", ["cond"], ["z"], name="branch", then_branch=then_branch,
-                                  else_branch=else_branch))
+        "else_body",
+        [],
+        [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, None)],
+    )
+    nodes = (
+        []
+        if condition_from_input
+        else [helper.make_node("Constant", [], ["cond"], name="always", value=numpy_helper.from_array(np.array(True)))]
+    )
+    nodes.append(
+        helper.make_node("If", ["cond"], ["z"], name="branch", then_branch=then_branch, else_branch=else_branch)
+    )
     inputs = [("x", F32, ["N", 3, 4, 4])] + ([("cond", np.bool_, [])] if condition_from_input else [])
     inits = {"w": rng.normal(size=(4, 3, 1, 1)).astype(F32), **bn_arrays(rng, 4)}
     return make_model(nodes, inputs, [("z", F32, ["N", 4, 4, 4])], inits)

@@ -59,8 +59,10 @@ def test_dry_run_writes_nothing(sample, tmp_path):
     assert result.exit_code == 0, result.output
     assert sorted(os.listdir(tmp_path)) == before
     lines = result.stdout.splitlines()
-    assert any(re.match(r"bn3 +BatchNormalization +kept +BatchNormalization +output of Conv 'pw' has 2 consumers", line)
-               for line in lines), result.stdout
+    assert any(
+        re.match(r"bn3 +BatchNormalization +kept +BatchNormalization +output of Conv 'pw' has 2 consumers", line)
+        for line in lines
+    ), result.stdout
     assert not any(line.startswith("bn1 ") for line in lines)  # folded BNs are listed with --all only
     assert "8 BatchNormalization: 6 folded, 1 kept, 1 converted, 0 skipped (planned)" in lines
     assert "diagnostics: ε dominates σ² in 0 channels" in result.stdout
@@ -100,7 +102,12 @@ def test_a_wrong_fold_fails_the_check_and_writes_nothing(sample, tmp_path, monke
     assert (data["check"]["verdict"], data["check"]["passed"]) == ("failed", False)
     assert data["check"]["outputs"][0]["name"] == "logits" and data["check"]["outputs"][0]["max_rel_err"] > 1e-3
     first = data["check"]["sites"][0]
-    assert (first["name"], first["bn"], first["passed"], first["informative"]) == ("bn1", "bn1, input_norm", False, True)
+    assert (first["name"], first["bn"], first["passed"], first["informative"]) == (
+        "bn1",
+        "bn1, input_norm",
+        False,
+        True,
+    )
     assert next(n for n in data["nodes"] if n["name"] == "bn1")["site"] == "bn1"
 
 
@@ -114,12 +121,15 @@ def test_shape_option_sets_the_check_inputs(sample, tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["check"]["inputs"] == {"image": [5, 3, 16, 16]}
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("image=axb", "--shape 'image=axb' is not NAME:1,3,224,224 or NAME=1x3x224x224"),
-    ("nosuch=1x3x16x16", "--shape: the model has no input 'nosuch' (its inputs: 'image' (float32, ?x3x16x16))"),
-    ("image=1x3x16", "--shape: 1x3x16 for input 'image' (float32, ?x3x16x16), which has rank 4"),
-    ("image=1x3x32x32", "--shape: 1x3x32x32 for input 'image' (float32, ?x3x16x16), whose axis 2 is fixed at 16"),
-])
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("image=axb", "--shape 'image=axb' is not NAME:1,3,224,224 or NAME=1x3x224x224"),
+        ("nosuch=1x3x16x16", "--shape: the model has no input 'nosuch' (its inputs: 'image' (float32, ?x3x16x16))"),
+        ("image=1x3x16", "--shape: 1x3x16 for input 'image' (float32, ?x3x16x16), which has rank 4"),
+        ("image=1x3x32x32", "--shape: 1x3x32x32 for input 'image' (float32, ?x3x16x16), whose axis 2 is fixed at 16"),
+    ],
+)
 def test_bad_shape_option(sample, tmp_path, spec, message):
     assert_error(invoke(sample, tmp_path / "o.onnx", "--shape", spec), 2, message)
     assert not (tmp_path / "o.onnx").exists()
@@ -136,15 +146,25 @@ def test_inputs_npz_feeds_the_check(sample, tmp_path):
 def test_model_onnxruntime_cannot_run(tmp_path):
     rng = np.random.default_rng(0)
     params = {name: rng.uniform(0.5, 1.5, 2).astype(np.float32) for name in ("s", "b", "m", "v")}
-    nodes = [onnx.helper.make_node("Conv", ["x", "w"], ["c"]),
-             onnx.helper.make_node("BatchNormalization", ["c", *params], ["n"]),
-             onnx.helper.make_node("Mystery", ["n"], ["y"], domain="com.example")]
-    inits = [onnx.numpy_helper.from_array(v, k) for k, v in
-             {**params, "w": rng.normal(size=(2, 1, 1, 1)).astype(np.float32)}.items()]
+    nodes = [
+        onnx.helper.make_node("Conv", ["x", "w"], ["c"]),
+        onnx.helper.make_node("BatchNormalization", ["c", *params], ["n"]),
+        onnx.helper.make_node("Mystery", ["n"], ["y"], domain="com.example"),
+    ]
+    inits = [
+        onnx.numpy_helper.from_array(v, k)
+        for k, v in {**params, "w": rng.normal(size=(2, 1, 1, 1)).astype(np.float32)}.items()
+    ]
     model = onnx.helper.make_model(
-        onnx.helper.make_graph(nodes, "g", [onnx.helper.make_tensor_value_info("x", 1, [1, 1, 2, 2])],
-                               [onnx.helper.make_tensor_value_info("y", 1, [1, 2, 2, 2])], inits),
-        opset_imports=[onnx.helper.make_opsetid("", 17), onnx.helper.make_opsetid("com.example", 1)])
+        onnx.helper.make_graph(
+            nodes,
+            "g",
+            [onnx.helper.make_tensor_value_info("x", 1, [1, 1, 2, 2])],
+            [onnx.helper.make_tensor_value_info("y", 1, [1, 2, 2, 2])],
+            inits,
+        ),
+        opset_imports=[onnx.helper.make_opsetid("", 17), onnx.helper.make_opsetid("com.example", 1)],
+    )
     source = tmp_path / "custom.onnx"
     onnx.save(model, source)
     result = invoke(source, tmp_path / "out.onnx")
@@ -176,7 +196,8 @@ def test_real_subprocess_entry_points(sample, tmp_path):
     assert out.exists() and "check: passed" in run.stderr
     version = subprocess.run([sys.executable, "-m", "bnfold", "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.startswith("bnfold ")
-    missing = subprocess.run([sys.executable, "-m", "bnfold", str(tmp_path / "nope.onnx"), str(out)],
-                             capture_output=True, text=True)
+    missing = subprocess.run(
+        [sys.executable, "-m", "bnfold", str(tmp_path / "nope.onnx"), str(out)], capture_output=True, text=True
+    )
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert missing.stderr.strip().startswith("bnfold: error:")

@@ -17,7 +17,8 @@ from onnx import helper, numpy_helper
 from typer.testing import CliRunner
 
 import bnfold
-from bnfold.cli import app, parse_shapes
+from bnfold.cli import app
+from bnfold.cli_values import parse_shapes
 from bnfold.errors import InputError
 from bnfold.progress import TerminalProgress
 from bnfold.render import Line, Printer, Table
@@ -55,6 +56,7 @@ def broken(tmp_path):
 
 # --- 1. paths --------------------------------------------------------------------------------------
 
+
 def test_the_output_folder_is_created(sample, tmp_path):
     out = tmp_path / "new" / "deeper" / "out.onnx"
     result = invoke(sample, out)
@@ -66,8 +68,11 @@ def test_a_created_output_folder_goes_again_when_the_check_fails(sample, tmp_pat
     from bnfold import fold_math
 
     original = fold_math.fold_output_channels
-    monkeypatch.setattr(fold_math, "fold_output_channels",
-                        lambda w, b, s, t, **k: (original(w, b, s, t, **k)[0] * 1.1, original(w, b, s, t, **k)[1]))
+    monkeypatch.setattr(
+        fold_math,
+        "fold_output_channels",
+        lambda w, b, s, t, **k: (original(w, b, s, t, **k)[0] * 1.1, original(w, b, s, t, **k)[1]),
+    )
     result = invoke(sample, tmp_path / "new" / "deeper" / "out.onnx")
     assert result.exit_code == 1
     assert not (tmp_path / "new").exists()
@@ -79,8 +84,10 @@ def test_the_batch_output_folder_is_created_and_quiet_still_shows_errors(sample,
     assert result.exit_code == 2
     assert (out / "in.onnx").is_file() and not (out / "broken.onnx").exists()
     assert result.stdout == ""
-    assert one_error_line(result.stderr) == (f"bnfold: error: {broken}: not an ONNX model (Error parsing message "
-                                             "with type 'onnx.ModelProto': Wire format was corrupt)")
+    assert one_error_line(result.stderr) == (
+        f"bnfold: error: {broken}: not an ONNX model (Error parsing message "
+        "with type 'onnx.ModelProto': Wire format was corrupt)"
+    )
     data = json.loads(report.read_text())
     assert [m["exit_code"] for m in data["models"]] == [0, 2] and data["exit_code"] == 2
 
@@ -126,6 +133,7 @@ def test_fold_file_writes_the_failure_report_too(broken, tmp_path):
 
 # --- 2. errors are never silent -------------------------------------------------------------------
 
+
 def test_quiet_never_silences_an_error(tmp_path):
     result = invoke(tmp_path / "missing.onnx", tmp_path / "out.onnx", "--quiet")
     assert result.exit_code == 2
@@ -133,8 +141,11 @@ def test_quiet_never_silences_an_error(tmp_path):
 
 
 def test_a_closed_stdout_pipe_ends_quietly(sample):
-    process = subprocess.Popen([sys.executable, "-m", "bnfold", str(sample), "--dry-run", "--all"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bnfold", str(sample), "--dry-run", "--all"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     process.stdout.close()  # the reader is gone before bnfold prints its plan
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 0
@@ -142,19 +153,26 @@ def test_a_closed_stdout_pipe_ends_quietly(sample):
 
 
 def test_a_pipe_into_head_shows_the_first_line_and_nothing_else(sample):
-    piped = subprocess.run(f"{sys.executable} -m bnfold {sample} --dry-run --all --format md | head -1", shell=True,
-                           capture_output=True, text=True)
+    piped = subprocess.run(
+        f"{sys.executable} -m bnfold {sample} --dry-run --all --format md | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+    )
     assert piped.stdout == f"plan for {sample}: nothing written\n"
     assert piped.stderr == ""
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--frobnicate"], "No such option: --frobnicate"),
-    ([], "Missing argument 'IN [OUT] | IN... -o DIR'."),
-    (["--standalone", "both"], "'both' is not one of 'bn', 'mul-add'."),
-    (["--rtol", "-1"], "Invalid value for '--rtol': must be a finite number >= 0, not -1.0"),
-    (["--atol", "nan"], "Invalid value for '--atol': must be a finite number >= 0, not nan"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--frobnicate"], "No such option: --frobnicate"),
+        ([], "Missing argument 'IN [OUT] | IN... -o DIR'."),
+        (["--standalone", "both"], "'both' is not one of 'bn', 'mul-add'."),
+        (["--rtol", "-1"], "Invalid value for '--rtol': must be a finite number >= 0, not -1.0"),
+        (["--atol", "nan"], "Invalid value for '--atol': must be a finite number >= 0, not nan"),
+    ],
+)
 def test_usage_errors_are_one_line(sample, args, message):
     result = bnfold_process(*([sample, "out.onnx"] if args else []), *args)
     assert result.returncode == 2
@@ -165,13 +183,22 @@ def test_usage_errors_are_one_line(sample, args, message):
 def test_onnxruntime_log_lines_never_reach_the_terminal(tmp_path):
     rng = np.random.default_rng(0)
     params = {name: rng.uniform(0.5, 1.5, 2).astype(np.float32) for name in ("s", "b", "m", "v")}
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("BatchNormalization", ["c", *params], ["n"]),
-             helper.make_node("Mystery", ["n"], ["y"], domain="com.example")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("BatchNormalization", ["c", *params], ["n"]),
+        helper.make_node("Mystery", ["n"], ["y"], domain="com.example"),
+    ]
     inits = [numpy_helper.from_array(v, k) for k, v in {**params, "w": np.ones((2, 1, 1, 1), np.float32)}.items()]
     model = helper.make_model(
-        helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [1, 1, 2, 2])],
-                          [helper.make_tensor_value_info("y", 1, [1, 2, 2, 2])], inits),
-        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+        helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", 1, [1, 1, 2, 2])],
+            [helper.make_tensor_value_info("y", 1, [1, 2, 2, 2])],
+            inits,
+        ),
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)],
+    )
     source = tmp_path / "custom.onnx"
     onnx.save(model, source)
     result = bnfold_process(source, tmp_path / "o.onnx")
@@ -182,6 +209,7 @@ def test_onnxruntime_log_lines_never_reach_the_terminal(tmp_path):
 
 # --- 3. conventions -------------------------------------------------------------------------------
 
+
 def test_short_help_and_version():
     assert bnfold_process("-V").stdout == f"bnfold {bnfold.__version__}\n"
     helped = bnfold_process("-h")
@@ -191,14 +219,17 @@ def test_short_help_and_version():
     assert "<str>" not in helped.stdout and "<text>" not in helped.stdout
 
 
-@pytest.mark.parametrize("spec,expected", [
-    ("image:5,3,16,16", {"image": (5, 3, 16, 16)}),
-    ("image=5x3x16x16", {"image": (5, 3, 16, 16)}),
-    ("image:5x3x16x16", {"image": (5, 3, 16, 16)}),
-    ("input:0:1,3,8,8", {"input:0": (1, 3, 8, 8)}),  # tf2onnx names end in :0
-    ("input:0=1x3x8x8", {"input:0": (1, 3, 8, 8)}),
-    ("5,3,16,16", {"": (5, 3, 16, 16)}),
-])
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("image:5,3,16,16", {"image": (5, 3, 16, 16)}),
+        ("image=5x3x16x16", {"image": (5, 3, 16, 16)}),
+        ("image:5x3x16x16", {"image": (5, 3, 16, 16)}),
+        ("input:0:1,3,8,8", {"input:0": (1, 3, 8, 8)}),  # tf2onnx names end in :0
+        ("input:0=1x3x8x8", {"input:0": (1, 3, 8, 8)}),
+        ("5,3,16,16", {"": (5, 3, 16, 16)}),
+    ],
+)
 def test_shape_spellings(spec, expected):
     assert parse_shapes([spec]) == expected
 
@@ -213,18 +244,26 @@ def test_shape_reaches_the_check(sample, tmp_path, option, spec):
 
 def test_a_bare_shape_needs_a_model_with_one_input(tmp_path):
     rng = np.random.default_rng(1)
-    nodes = [helper.make_node("Add", ["a", "b"], ["s"]), helper.make_node("Conv", ["s", "w"], ["c"]),
-             helper.make_node("BatchNormalization", ["c", "g", "t", "m", "v"], ["y"])]
-    inits = {"w": rng.normal(size=(2, 3, 1, 1)).astype(np.float32),
-             **{k: rng.uniform(0.5, 1.5, 2).astype(np.float32) for k in "gtmv"}}
-    model = make_model(nodes, [("a", np.float32, ["N", 3, 4, 4]), ("b", np.float32, ["N", 3, 4, 4])],
-                       [("y", np.float32, None)], inits)
+    nodes = [
+        helper.make_node("Add", ["a", "b"], ["s"]),
+        helper.make_node("Conv", ["s", "w"], ["c"]),
+        helper.make_node("BatchNormalization", ["c", "g", "t", "m", "v"], ["y"]),
+    ]
+    inits = {
+        "w": rng.normal(size=(2, 3, 1, 1)).astype(np.float32),
+        **{k: rng.uniform(0.5, 1.5, 2).astype(np.float32) for k in "gtmv"},
+    }
+    model = make_model(
+        nodes, [("a", np.float32, ["N", 3, 4, 4]), ("b", np.float32, ["N", 3, 4, 4])], [("y", np.float32, None)], inits
+    )
     source = tmp_path / "two.onnx"
     onnx.save(model, source)
     result = invoke(source, tmp_path / "o.onnx", "--shape", "2,3,4,4")
     assert result.exit_code == 2
-    assert one_error_line(result.stderr) == ("bnfold: error: --shape 2,3,4,4: a shape without a name needs a model "
-                                             "with one input; this one has 2 (a, b): write NAME:2,3,4,4")
+    assert one_error_line(result.stderr) == (
+        "bnfold: error: --shape 2,3,4,4: a shape without a name needs a model "
+        "with one input; this one has 2 (a, b): write NAME:2,3,4,4"
+    )
 
 
 def test_tolerances_must_be_finite_and_not_negative_in_the_library_too(sample, tmp_path):
@@ -244,6 +283,7 @@ def test_explain_json(sample):
 
 
 # --- 4. terminal output ---------------------------------------------------------------------------
+
 
 def test_the_summary_shows_ops_sizes_and_time(sample, tmp_path):
     out = tmp_path / "out.onnx"
@@ -296,15 +336,18 @@ class _Terminal(io.StringIO):
         return True
 
 
-@pytest.mark.parametrize("environment,coloured", [({}, True), ({"NO_COLOR": "1"}, False), ({"TERM": "dumb"}, False)])
+@pytest.mark.parametrize(
+    ("environment", "coloured"), [({}, True), ({"NO_COLOR": "1"}, False), ({"TERM": "dumb"}, False)]
+)
 def test_colour_on_a_terminal_respects_no_color_and_dumb_terminals(monkeypatch, environment, coloured):
     monkeypatch.delenv("NO_COLOR", raising=False)
     monkeypatch.setenv("TERM", "xterm-256color")
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     stream = _Terminal()
-    Printer(stream, "text").print([Table(["op", "before"], [["Conv", "3"]], frozenset({1}), ["green"]),
-                                   Line("check: passed", "green")])
+    Printer(stream, "text").print(
+        [Table(["op", "before"], [["Conv", "3"]], frozenset({1}), ["green"]), Line("check: passed", "green")]
+    )
     text = stream.getvalue()
     assert "Conv" in text and "check: passed" in text
     assert ("\x1b[" in text) == coloured
@@ -335,22 +378,28 @@ def test_progress_counts_the_seconds_of_a_long_step(monkeypatch):
 
 # --- 5. the API -----------------------------------------------------------------------------------
 
+
 def test_short_reprs(sample, tmp_path):
     report = bnfold.fold_file(sample, tmp_path / "o.onnx")
-    assert repr(report) == (f"FoldReport({str(sample)!r}: 8 BatchNormalization: 6 folded, 1 kept, 1 converted, "
-                            "0 skipped; check passed)")
+    assert repr(report) == (
+        f"FoldReport({str(sample)!r}: 8 BatchNormalization: 6 folded, 1 kept, 1 converted, 0 skipped; check passed)"
+    )
     assert re.fullmatch(r"CheckResult\(passed: 1 outputs, 5 sites, max rel err \d\.\de-\d\d\)", repr(report.check))
-    assert repr(bnfold.fold(onnx.load(sample))) == ("FoldResult(ModelProto: 8 BatchNormalization: 6 folded, 1 kept, "
-                                                    "1 converted, 0 skipped)")
+    assert repr(bnfold.fold(onnx.load(sample))) == (
+        "FoldResult(ModelProto: 8 BatchNormalization: 6 folded, 1 kept, 1 converted, 0 skipped)"
+    )
     assert str(report) == repr(report)
 
 
-@pytest.mark.parametrize("call", [
-    lambda p: bnfold.fold(p),
-    lambda p: bnfold.verify(p, SAMPLE),
-    lambda p: bnfold.verify(SAMPLE, p),
-    lambda p: bnfold.fold_file(p, p.parent / "o.onnx"),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda p: bnfold.fold(p),
+        lambda p: bnfold.verify(p, SAMPLE),
+        lambda p: bnfold.verify(SAMPLE, p),
+        lambda p: bnfold.fold_file(p, p.parent / "o.onnx"),
+    ],
+)
 def test_missing_files_are_input_errors_everywhere(tmp_path, call):
     with pytest.raises(InputError, match="no such file"):
         call(tmp_path / "missing.onnx")

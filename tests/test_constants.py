@@ -16,8 +16,11 @@ def _constant(name, array):
 
 def _conv_bn(param_nodes, inits, bn_inputs=("bn.scale", "bn.bias", "bn.mean", "bn.var"), weight="w", bias=None):
     conv_inputs = ["x", weight] + ([bias] if bias else [])
-    nodes = [*param_nodes, helper.make_node("Conv", conv_inputs, ["y"], name="conv"),
-             helper.make_node("BatchNormalization", ["y", *bn_inputs], ["z"], name="bn")]
+    nodes = [
+        *param_nodes,
+        helper.make_node("Conv", conv_inputs, ["y"], name="conv"),
+        helper.make_node("BatchNormalization", ["y", *bn_inputs], ["z"], name="bn"),
+    ]
     return make_model(nodes, [("x", F32, [1, 3, 6, 6])], [("z", F32, None)], inits)
 
 
@@ -44,9 +47,15 @@ def test_params_behind_identity_cast_unsqueeze_reshape_expand():
         helper.make_node("Reshape", ["mean2d", "flat"], ["mean_flat"], name="reshape"),
         helper.make_node("Expand", ["var1", "four"], ["var_full"], name="expand"),
     ]
-    inits = {"w": rng.normal(size=(4, 3, 3, 3)).astype(F32), "bn.scale": params["bn.scale"],
-             "bias64": params["bn.bias"].astype(np.float64), "mean2d": params["bn.mean"].reshape(2, 2),
-             "flat": np.array([4], np.int64), "var1": np.array([0.7], F32), "four": np.array([4], np.int64)}
+    inits = {
+        "w": rng.normal(size=(4, 3, 3, 3)).astype(F32),
+        "bn.scale": params["bn.scale"],
+        "bias64": params["bn.bias"].astype(np.float64),
+        "mean2d": params["bn.mean"].reshape(2, 2),
+        "flat": np.array([4], np.int64),
+        "var1": np.array([0.7], F32),
+        "four": np.array([4], np.int64),
+    }
     model = _conv_bn(nodes, inits, bn_inputs=("scale_id", "bias_cast", "mean_flat", "var_full"))
     folded = _check_folded(model)
     assert {i.name for i in folded.graph.initializer} == {"w", "conv_bias"}
@@ -55,13 +64,19 @@ def test_params_behind_identity_cast_unsqueeze_reshape_expand():
 def test_params_from_constant_of_shape_and_unsqueeze():
     rng = np.random.default_rng(2)
     nodes = [
-        helper.make_node("ConstantOfShape", ["shape4"], ["ones"], name="cos",
-                         value=numpy_helper.from_array(np.array([1.0], F32))),
+        helper.make_node(
+            "ConstantOfShape", ["shape4"], ["ones"], name="cos", value=numpy_helper.from_array(np.array([1.0], F32))
+        ),
         helper.make_node("Unsqueeze", ["mean_scalar", "axes"], ["mean_vec"], name="unsq"),
         helper.make_node("Expand", ["mean_vec", "shape4"], ["mean_full"], name="exp"),
     ]
-    inits = {"w": rng.normal(size=(4, 3, 3, 3)).astype(F32), "shape4": np.array([4], np.int64),
-             "mean_scalar": np.array(0.25, F32), "axes": np.array([0], np.int64), "bn.bias": np.full(4, 0.1, F32)}
+    inits = {
+        "w": rng.normal(size=(4, 3, 3, 3)).astype(F32),
+        "shape4": np.array([4], np.int64),
+        "mean_scalar": np.array(0.25, F32),
+        "axes": np.array([0], np.int64),
+        "bn.bias": np.full(4, 0.1, F32),
+    }
     _check_folded(_conv_bn(nodes, inits, bn_inputs=("ones", "bn.bias", "mean_full", "ones")))
 
 
@@ -85,11 +100,17 @@ def test_dynamo_style_zero_bias_through_shape_expand_castlike():
 def test_weight_behind_transpose_for_matmul():
     """TorchScript exports Linear(bias=False) as MatMul(x, Transpose(W))."""
     rng = np.random.default_rng(4)
-    nodes = [helper.make_node("Transpose", ["W"], ["Wt"], name="t", perm=[1, 0]),
-             helper.make_node("MatMul", ["x", "Wt"], ["y"], name="mm"),
-             helper.make_node("BatchNormalization", ["y", "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["z"], name="bn")]
-    model = make_model(nodes, [("x", F32, ["N", 6])], [("z", F32, None)],
-                       {"W": rng.normal(size=(5, 6)).astype(F32), **bn_arrays(rng, 5)})
+    nodes = [
+        helper.make_node("Transpose", ["W"], ["Wt"], name="t", perm=[1, 0]),
+        helper.make_node("MatMul", ["x", "Wt"], ["y"], name="mm"),
+        helper.make_node("BatchNormalization", ["y", "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["z"], name="bn"),
+    ]
+    model = make_model(
+        nodes,
+        [("x", F32, ["N", 6])],
+        [("z", F32, None)],
+        {"W": rng.normal(size=(5, 6)).astype(F32), **bn_arrays(rng, 5)},
+    )
     folded, records = fold_and_check(model)
     assert op_counts(folded) == {"Gemm": 1}
     assert only_record(records).into == "MatMul 'mm'"
@@ -117,8 +138,10 @@ def test_random_ops_are_not_constants():
 def test_old_ir_initializers_listed_as_inputs_are_constants(ir_version):
     rng = np.random.default_rng(7)
     params = {"w": rng.normal(size=(4, 3, 3, 3)).astype(F32), **bn_arrays(rng, 4)}
-    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
-             helper.make_node("BatchNormalization", ["y", "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["z"], name="bn")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
+        helper.make_node("BatchNormalization", ["y", "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["z"], name="bn"),
+    ]
     inputs = [("x", F32, [1, 3, 6, 6])] + [(n, F32, list(a.shape)) for n, a in params.items()]
     model = make_model(nodes, inputs, [("z", F32, None)], params, opset=8, ir_version=ir_version)
     folded, records = fold_and_check(model)

@@ -14,9 +14,11 @@ def deform_conv_bn(bias: bool, mask: bool, group: int, offset_group: int, seed: 
     rng = np.random.default_rng(seed)
     cin, cout, kernel, size = 4, 8, 3, 7
     out = size - kernel + 1
-    inits = {"w": rng.normal(0, 0.3, (cout, cin // group, kernel, kernel)).astype(F32),
-             "offset": rng.normal(0, 0.4, (1, 2 * offset_group * kernel * kernel, out, out)).astype(F32),
-             **bn_arrays(rng, cout)}
+    inits = {
+        "w": rng.normal(0, 0.3, (cout, cin // group, kernel, kernel)).astype(F32),
+        "offset": rng.normal(0, 0.4, (1, 2 * offset_group * kernel * kernel, out, out)).astype(F32),
+        **bn_arrays(rng, cout),
+    }
     inputs = ["x", "w", "offset", "b" if bias else "", "mask" if mask else ""]
     if bias:
         inits["b"] = rng.normal(0, 0.1, cout).astype(F32)
@@ -24,15 +26,24 @@ def deform_conv_bn(bias: bool, mask: bool, group: int, offset_group: int, seed: 
         inits["mask"] = rng.uniform(0, 1, (1, offset_group * kernel * kernel, out, out)).astype(F32)
     while inputs[-1] == "":
         inputs.pop()
-    nodes = [helper.make_node("DeformConv", inputs, ["d"], name="deform", kernel_shape=[kernel, kernel], group=group,
-                              offset_group=offset_group),
-             bn_node("d", "z")]
+    nodes = [
+        helper.make_node(
+            "DeformConv",
+            inputs,
+            ["d"],
+            name="deform",
+            kernel_shape=[kernel, kernel],
+            group=group,
+            offset_group=offset_group,
+        ),
+        bn_node("d", "z"),
+    ]
     return make_model(nodes, [("x", F32, [1, cin, size, size])], [("z", F32, None)], inits, opset=19)
 
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("mask", [True, False])
-@pytest.mark.parametrize("group,offset_group", [(1, 1), (2, 1), (2, 2), (4, 4)])
+@pytest.mark.parametrize(("group", "offset_group"), [(1, 1), (2, 1), (2, 2), (4, 4)])
 def test_deform_conv_bn_folds(bias, mask, group, offset_group):
     folded, records = fold_and_check(deform_conv_bn(bias, mask, group, offset_group))
     assert [(r.action, r.into, r.pattern) for r in records] == [("folded", "DeformConv 'deform'", "backward")]

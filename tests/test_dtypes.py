@@ -28,11 +28,14 @@ def sample_as(dtype_name, tmp_path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("dtype_name,note", [
-    ("float16", "vs float32 run of the original"),
-    ("bfloat16", "both models run converted to float32"),
-    ("float64", "both models run converted to float32"),
-])
+@pytest.mark.parametrize(
+    ("dtype_name", "note"),
+    [
+        ("float16", "vs float32 run of the original"),
+        ("bfloat16", "both models run converted to float32"),
+        ("float64", "both models run converted to float32"),
+    ],
+)
 def test_sample_model_folds_in_every_float_type(dtype_name, note, tmp_path):
     out = tmp_path / "out.onnx"
     report = bnfold.fold_file(sample_as(dtype_name, tmp_path), out)
@@ -61,8 +64,13 @@ def test_a_wrong_fold_is_caught_in_every_float_type(dtype_name, tmp_path, monkey
 
 def test_mixed_precision_standalone_bn15_gets_constants_in_the_data_type():
     rng = np.random.default_rng(0)
-    model = make_model([bn_node("x", "z")], [("x", np.float16, ["N", 3, 4, 4])], [("z", np.float16, None)],
-                       bn_arrays(rng, 3, dtype=np.float32), opset=15)
+    model = make_model(
+        [bn_node("x", "z")],
+        [("x", np.float16, ["N", 3, 4, 4])],
+        [("z", np.float16, None)],
+        bn_arrays(rng, 3, dtype=np.float32),
+        opset=15,
+    )
     folded, records = fold_and_check(model, rtol=8e-3, standalone="mul-add")
     assert records[0].action == "converted"
     assert {t.data_type for t in folded.graph.initializer} == {TensorProto.FLOAT16}
@@ -71,8 +79,13 @@ def test_mixed_precision_standalone_bn15_gets_constants_in_the_data_type():
 def test_mixed_precision_gemm_bn15_keeps_the_weight_type():
     rng = np.random.default_rng(1)
     inits = {"B": rng.normal(size=(4, 5)).astype(np.float16), **bn_arrays(rng, 5, dtype=np.float32)}
-    model = make_model([helper.make_node("Gemm", ["A", "B"], ["y"], name="gemm"), bn_node("y", "z")],
-                       [("A", np.float16, [3, 4])], [("z", np.float16, [3, 5])], inits, opset=15)
+    model = make_model(
+        [helper.make_node("Gemm", ["A", "B"], ["y"], name="gemm"), bn_node("y", "z")],
+        [("A", np.float16, [3, 4])],
+        [("z", np.float16, [3, 5])],
+        inits,
+        opset=15,
+    )
     folded, records = fold_and_check(model, rtol=8e-3)
     assert records[0].action == "folded"
     assert {t.data_type for t in folded.graph.initializer} == {TensorProto.FLOAT16}

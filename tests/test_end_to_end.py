@@ -80,8 +80,12 @@ def test_external_data_model_folds_into_another_folder_and_loads_from_there(tmp_
     bnfold.fold_file(source, out)
     data = data_file(out)
     assert sorted(p.name for p in out.parent.iterdir()) == ["folded.onnx", data.name]
-    locations = {e.value for t in onnx.load(out, load_external_data=False).graph.initializer
-                 for e in t.external_data if e.key == "location"}
+    locations = {
+        e.value
+        for t in onnx.load(out, load_external_data=False).graph.initializer
+        for e in t.external_data
+        if e.key == "location"
+    }
     assert locations == {data.name}
     assert {p.name: p.read_bytes() for p in source.parent.iterdir()} == before
     monkeypatch.chdir(tmp_path)
@@ -135,7 +139,7 @@ def test_the_output_may_not_be_one_of_the_inputs_data_files(tmp_path):
 def test_folding_a_model_onto_itself_is_refused(tmp_path):
     source = _external_copy(tmp_path / "a", location="model.onnx.data")
     before = {p.name: p.read_bytes() for p in source.parent.iterdir()}
-    with pytest.raises(bnfold.InputError, match="the output would be .*model.onnx, one of the input's files"):
+    with pytest.raises(bnfold.InputError, match=r"the output would be .*model.onnx, one of the input's files"):
         bnfold.fold_file(source, source)
     assert {p.name: p.read_bytes() for p in source.parent.iterdir()} == before
 
@@ -186,12 +190,19 @@ def test_external_tensors_stay_on_disk_and_big_folds_are_recomputed_when_written
     from onnx import helper
 
     rng = np.random.default_rng(0)
-    inits = {"w": rng.normal(size=(256, 128, 3, 3)).astype(np.float32),  # 1.1 MiB: recomputed when written
-             "untouched": rng.normal(size=(64, 128, 3, 3)).astype(np.float32), **bn_arrays(rng, 256)}
-    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1]), bn_node("y", "z"),
-             helper.make_node("Conv", ["x", "untouched"], ["u"], name="plain", pads=[1, 1, 1, 1])]
-    model = make_model(nodes, [("x", np.float32, ["N", 128, 4, 4])], [("z", np.float32, None), ("u", np.float32, None)],
-                       inits)
+    inits = {
+        "w": rng.normal(size=(256, 128, 3, 3)).astype(np.float32),  # 1.1 MiB: recomputed when written
+        "untouched": rng.normal(size=(64, 128, 3, 3)).astype(np.float32),
+        **bn_arrays(rng, 256),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+        bn_node("y", "z"),
+        helper.make_node("Conv", ["x", "untouched"], ["u"], name="plain", pads=[1, 1, 1, 1]),
+    ]
+    model = make_model(
+        nodes, [("x", np.float32, ["N", 128, 4, 4])], [("z", np.float32, None), ("u", np.float32, None)], inits
+    )
     source = tmp_path / "src" / "model.onnx"
     source.parent.mkdir()
     onnx.save(model, source, save_as_external_data=True, location="model.onnx.data", size_threshold=0)

@@ -19,8 +19,9 @@ F32, F16 = np.float32, np.float16
 
 
 def _const(name, values, dtype=np.int64):
-    return helper.make_node("Constant", [], [name], name=f"{name}_c",
-                            value=numpy_helper.from_array(np.asarray(values, dtype=dtype), name))
+    return helper.make_node(
+        "Constant", [], [name], name=f"{name}_c", value=numpy_helper.from_array(np.asarray(values, dtype=dtype), name)
+    )
 
 
 def _records(records):
@@ -28,6 +29,7 @@ def _records(records):
 
 
 # --- Caffe2 / model zoo: opset 7-9, IR 3, weights behind ConstantOfShape, Scale as Mul/Add ---------
+
 
 def caffe2_dense(opset):
     """Three Conv → BN(γ=1, β=0) → Mul(Unsqueeze(s)) → Add(Unsqueeze(t)) → Relu blocks, DenseNet Concat.
@@ -40,34 +42,47 @@ def caffe2_dense(opset):
     for i, (source, cin) in enumerate([("data", 3), ("relu1", 4), ("concat1", 8)], start=1):
         if opset >= 9:
             inits[f"w{i}_shape"] = np.array([4, cin, 3, 3], np.int64)
-            nodes.append(helper.make_node("ConstantOfShape", [f"w{i}_shape"], [f"w{i}_base"],
-                                          value=numpy_helper.from_array(np.array([0.05], F32), "value")))
+            nodes.append(
+                helper.make_node(
+                    "ConstantOfShape",
+                    [f"w{i}_shape"],
+                    [f"w{i}_base"],
+                    value=numpy_helper.from_array(np.array([0.05], F32), "value"),
+                )
+            )
         else:
-            nodes.append(helper.make_node("Constant", [], [f"w{i}_base"],
-                                          value=numpy_helper.from_array(np.array(0.05, F32), "value")))
+            nodes.append(
+                helper.make_node(
+                    "Constant", [], [f"w{i}_base"], value=numpy_helper.from_array(np.array(0.05, F32), "value")
+                )
+            )
         inits[f"w{i}_rand"] = rng.normal(0, 4, (4, cin, 3, 3)).astype(F32)
         inits[f"b{i}"] = rng.normal(0, 0.1, 4).astype(F32)
         params = bn_arrays(rng, 4, prefix=f"bn{i}")
         params[f"bn{i}.scale"], params[f"bn{i}.bias"] = np.ones(4, F32), np.zeros(4, F32)
         inits.update(params)
         inits[f"s{i}"], inits[f"t{i}"] = rng.normal(1, 0.3, 4).astype(F32), rng.normal(0, 0.3, 4).astype(F32)
-        nodes += [helper.make_node("Mul", [f"w{i}_base", f"w{i}_rand"], [f"w{i}"]),
-                  helper.make_node("Conv", [source, f"w{i}", f"b{i}"], [f"conv{i}"], kernel_shape=[3, 3],
-                                   pads=[1, 1, 1, 1]),
-                  bn_node(f"conv{i}", f"bn{i}", prefix=f"bn{i}", name="", epsilon=1e-5, is_test=1) if opset < 7
-                  else bn_node(f"conv{i}", f"bn{i}", prefix=f"bn{i}", name="", epsilon=1e-5),
-                  helper.make_node("Unsqueeze", [f"s{i}"], [f"s{i}_u"], axes=[1, 2]),
-                  helper.make_node("Mul", [f"bn{i}", f"s{i}_u"], [f"scale{i}_mul"]),
-                  helper.make_node("Unsqueeze", [f"t{i}"], [f"t{i}_u"], axes=[1, 2]),
-                  helper.make_node("Add", [f"scale{i}_mul", f"t{i}_u"], [f"scale{i}"]),
-                  helper.make_node("Relu", [f"scale{i}"], [f"relu{i}"])]
+        nodes += [
+            helper.make_node("Mul", [f"w{i}_base", f"w{i}_rand"], [f"w{i}"]),
+            helper.make_node("Conv", [source, f"w{i}", f"b{i}"], [f"conv{i}"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+            bn_node(f"conv{i}", f"bn{i}", prefix=f"bn{i}", name="", epsilon=1e-5, is_test=1)
+            if opset < 7
+            else bn_node(f"conv{i}", f"bn{i}", prefix=f"bn{i}", name="", epsilon=1e-5),
+            helper.make_node("Unsqueeze", [f"s{i}"], [f"s{i}_u"], axes=[1, 2]),
+            helper.make_node("Mul", [f"bn{i}", f"s{i}_u"], [f"scale{i}_mul"]),
+            helper.make_node("Unsqueeze", [f"t{i}"], [f"t{i}_u"], axes=[1, 2]),
+            helper.make_node("Add", [f"scale{i}_mul", f"t{i}_u"], [f"scale{i}"]),
+            helper.make_node("Relu", [f"scale{i}"], [f"relu{i}"]),
+        ]
         if i == 2:
             nodes.append(helper.make_node("Concat", ["relu1", "relu2"], ["concat1"], axis=1))
     inits["fc_w"], inits["fc_b"] = rng.normal(0, 0.3, (5, 4)).astype(F32), rng.normal(0, 0.1, 5).astype(F32)
-    nodes += [helper.make_node("GlobalAveragePool", ["relu3"], ["pool"]),
-              helper.make_node("Flatten", ["pool"], ["flat"], axis=1),
-              helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["fc"], transB=1),
-              helper.make_node("Softmax", ["fc"], ["prob"], axis=1)]
+    nodes += [
+        helper.make_node("GlobalAveragePool", ["relu3"], ["pool"]),
+        helper.make_node("Flatten", ["pool"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["fc"], transB=1),
+        helper.make_node("Softmax", ["fc"], ["prob"], axis=1),
+    ]
     inputs = [("data", F32, [1, 3, 8, 8])] + [(k, v.dtype, list(v.shape)) for k, v in inits.items()]
     return make_model(nodes, inputs, [("prob", F32, [1, 5])], inits, opset=opset, ir_version=3)
 
@@ -78,8 +93,15 @@ def test_caffe2_bn_and_scale_layers_fold_into_the_conv_at_opset_7_and_9_ir_3(ops
     folded, records = fold_and_check(model)
     assert [r.action for r in records if r.op == "BatchNormalization"] == ["folded"] * 3
     assert {r.op for r in records if r.action == "folded"} == {"BatchNormalization", "Mul", "Add"}
-    assert op_counts(folded) == {"Conv": 3, "Relu": 3, "Concat": 1, "GlobalAveragePool": 1, "Flatten": 1,
-                                 "Gemm": 1, "Softmax": 1}
+    assert op_counts(folded) == {
+        "Conv": 3,
+        "Relu": 3,
+        "Concat": 1,
+        "GlobalAveragePool": 1,
+        "Flatten": 1,
+        "Gemm": 1,
+        "Softmax": 1,
+    }
     assert folded.ir_version == 3 and folded.opset_import[0].version == opset
     listed = {i.name for i in folded.graph.input}
     assert all(t.name in listed for t in folded.graph.initializer)  # IR 3: each initializer is an input too
@@ -87,25 +109,34 @@ def test_caffe2_bn_and_scale_layers_fold_into_the_conv_at_opset_7_and_9_ir_3(ops
 
 # --- timm LeViT LinearNorm (torch dynamo): MatMul → Reshape[B·49, C] (shape from Shape) → BN → Reshape ---
 
+
 def levit_linear_norm():
     rng = np.random.default_rng(1)
     inits = {"ln.linear.weight": rng.normal(0, 0.3, (8, 6)).astype(F32), **bn_arrays(rng, 8, prefix="ln.bn")}
-    nodes = [helper.make_node("Shape", ["input"], ["val_0"], name="node_Shape_0", start=0, end=1),
-             helper.make_node("Squeeze", ["val_0"], ["sym_size_int_1"], name="node_sym_size_int_1"),
-             helper.make_node("Transpose", ["ln.linear.weight"], ["val_1"], name="node_Transpose_1", perm=[1, 0]),
-             helper.make_node("MatMul", ["input", "val_1"], ["linear"], name="node_linear"),
-             _const("val_2", 5), helper.make_node("Mul", ["sym_size_int_1", "val_2"], ["mul"], name="node_mul"),
-             _const("val_3", [-1]), helper.make_node("Reshape", ["mul", "val_3"], ["val_4"], name="node_Reshape_4"),
-             _const("val_5", [8]), helper.make_node("Concat", ["val_4", "val_5"], ["val_6"], name="node_Concat_6",
-                                                    axis=0),
-             helper.make_node("Reshape", ["linear", "val_6"], ["view"], name="node_view", allowzero=1),
-             helper.make_node("BatchNormalization", ["view", "ln.bn.scale", "ln.bn.bias", "ln.bn.mean", "ln.bn.var"],
-                              ["getitem"], name="node__native_batch_norm_legit_no_training__0"),
-             helper.make_node("Reshape", ["sym_size_int_1", "val_3"], ["val_16"], name="node_Reshape_16"),
-             _const("val_17", [5]),
-             helper.make_node("Concat", ["val_16", "val_17", "val_5"], ["val_19"], name="node_Concat_19", axis=0),
-             helper.make_node("Reshape", ["getitem", "val_19"], ["view_1"], name="node_view_1", allowzero=1),
-             helper.make_node("HardSwish", ["view_1"], ["output"], name="n0")]
+    nodes = [
+        helper.make_node("Shape", ["input"], ["val_0"], name="node_Shape_0", start=0, end=1),
+        helper.make_node("Squeeze", ["val_0"], ["sym_size_int_1"], name="node_sym_size_int_1"),
+        helper.make_node("Transpose", ["ln.linear.weight"], ["val_1"], name="node_Transpose_1", perm=[1, 0]),
+        helper.make_node("MatMul", ["input", "val_1"], ["linear"], name="node_linear"),
+        _const("val_2", 5),
+        helper.make_node("Mul", ["sym_size_int_1", "val_2"], ["mul"], name="node_mul"),
+        _const("val_3", [-1]),
+        helper.make_node("Reshape", ["mul", "val_3"], ["val_4"], name="node_Reshape_4"),
+        _const("val_5", [8]),
+        helper.make_node("Concat", ["val_4", "val_5"], ["val_6"], name="node_Concat_6", axis=0),
+        helper.make_node("Reshape", ["linear", "val_6"], ["view"], name="node_view", allowzero=1),
+        helper.make_node(
+            "BatchNormalization",
+            ["view", "ln.bn.scale", "ln.bn.bias", "ln.bn.mean", "ln.bn.var"],
+            ["getitem"],
+            name="node__native_batch_norm_legit_no_training__0",
+        ),
+        helper.make_node("Reshape", ["sym_size_int_1", "val_3"], ["val_16"], name="node_Reshape_16"),
+        _const("val_17", [5]),
+        helper.make_node("Concat", ["val_16", "val_17", "val_5"], ["val_19"], name="node_Concat_19", axis=0),
+        helper.make_node("Reshape", ["getitem", "val_19"], ["view_1"], name="node_view_1", allowzero=1),
+        helper.make_node("HardSwish", ["view_1"], ["output"], name="n0"),
+    ]
     return make_model(nodes, [("input", F32, ["batch", 5, 6])], [("output", F32, ["batch", 5, 8])], inits, opset=18)
 
 
@@ -121,34 +152,42 @@ def test_levit_linear_norm_bn_behind_a_reshape_folds_into_the_matmul():
 
 # --- paddle2onnx: an Identity after every op, Conv1D as Unsqueeze → Conv → Squeeze --------------------
 
+
 def paddle_conv1d_linear():
     rng = np.random.default_rng(2)
-    inits = {"conv_w": rng.normal(0, 0.3, (4, 3, 1, 5)).astype(F32),
-             "conv_b": rng.normal(0, 0.1, (1, 4, 1, 1)).astype(F32),
-             "conv2_w": rng.normal(0, 0.3, (4, 4, 1, 3)).astype(F32),
-             "axes2": np.array([2], np.int64),
-             "lin_w": rng.normal(0, 0.3, (4 * 5, 5)).astype(F32), "lin_b": rng.normal(0, 0.1, 5).astype(F32),
-             "flat_shape": np.array([0, -1], np.int64),
-             **bn_arrays(rng, 4, prefix="bn0"), **bn_arrays(rng, 4, prefix="bn1"), **bn_arrays(rng, 5, prefix="bn2")}
-    nodes = [helper.make_node("Unsqueeze", ["input", "axes2"], ["u0"], name="Unsqueeze.2"),
-             helper.make_node("Conv", ["u0", "conv_w"], ["c0"], name="Conv.0", kernel_shape=[1, 5]),
-             helper.make_node("Add", ["c0", "conv_b"], ["Add.3"], name="Add.2"),
-             helper.make_node("Identity", ["Add.3"], ["add0"], name="Identity.1"),
-             helper.make_node("Squeeze", ["add0", "axes2"], ["sq0"], name="Squeeze.1"),
-             bn_node("sq0", "bn0_out", prefix="bn0", name="BatchNormalization.0"),
-             helper.make_node("Relu", ["bn0_out"], ["r0"], name="Relu.0"),
-             helper.make_node("Unsqueeze", ["r0", "axes2"], ["u1"], name="Unsqueeze.5"),
-             helper.make_node("Conv", ["u1", "conv2_w"], ["c1"], name="Conv.1", kernel_shape=[1, 3], strides=[1, 2]),
-             helper.make_node("Squeeze", ["c1", "axes2"], ["sq1"], name="Squeeze.3"),
-             bn_node("sq1", "bn1_out", prefix="bn1", name="BatchNormalization.1"),
-             helper.make_node("Relu", ["bn1_out"], ["r1"], name="Relu.1"),
-             helper.make_node("Reshape", ["r1", "flat_shape"], ["flat"], name="Reshape.1"),
-             helper.make_node("MatMul", ["flat", "lin_w"], ["mm"], name="MatMul.0"),
-             helper.make_node("Add", ["mm", "lin_b"], ["Add.7"], name="Add.6"),
-             helper.make_node("Identity", ["Add.7"], ["add1"], name="Identity.4"),
-             bn_node("add1", "bn2_out", prefix="bn2", name="BatchNormalization.2"),
-             helper.make_node("Relu", ["bn2_out"], ["r2"], name="Relu.2"),
-             helper.make_node("Identity", ["r2"], ["fetch_name_0"], name="Identity.5")]
+    inits = {
+        "conv_w": rng.normal(0, 0.3, (4, 3, 1, 5)).astype(F32),
+        "conv_b": rng.normal(0, 0.1, (1, 4, 1, 1)).astype(F32),
+        "conv2_w": rng.normal(0, 0.3, (4, 4, 1, 3)).astype(F32),
+        "axes2": np.array([2], np.int64),
+        "lin_w": rng.normal(0, 0.3, (4 * 5, 5)).astype(F32),
+        "lin_b": rng.normal(0, 0.1, 5).astype(F32),
+        "flat_shape": np.array([0, -1], np.int64),
+        **bn_arrays(rng, 4, prefix="bn0"),
+        **bn_arrays(rng, 4, prefix="bn1"),
+        **bn_arrays(rng, 5, prefix="bn2"),
+    }
+    nodes = [
+        helper.make_node("Unsqueeze", ["input", "axes2"], ["u0"], name="Unsqueeze.2"),
+        helper.make_node("Conv", ["u0", "conv_w"], ["c0"], name="Conv.0", kernel_shape=[1, 5]),
+        helper.make_node("Add", ["c0", "conv_b"], ["Add.3"], name="Add.2"),
+        helper.make_node("Identity", ["Add.3"], ["add0"], name="Identity.1"),
+        helper.make_node("Squeeze", ["add0", "axes2"], ["sq0"], name="Squeeze.1"),
+        bn_node("sq0", "bn0_out", prefix="bn0", name="BatchNormalization.0"),
+        helper.make_node("Relu", ["bn0_out"], ["r0"], name="Relu.0"),
+        helper.make_node("Unsqueeze", ["r0", "axes2"], ["u1"], name="Unsqueeze.5"),
+        helper.make_node("Conv", ["u1", "conv2_w"], ["c1"], name="Conv.1", kernel_shape=[1, 3], strides=[1, 2]),
+        helper.make_node("Squeeze", ["c1", "axes2"], ["sq1"], name="Squeeze.3"),
+        bn_node("sq1", "bn1_out", prefix="bn1", name="BatchNormalization.1"),
+        helper.make_node("Relu", ["bn1_out"], ["r1"], name="Relu.1"),
+        helper.make_node("Reshape", ["r1", "flat_shape"], ["flat"], name="Reshape.1"),
+        helper.make_node("MatMul", ["flat", "lin_w"], ["mm"], name="MatMul.0"),
+        helper.make_node("Add", ["mm", "lin_b"], ["Add.7"], name="Add.6"),
+        helper.make_node("Identity", ["Add.7"], ["add1"], name="Identity.4"),
+        bn_node("add1", "bn2_out", prefix="bn2", name="BatchNormalization.2"),
+        helper.make_node("Relu", ["bn2_out"], ["r2"], name="Relu.2"),
+        helper.make_node("Identity", ["r2"], ["fetch_name_0"], name="Identity.5"),
+    ]
     return make_model(nodes, [("input", F32, ["N", 3, 16])], [("fetch_name_0", F32, ["N", 5])], inits, opset=13)
 
 
@@ -166,26 +205,35 @@ def test_paddle_identities_and_conv1d_squeeze_do_not_stop_the_fold():
 
 # --- jax2onnx (flax nnx.Linear on [B, T, F] + BatchNorm): Gemm → Reshape → Transpose → BN → Transpose ---
 
+
 def flax_linear_rank3(bias=True):
     rng = np.random.default_rng(3)
-    inits = {"x2d_shape": np.array([-1, 6], np.int64), "const_0": rng.normal(0, 0.3, (6, 8)).astype(F32),
-             "const_1": rng.normal(0, 0.1, 8).astype(F32), "starts": np.array([0], np.int64),
-             "ends": np.array([2], np.int64), "out_features": np.array([8], np.int64), **bn_arrays(rng, 8)}
+    inits = {
+        "x2d_shape": np.array([-1, 6], np.int64),
+        "const_0": rng.normal(0, 0.3, (6, 8)).astype(F32),
+        "const_1": rng.normal(0, 0.1, 8).astype(F32),
+        "starts": np.array([0], np.int64),
+        "ends": np.array([2], np.int64),
+        "out_features": np.array([8], np.int64),
+        **bn_arrays(rng, 8),
+    }
     gemm_inputs = ["input_reshape_0", "const_0"] + (["const_1"] if bias else [])
-    nodes = [helper.make_node("Reshape", ["input", "x2d_shape"], ["input_reshape_0"], name="node_Reshape_0"),
-             helper.make_node("Gemm", gemm_inputs, ["gemm_output_0"], name="node_Gemm_1", alpha=1.0,
-                              beta=1.0 if bias else 0.0),
-             helper.make_node("Shape", ["input"], ["x_shape_0"], name="node_Shape_2"),
-             helper.make_node("Slice", ["x_shape_0", "starts", "ends"], ["batch_dims_0"], name="node_Slice_3"),
-             helper.make_node("Concat", ["batch_dims_0", "out_features"], ["final_shape_0"], name="node_Concat_4",
-                              axis=0),
-             helper.make_node("Reshape", ["gemm_output_0", "final_shape_0"], ["out_0"], name="node_Reshape_5"),
-             helper.make_node("Transpose", ["out_0"], ["bn_pre_transpose_0"], name="node_Transpose_6", perm=[0, 2, 1]),
-             bn_node("bn_pre_transpose_0", "BatchNormalization_0", name="node_BatchNormalization_7"),
-             helper.make_node("Transpose", ["BatchNormalization_0"], ["BatchNormOut_0"], name="node_Transpose_8",
-                              perm=[0, 2, 1])]
-    return make_model(nodes, [("input", F32, ["B", 10, 6])], [("BatchNormOut_0", F32, ["B", 10, 8])], inits,
-                      opset=17)
+    nodes = [
+        helper.make_node("Reshape", ["input", "x2d_shape"], ["input_reshape_0"], name="node_Reshape_0"),
+        helper.make_node(
+            "Gemm", gemm_inputs, ["gemm_output_0"], name="node_Gemm_1", alpha=1.0, beta=1.0 if bias else 0.0
+        ),
+        helper.make_node("Shape", ["input"], ["x_shape_0"], name="node_Shape_2"),
+        helper.make_node("Slice", ["x_shape_0", "starts", "ends"], ["batch_dims_0"], name="node_Slice_3"),
+        helper.make_node("Concat", ["batch_dims_0", "out_features"], ["final_shape_0"], name="node_Concat_4", axis=0),
+        helper.make_node("Reshape", ["gemm_output_0", "final_shape_0"], ["out_0"], name="node_Reshape_5"),
+        helper.make_node("Transpose", ["out_0"], ["bn_pre_transpose_0"], name="node_Transpose_6", perm=[0, 2, 1]),
+        bn_node("bn_pre_transpose_0", "BatchNormalization_0", name="node_BatchNormalization_7"),
+        helper.make_node(
+            "Transpose", ["BatchNormalization_0"], ["BatchNormOut_0"], name="node_Transpose_8", perm=[0, 2, 1]
+        ),
+    ]
+    return make_model(nodes, [("input", F32, ["B", 10, 6])], [("BatchNormOut_0", F32, ["B", 10, 8])], inits, opset=17)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -200,61 +248,81 @@ def test_flax_gemm_reshape_transpose_bn_folds_and_the_transposes_go(bias):
 
 # --- tf2onnx with optimizers off: NHWC↔NCHW Transposes around every op ------------------------------
 
+
 def tf2onnx_noopt():
     rng = np.random.default_rng(4)
-    inits = {"w": rng.normal(0, 0.3, (4, 3, 3, 3)).astype(F32), "b": rng.normal(0, 0.1, 4).astype(F32),
-             **bn_arrays(rng, 4)}
-    nodes = [helper.make_node("Transpose", ["input"], ["t0"], name="model/conv2d/BiasAdd__144", perm=[0, 3, 1, 2]),
-             helper.make_node("Conv", ["t0", "w", "b"], ["c"], name="model/conv2d/BiasAdd", kernel_shape=[3, 3]),
-             helper.make_node("Transpose", ["c"], ["t1"], name="model/conv2d/BiasAdd__146", perm=[0, 2, 3, 1]),
-             helper.make_node("Transpose", ["t1"], ["t2"], name="model/bn/FusedBatchNormV3__148", perm=[0, 3, 1, 2]),
-             bn_node("t2", "bn_out", name="model/bn/FusedBatchNormV3", epsilon=1e-3),
-             helper.make_node("Transpose", ["bn_out"], ["t3"], name="model/bn/FusedBatchNormV3__150",
-                              perm=[0, 2, 3, 1]),
-             helper.make_node("Relu", ["t3"], ["output"], name="model/re_lu/Relu")]
+    inits = {
+        "w": rng.normal(0, 0.3, (4, 3, 3, 3)).astype(F32),
+        "b": rng.normal(0, 0.1, 4).astype(F32),
+        **bn_arrays(rng, 4),
+    }
+    nodes = [
+        helper.make_node("Transpose", ["input"], ["t0"], name="model/conv2d/BiasAdd__144", perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["t0", "w", "b"], ["c"], name="model/conv2d/BiasAdd", kernel_shape=[3, 3]),
+        helper.make_node("Transpose", ["c"], ["t1"], name="model/conv2d/BiasAdd__146", perm=[0, 2, 3, 1]),
+        helper.make_node("Transpose", ["t1"], ["t2"], name="model/bn/FusedBatchNormV3__148", perm=[0, 3, 1, 2]),
+        bn_node("t2", "bn_out", name="model/bn/FusedBatchNormV3", epsilon=1e-3),
+        helper.make_node("Transpose", ["bn_out"], ["t3"], name="model/bn/FusedBatchNormV3__150", perm=[0, 2, 3, 1]),
+        helper.make_node("Relu", ["t3"], ["output"], name="model/re_lu/Relu"),
+    ]
     return make_model(nodes, [("input", F32, ["N", 7, 7, 3])], [("output", F32, ["N", 5, 5, 4])], inits, opset=13)
 
 
 def test_tf2onnx_cancelling_transposes_are_removed_and_the_bn_folds():
     folded, records = fold_and_check(tf2onnx_noopt())
     (record,) = records
-    assert record.into == ("Conv 'model/conv2d/BiasAdd' (through Transpose 'model/conv2d/BiasAdd__146', "
-                           "Transpose 'model/bn/FusedBatchNormV3__148')")
+    assert record.into == (
+        "Conv 'model/conv2d/BiasAdd' (through Transpose 'model/conv2d/BiasAdd__146', "
+        "Transpose 'model/bn/FusedBatchNormV3__148')"
+    )
     assert op_counts(folded) == {"Transpose": 2, "Conv": 1, "Relu": 1}
 
 
 # --- tf2onnx Keras Dense on NHWC: MatMul → Reshape(shape via Shape/Gather/Concat) → Add → Transpose → BN --
 
+
 def keras_dense_nhwc():
     rng = np.random.default_rng(5)
-    inits = {"reshape_in": np.array([-1, 4], np.int64), "W": rng.normal(0, 0.3, (4, 6)).astype(F32),
-             "bias": rng.normal(0, 0.1, 6).astype(F32), "free": np.array([0, 1, 2], np.int64),
-             "const_2": np.array([6], np.int32), **bn_arrays(rng, 6)}
-    nodes = [helper.make_node("Shape", ["input"], ["shape"], name="model/dense/Tensordot/Shape"),
-             helper.make_node("Cast", ["shape"], ["shape32"], name="model/dense/Tensordot/Shape__6", to=6),
-             helper.make_node("Gather", ["shape32", "free"], ["gathered"], name="model/dense/Tensordot/GatherV2",
-                              axis=0),
-             helper.make_node("Concat", ["gathered", "const_2"], ["concat"], name="model/dense/Tensordot/concat_1",
-                              axis=0),
-             helper.make_node("Cast", ["concat"], ["out_shape"], name="model/dense/Tensordot__13", to=7),
-             helper.make_node("Reshape", ["input", "reshape_in"], ["flat"], name="model/dense/Tensordot/Reshape"),
-             helper.make_node("MatMul", ["flat", "W"], ["mm"], name="model/dense/Tensordot/MatMul"),
-             helper.make_node("Reshape", ["mm", "out_shape"], ["td"], name="model/dense/Tensordot"),
-             helper.make_node("Add", ["td", "bias"], ["biased"], name="model/dense/BiasAdd"),
-             helper.make_node("Transpose", ["biased"], ["nchw"], name="model/bn/FusedBatchNormV3__14", perm=[0, 3, 1, 2]),
-             bn_node("nchw", "bn_out", name="model/bn/FusedBatchNormV3", epsilon=1e-3),
-             helper.make_node("Relu", ["bn_out"], ["output"], name="model/re_lu/Relu")]
+    inits = {
+        "reshape_in": np.array([-1, 4], np.int64),
+        "W": rng.normal(0, 0.3, (4, 6)).astype(F32),
+        "bias": rng.normal(0, 0.1, 6).astype(F32),
+        "free": np.array([0, 1, 2], np.int64),
+        "const_2": np.array([6], np.int32),
+        **bn_arrays(rng, 6),
+    }
+    nodes = [
+        helper.make_node("Shape", ["input"], ["shape"], name="model/dense/Tensordot/Shape"),
+        helper.make_node("Cast", ["shape"], ["shape32"], name="model/dense/Tensordot/Shape__6", to=6),
+        helper.make_node("Gather", ["shape32", "free"], ["gathered"], name="model/dense/Tensordot/GatherV2", axis=0),
+        helper.make_node("Concat", ["gathered", "const_2"], ["concat"], name="model/dense/Tensordot/concat_1", axis=0),
+        helper.make_node("Cast", ["concat"], ["out_shape"], name="model/dense/Tensordot__13", to=7),
+        helper.make_node("Reshape", ["input", "reshape_in"], ["flat"], name="model/dense/Tensordot/Reshape"),
+        helper.make_node("MatMul", ["flat", "W"], ["mm"], name="model/dense/Tensordot/MatMul"),
+        helper.make_node("Reshape", ["mm", "out_shape"], ["td"], name="model/dense/Tensordot"),
+        helper.make_node("Add", ["td", "bias"], ["biased"], name="model/dense/BiasAdd"),
+        helper.make_node("Transpose", ["biased"], ["nchw"], name="model/bn/FusedBatchNormV3__14", perm=[0, 3, 1, 2]),
+        bn_node("nchw", "bn_out", name="model/bn/FusedBatchNormV3", epsilon=1e-3),
+        helper.make_node("Relu", ["bn_out"], ["output"], name="model/re_lu/Relu"),
+    ]
     return make_model(nodes, [("input", F32, ["N", 3, 3, 4])], [("output", F32, ["N", 6, 3, 3])], inits, opset=15)
 
 
 def test_keras_dense_on_nhwc_folds_through_the_dynamic_reshape_and_the_transpose():
     folded, records = fold_and_check(keras_dense_nhwc())
     assert [(r.name, r.action, r.into) for r in records] == [
-        ("model/bn/FusedBatchNormV3", "folded",
-         "Gemm 'model/dense/Tensordot/MatMul' (through Reshape 'model/dense/Tensordot', "
-         "Transpose 'model/bn/FusedBatchNormV3__14')"),
-        ("model/dense/BiasAdd", "folded", "MatMul 'model/dense/Tensordot/MatMul' (through Reshape "
-         "'model/dense/Tensordot')")]
+        (
+            "model/bn/FusedBatchNormV3",
+            "folded",
+            "Gemm 'model/dense/Tensordot/MatMul' (through Reshape 'model/dense/Tensordot', "
+            "Transpose 'model/bn/FusedBatchNormV3__14')",
+        ),
+        (
+            "model/dense/BiasAdd",
+            "folded",
+            "MatMul 'model/dense/Tensordot/MatMul' (through Reshape 'model/dense/Tensordot')",
+        ),
+    ]
     counts = op_counts(folded)
     assert counts["BatchNormalization"] == 0 and counts["Add"] == 0 and counts["Gemm"] == 1
 
@@ -265,57 +333,84 @@ def _untyped_rank(op_type, **attrs):
 
     from bnfold.value_types import ValueTypes
 
-    nodes = [helper.make_node("Opaque", ["x"], ["o"], domain="custom"),
-             helper.make_node(op_type, ["o", *attrs.pop("inputs", [])], ["y"], **attrs)]
-    model = helper.make_model(helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(np.zeros((4, 3, 3, 3), F32), "w"),
-         numpy_helper.from_array(np.array([0, 2, -1], np.int64), "shape"),
-         numpy_helper.from_array(np.array([0, 3], np.int64), "axes")]),
-        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom", 1)])
+    nodes = [
+        helper.make_node("Opaque", ["x"], ["o"], domain="custom"),
+        helper.make_node(op_type, ["o", *attrs.pop("inputs", [])], ["y"], **attrs),
+    ]
+    model = helper.make_model(
+        helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [
+                numpy_helper.from_array(np.zeros((4, 3, 3, 3), F32), "w"),
+                numpy_helper.from_array(np.array([0, 2, -1], np.int64), "shape"),
+                numpy_helper.from_array(np.array([0, 3], np.int64), "axes"),
+            ],
+        ),
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom", 1)],
+    )
     ir_model = ir.serde.deserialize_model(model)
     value = next(node for node in ir_model.graph if node.op_type == op_type).outputs[0]
     return ValueTypes(ir_model).rank(value)
 
 
-@pytest.mark.parametrize("op_type,attrs,rank", [
-    ("Transpose", {"perm": [0, 3, 1, 2]}, 4),
-    ("Reshape", {"inputs": ["shape"]}, 3),
-    ("Conv", {"inputs": ["w"]}, 4),
-    ("Unsqueeze", {"inputs": ["axes"]}, None),  # the input's rank is unknown too: nothing to add to
-])
+@pytest.mark.parametrize(
+    ("op_type", "attrs", "rank"),
+    [
+        ("Transpose", {"perm": [0, 3, 1, 2]}, 4),
+        ("Reshape", {"inputs": ["shape"]}, 3),
+        ("Conv", {"inputs": ["w"]}, 4),
+        ("Unsqueeze", {"inputs": ["axes"]}, None),  # the input's rank is unknown too: nothing to add to
+    ],
+)
 def test_ranks_come_from_the_ops_when_shape_inference_has_none(op_type, attrs, rank):
     assert _untyped_rank(op_type, **attrs) == rank
 
 
 # --- Keras mixed_float16: Conv(fp16) → Cast(fp32) → BN → Cast(fp16) -----------------------------------
 
+
 def keras_fp16(scale_of_second=None, gain=1.0):
     """Two Conv(fp16) → Cast → BN (fp32) → Cast → Relu blocks; the input is multiplied by `gain` first."""
     rng = np.random.default_rng(6)
-    inits = {"w1": rng.normal(0, 0.3, (4, 3, 3, 3)).astype(F16), "b1": rng.normal(0, 0.1, 4).astype(F16),
-             "w2": rng.normal(0, 0.3, (4, 4, 3, 3)).astype(F16), "gain": np.array(gain, F16),
-             **bn_arrays(rng, 4, prefix="bn1"), **bn_arrays(rng, 4, prefix="bn2")}
+    inits = {
+        "w1": rng.normal(0, 0.3, (4, 3, 3, 3)).astype(F16),
+        "b1": rng.normal(0, 0.1, 4).astype(F16),
+        "w2": rng.normal(0, 0.3, (4, 4, 3, 3)).astype(F16),
+        "gain": np.array(gain, F16),
+        **bn_arrays(rng, 4, prefix="bn1"),
+        **bn_arrays(rng, 4, prefix="bn2"),
+    }
     if scale_of_second is not None:
         inits["bn2.scale"] = np.full(4, scale_of_second, F32)
-    nodes = [helper.make_node("Cast", ["input"], ["x16"], name="model/Cast", to=TensorProto.FLOAT16),
-             helper.make_node("Mul", ["x16", "gain"], ["xg"], name="model/gain"),
-             helper.make_node("Conv", ["xg", "w1", "b1"], ["c1"], name="model/conv2d/BiasAdd", kernel_shape=[3, 3],
-                              pads=[1, 1, 1, 1])]
+    nodes = [
+        helper.make_node("Cast", ["input"], ["x16"], name="model/Cast", to=TensorProto.FLOAT16),
+        helper.make_node("Mul", ["x16", "gain"], ["xg"], name="model/gain"),
+        helper.make_node(
+            "Conv", ["xg", "w1", "b1"], ["c1"], name="model/conv2d/BiasAdd", kernel_shape=[3, 3], pads=[1, 1, 1, 1]
+        ),
+    ]
     for i, source in ((1, "c1"), (2, "c2")):
         if i == 2:
-            nodes.append(helper.make_node("Conv", ["r1", "w2"], ["c2"], name="model/conv2d_1/Conv2D",
-                                          kernel_shape=[3, 3]))
-        nodes += [helper.make_node("Cast", [source], [f"wide{i}"], name=f"model/bn{i}/FusedBatchNormV3__64",
-                                   to=TensorProto.FLOAT),
-                  bn_node(f"wide{i}", f"bn{i}_out", prefix=f"bn{i}", name=f"model/bn{i}/FusedBatchNormV3",
-                          epsilon=1e-3),
-                  helper.make_node("Cast", [f"bn{i}_out"], [f"narrow{i}"], name=f"model/bn{i}/castback",
-                                   to=TensorProto.FLOAT16),
-                  helper.make_node("Relu", [f"narrow{i}"], [f"r{i}"], name=f"model/re_lu{i}/Relu")]
-    nodes += [helper.make_node("GlobalAveragePool", ["r2"], ["pool"], name="model/pool"),
-              helper.make_node("Cast", ["pool"], ["output"], name="model/out_cast", to=TensorProto.FLOAT)]
+            nodes.append(
+                helper.make_node("Conv", ["r1", "w2"], ["c2"], name="model/conv2d_1/Conv2D", kernel_shape=[3, 3])
+            )
+        nodes += [
+            helper.make_node(
+                "Cast", [source], [f"wide{i}"], name=f"model/bn{i}/FusedBatchNormV3__64", to=TensorProto.FLOAT
+            ),
+            bn_node(f"wide{i}", f"bn{i}_out", prefix=f"bn{i}", name=f"model/bn{i}/FusedBatchNormV3", epsilon=1e-3),
+            helper.make_node(
+                "Cast", [f"bn{i}_out"], [f"narrow{i}"], name=f"model/bn{i}/castback", to=TensorProto.FLOAT16
+            ),
+            helper.make_node("Relu", [f"narrow{i}"], [f"r{i}"], name=f"model/re_lu{i}/Relu"),
+        ]
+    nodes += [
+        helper.make_node("GlobalAveragePool", ["r2"], ["pool"], name="model/pool"),
+        helper.make_node("Cast", ["pool"], ["output"], name="model/out_cast", to=TensorProto.FLOAT),
+    ]
     return make_model(nodes, [("input", F32, ["N", 3, 8, 8])], [("output", F32, ["N", 4, 1, 1])], inits, opset=15)
 
 
@@ -331,8 +426,10 @@ def test_keras_fp16_cast_sandwich_folds_into_the_fp16_weights_when_the_check_pas
     report, folded = _fold_file(tmp_path, model)
     bns = [r for r in report.records if r.op == "BatchNormalization"]
     assert [(r.action, r.pattern) for r in bns] == [("folded", "cast-sandwich")] * 2
-    assert bns[0].into == ("Conv 'model/conv2d/BiasAdd' (float16 weights; Casts "
-                                      "'model/bn1/FusedBatchNormV3__64', 'model/bn1/castback' removed)")
+    assert bns[0].into == (
+        "Conv 'model/conv2d/BiasAdd' (float16 weights; Casts "
+        "'model/bn1/FusedBatchNormV3__64', 'model/bn1/castback' removed)"
+    )
     assert report.check.verdict == "passed"
     assert op_counts(folded) == {"Cast": 2, "Conv": 2, "Relu": 2, "GlobalAveragePool": 1}  # the gain Mul folded too
     weights = {t.name: t.data_type for t in folded.graph.initializer}
@@ -360,10 +457,12 @@ def test_a_cast_sandwich_whose_fold_fails_the_half_precision_check_is_left_as_it
 def test_float32_to_float64_sandwich_folds_into_float32_weights():
     rng = np.random.default_rng(7)
     inits = {"w": rng.normal(0, 0.3, (4, 3, 3, 3)).astype(F32), **bn_arrays(rng, 4, dtype=np.float64)}
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
-             helper.make_node("Cast", ["c"], ["wide"], name="widen", to=TensorProto.DOUBLE),
-             bn_node("wide", "bn_out"),
-             helper.make_node("Cast", ["bn_out"], ["z"], name="narrow", to=TensorProto.FLOAT)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Cast", ["c"], ["wide"], name="widen", to=TensorProto.DOUBLE),
+        bn_node("wide", "bn_out"),
+        helper.make_node("Cast", ["bn_out"], ["z"], name="narrow", to=TensorProto.FLOAT),
+    ]
     folded, records = fold_and_check(make_model(nodes, [("x", F32, ["N", 3, 6, 6])], [("z", F32, None)], inits))
     assert [(r.action, r.pattern) for r in records] == [("folded", "cast-sandwich")]
     assert op_counts(folded) == {"Conv": 1}
@@ -373,10 +472,12 @@ def test_float32_to_float64_sandwich_folds_into_float32_weights():
 def test_a_narrowing_first_cast_is_no_sandwich():
     rng = np.random.default_rng(8)
     inits = {"w": rng.normal(0, 0.3, (4, 3, 3, 3)).astype(F32), **bn_arrays(rng, 4, dtype=F16)}
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
-             helper.make_node("Cast", ["c"], ["narrow"], name="narrow", to=TensorProto.FLOAT16),
-             bn_node("narrow", "bn_out"),
-             helper.make_node("Cast", ["bn_out"], ["z"], name="widen", to=TensorProto.FLOAT)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Cast", ["c"], ["narrow"], name="narrow", to=TensorProto.FLOAT16),
+        bn_node("narrow", "bn_out"),
+        helper.make_node("Cast", ["bn_out"], ["z"], name="widen", to=TensorProto.FLOAT),
+    ]
     model = make_model(nodes, [("x", F32, ["N", 3, 6, 6])], [("z", F32, None)], inits)
     result = bnfold.fold(model)
     (record,) = result.records
@@ -386,8 +487,20 @@ def test_a_narrowing_first_cast_is_no_sandwich():
 
 # --- RepVGG / MobileOne / ACNet: branches on one input summed by Add --------------------------------
 
-def repvgg_block(channels=4, groups=1, stride=1, identity=True, rank=2, dilation=1, out_channels=None,
-                 kernel=3, kxk_attrs=None, one_attrs=None, spatial=9):
+
+def repvgg_block(
+    channels=4,
+    groups=1,
+    stride=1,
+    identity=True,
+    rank=2,
+    dilation=1,
+    out_channels=None,
+    kernel=3,
+    kxk_attrs=None,
+    one_attrs=None,
+    spatial=9,
+):
     """x → BN (identity), Conv k×k → BN, Conv 1×1 → BN, summed by Add → Add → Relu (timm's training form).
 
     `kxk_attrs`/`one_attrs` override the Convs' attributes (None removes one)."""
@@ -395,31 +508,49 @@ def repvgg_block(channels=4, groups=1, stride=1, identity=True, rank=2, dilation
     out_channels = out_channels or channels
     ones = [1] * rank
     pad = dilation * (kernel - 1) // 2
-    inits = {"kxk.w": rng.normal(0, 0.3, (out_channels, channels // groups, *[kernel] * rank)).astype(F32),
-             "1x1.w": rng.normal(0, 0.3, (out_channels, channels // groups, *ones)).astype(F32),
-             **bn_arrays(rng, out_channels, prefix="kxk.bn"), **bn_arrays(rng, out_channels, prefix="1x1.bn")}
+    inits = {
+        "kxk.w": rng.normal(0, 0.3, (out_channels, channels // groups, *[kernel] * rank)).astype(F32),
+        "1x1.w": rng.normal(0, 0.3, (out_channels, channels // groups, *ones)).astype(F32),
+        **bn_arrays(rng, out_channels, prefix="kxk.bn"),
+        **bn_arrays(rng, out_channels, prefix="1x1.bn"),
+    }
     common = dict(group=groups, strides=[stride] * rank, dilations=[dilation] * rank)
 
     def attributes(own, override):
         merged = {**own, **common, **(override or {})}
         return {k: v for k, v in merged.items() if v is not None}
 
-    nodes = [helper.make_node("Conv", ["input", "1x1.w"], ["c1"], name="/b1/conv_1x1/conv/Conv",
-                              **attributes({"kernel_shape": ones, "pads": [0] * 2 * rank}, one_attrs)),
-             bn_node("c1", "bn1", prefix="1x1.bn", name="/b1/conv_1x1/bn/BatchNormalization"),
-             helper.make_node("Conv", ["input", "kxk.w"], ["ck"], name="/b1/conv_kxk/conv/Conv",
-                              **attributes({"kernel_shape": [kernel] * rank, "pads": [pad] * 2 * rank}, kxk_attrs)),
-             bn_node("ck", "bnk", prefix="kxk.bn", name="/b1/conv_kxk/bn/BatchNormalization"),
-             helper.make_node("Add", ["bn1", "bnk"], ["sum"], name="/b1/Add")]
+    nodes = [
+        helper.make_node(
+            "Conv",
+            ["input", "1x1.w"],
+            ["c1"],
+            name="/b1/conv_1x1/conv/Conv",
+            **attributes({"kernel_shape": ones, "pads": [0] * 2 * rank}, one_attrs),
+        ),
+        bn_node("c1", "bn1", prefix="1x1.bn", name="/b1/conv_1x1/bn/BatchNormalization"),
+        helper.make_node(
+            "Conv",
+            ["input", "kxk.w"],
+            ["ck"],
+            name="/b1/conv_kxk/conv/Conv",
+            **attributes({"kernel_shape": [kernel] * rank, "pads": [pad] * 2 * rank}, kxk_attrs),
+        ),
+        bn_node("ck", "bnk", prefix="kxk.bn", name="/b1/conv_kxk/bn/BatchNormalization"),
+        helper.make_node("Add", ["bn1", "bnk"], ["sum"], name="/b1/Add"),
+    ]
     last = "sum"
     if identity:
         inits.update(bn_arrays(rng, channels, prefix="id.bn"))
-        nodes += [bn_node("input", "bn_id", prefix="id.bn", name="/b1/identity/BatchNormalization"),
-                  helper.make_node("Add", ["sum", "bn_id"], ["sum2"], name="/b1/Add_1")]
+        nodes += [
+            bn_node("input", "bn_id", prefix="id.bn", name="/b1/identity/BatchNormalization"),
+            helper.make_node("Add", ["sum", "bn_id"], ["sum2"], name="/b1/Add_1"),
+        ]
         last = "sum2"
     nodes.append(helper.make_node("Relu", [last], ["output"], name="/b1/act/Relu"))
-    return make_model(nodes, [("input", F32, ["batch", channels, *[spatial] * rank])], [("output", F32, None)], inits,
-                      opset=13)
+    return make_model(
+        nodes, [("input", F32, ["batch", channels, *[spatial] * rank])], [("output", F32, None)], inits, opset=13
+    )
 
 
 def _identity_record(records):
@@ -444,7 +575,7 @@ def test_repvgg_block_becomes_one_conv(groups, rank):
     assert one_by_one.into == "Conv '/b1/conv_1x1/conv/Conv', merged into Conv '/b1/conv_kxk/conv/Conv'"
 
 
-@pytest.mark.parametrize("kernel,dilation", [(5, 1), (3, 2)])
+@pytest.mark.parametrize(("kernel", "dilation"), [(5, 1), (3, 2)])
 def test_repvgg_with_larger_or_dilated_kernels(kernel, dilation):
     folded, records = fold_and_check(repvgg_block(kernel=kernel, dilation=dilation))
     _assert_one_conv(folded, records, 3)
@@ -459,17 +590,22 @@ def test_an_identity_branch_beside_a_stride_2_conv_cannot_merge_and_says_why():
     folded, records = fold_and_check(repvgg_block(stride=2, spatial=1))  # 1×1 in, 1×1 out: a valid sum
     identity = _identity_record(records)
     assert identity.action == "kept"
-    assert identity.reason.endswith("its branch cannot merge with the others: the identity branch needs stride 1, "
-                                    "Conv '/b1/conv_1x1/conv/Conv' has strides [2, 2]")
+    assert identity.reason.endswith(
+        "its branch cannot merge with the others: the identity branch needs stride 1, "
+        "Conv '/b1/conv_1x1/conv/Conv' has strides [2, 2]"
+    )
     assert op_counts(folded) == {"Conv": 2, "Add": 2, "BatchNormalization": 1, "Relu": 1}
 
 
 def test_an_identity_branch_needs_as_many_output_as_input_channels():
     rng = np.random.default_rng(15)  # Add broadcasts the one input channel over the Conv's four
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("Add", ["c", "x"], ["z"], name="residual")]
-    model = make_model(nodes, [("x", F32, ["N", 1, 6, 6])], [("z", F32, None)],
-                       {"w": rng.normal(0, 0.3, (4, 1, 3, 3)).astype(F32)})
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c", "x"], ["z"], name="residual"),
+    ]
+    model = make_model(
+        nodes, [("x", F32, ["N", 1, 6, 6])], [("z", F32, None)], {"w": rng.normal(0, 0.3, (4, 1, 3, 3)).astype(F32)}
+    )
     folded, _ = fold_and_check(model)
     assert op_counts(folded) == {"Conv": 1, "Add": 1}
 
@@ -478,7 +614,8 @@ def test_a_branch_padded_by_auto_pad_same_stays_apart_and_says_why():
     model = repvgg_block(kxk_attrs={"auto_pad": "SAME_UPPER", "pads": None})
     folded, records = fold_and_check(model)
     assert _identity_record(records).reason.endswith(
-        "its branch cannot merge with the others: Conv '/b1/conv_kxk/conv/Conv' pads by auto_pad SAME_UPPER")
+        "its branch cannot merge with the others: Conv '/b1/conv_kxk/conv/Conv' pads by auto_pad SAME_UPPER"
+    )
     assert op_counts(folded) == {"Conv": 2, "Add": 2, "BatchNormalization": 1, "Relu": 1}
 
 
@@ -503,9 +640,17 @@ def acnet_block(kernels):
     for i, (kh, kw) in enumerate(kernels):
         inits[f"w{i}"] = rng.normal(0, 0.3, (4, 4, kh, kw)).astype(F32)
         inits.update(bn_arrays(rng, 4, prefix=f"bn{i}"))
-        nodes += [helper.make_node("Conv", ["x", f"w{i}"], [f"c{i}"], name=f"conv{i}", kernel_shape=[kh, kw],
-                                   pads=[kh // 2, kw // 2, kh // 2, kw // 2]),
-                  bn_node(f"c{i}", f"b{i}", prefix=f"bn{i}")]
+        nodes += [
+            helper.make_node(
+                "Conv",
+                ["x", f"w{i}"],
+                [f"c{i}"],
+                name=f"conv{i}",
+                kernel_shape=[kh, kw],
+                pads=[kh // 2, kw // 2, kh // 2, kw // 2],
+            ),
+            bn_node(f"c{i}", f"b{i}", prefix=f"bn{i}"),
+        ]
         outputs.append(f"b{i}")
     nodes.append(helper.make_node("Sum", outputs, ["z"], name="sum"))
     return make_model(nodes, [("x", F32, ["N", 4, 7, 7])], [("z", F32, None)], inits)
@@ -523,8 +668,10 @@ def test_branches_no_kernel_of_which_covers_the_others_are_not_merged():
 
 def test_a_plain_residual_conv_plus_input_becomes_one_conv():
     rng = np.random.default_rng(9)
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1], group=2),
-             helper.make_node("Add", ["c", "x"], ["z"], name="residual")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1], group=2),
+        helper.make_node("Add", ["c", "x"], ["z"], name="residual"),
+    ]
     inits = {"w": rng.normal(0, 0.3, (4, 2, 3, 3)).astype(F32), "b": rng.normal(0, 0.1, 4).astype(F32)}
     folded, records = fold_and_check(make_model(nodes, [("x", F32, ["N", 4, 6, 6])], [("z", F32, None)], inits))
     assert op_counts(folded) == {"Conv": 1} and records == []
@@ -536,26 +683,40 @@ def mobileone_block():
     rng = np.random.default_rng(10)
     channels = 4
     inits = {**bn_arrays(rng, channels, prefix="identity")}
-    nodes = [bn_node("input", "getitem", prefix="identity", name="node__native_batch_norm_legit_no_training__0"),
-             helper.make_node("Constant", [], ["zero"], name="node_Constant_11",
-                              value=numpy_helper.from_array(np.array(0.0, np.float64)))]
+    nodes = [
+        bn_node("input", "getitem", prefix="identity", name="node__native_batch_norm_legit_no_training__0"),
+        helper.make_node(
+            "Constant", [], ["zero"], name="node_Constant_11", value=numpy_helper.from_array(np.array(0.0, np.float64))
+        ),
+    ]
     branches = ["getitem"]
     for i, size in enumerate([1, 3, 3]):
         inits[f"w{i}"] = rng.normal(0, 0.3, (channels, 1, size, size)).astype(F32)
         inits.update(bn_arrays(rng, channels, prefix=f"bn{i}"))
-        nodes += [helper.make_node("Shape", [f"w{i}"], [f"shape{i}"], name=f"node_Shape_{i}", start=0, end=1),
-                  _const(f"one{i}", [1]),
-                  helper.make_node("Expand", [f"shape{i}", f"one{i}"], [f"count{i}"], name=f"node_Expand_{i}"),
-                  helper.make_node("CastLike", ["zero", "input"], [f"zero{i}"], name=f"node_CastLike_{i}"),
-                  helper.make_node("Expand", [f"zero{i}", f"count{i}"], [f"bias{i}"], name=f"node_Expand_b{i}"),
-                  helper.make_node("Conv", ["input", f"w{i}", f"bias{i}"], [f"conv{i}"], name=f"node_conv2d_{i}",
-                                   group=channels, pads=[size // 2] * 4, kernel_shape=[size, size]),
-                  bn_node(f"conv{i}", f"out{i}", prefix=f"bn{i}", name=f"node_bn_{i}")]
+        nodes += [
+            helper.make_node("Shape", [f"w{i}"], [f"shape{i}"], name=f"node_Shape_{i}", start=0, end=1),
+            _const(f"one{i}", [1]),
+            helper.make_node("Expand", [f"shape{i}", f"one{i}"], [f"count{i}"], name=f"node_Expand_{i}"),
+            helper.make_node("CastLike", ["zero", "input"], [f"zero{i}"], name=f"node_CastLike_{i}"),
+            helper.make_node("Expand", [f"zero{i}", f"count{i}"], [f"bias{i}"], name=f"node_Expand_b{i}"),
+            helper.make_node(
+                "Conv",
+                ["input", f"w{i}", f"bias{i}"],
+                [f"conv{i}"],
+                name=f"node_conv2d_{i}",
+                group=channels,
+                pads=[size // 2] * 4,
+                kernel_shape=[size, size],
+            ),
+            bn_node(f"conv{i}", f"out{i}", prefix=f"bn{i}", name=f"node_bn_{i}"),
+        ]
         branches.append(f"out{i}")
-    nodes += [helper.make_node("Add", ["out0", "out1"], ["add_10"], name="node_add_10"),
-              helper.make_node("Add", ["add_10", "out2"], ["add_21"], name="node_add_21"),
-              helper.make_node("Add", ["add_21", "getitem"], ["add_32"], name="node_add_32"),
-              helper.make_node("Relu", ["add_32"], ["output"], name="node_relu")]
+    nodes += [
+        helper.make_node("Add", ["out0", "out1"], ["add_10"], name="node_add_10"),
+        helper.make_node("Add", ["add_10", "out2"], ["add_21"], name="node_add_21"),
+        helper.make_node("Add", ["add_21", "getitem"], ["add_32"], name="node_add_32"),
+        helper.make_node("Relu", ["add_32"], ["output"], name="node_relu"),
+    ]
     return make_model(nodes, [("input", F32, ["batch", channels, 6, 6])], [("output", F32, None)], inits, opset=18)
 
 
@@ -563,60 +724,90 @@ def test_mobileone_depthwise_block_becomes_one_conv():
     folded, records = fold_and_check(mobileone_block())
     assert op_counts(folded) == {"Conv": 1, "Relu": 1}
     assert all(r.action == "folded" for r in records if r.op == "BatchNormalization")
-    assert [r.pattern for r in records if r.op == "BatchNormalization"][0] == "reparameterized"
+    assert next(r.pattern for r in records if r.op == "BatchNormalization") == "reparameterized"
 
 
 # --- Transparent nodes in both directions ---------------------------------------------------------
+
 
 @pytest.mark.parametrize("between", ["Identity", "Dropout", "Cast"])
 def test_transparent_nodes_are_looked_through_backward_and_forward(between):
     rng = np.random.default_rng(11)
     attrs = {"to": TensorProto.FLOAT} if between == "Cast" else {}
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], name="conv1"),
-             helper.make_node(between, ["c"], ["t1"], name="before", **attrs), bn_node("t1", "b", prefix="bn1"),
-             helper.make_node("Relu", ["b"], ["r"], name="relu"), bn_node("r", "b2", prefix="bn2"),
-             helper.make_node(between, ["b2"], ["t2"], name="after", **attrs),
-             helper.make_node("Conv", ["t2", "w2"], ["z"], name="conv2")]
-    inits = {"w1": rng.normal(0, 0.3, (4, 3, 3, 3)).astype(F32), "w2": rng.normal(0, 0.3, (5, 4, 1, 1)).astype(F32),
-             **bn_arrays(rng, 4, prefix="bn1"), **bn_arrays(rng, 4, prefix="bn2")}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c"], name="conv1"),
+        helper.make_node(between, ["c"], ["t1"], name="before", **attrs),
+        bn_node("t1", "b", prefix="bn1"),
+        helper.make_node("Relu", ["b"], ["r"], name="relu"),
+        bn_node("r", "b2", prefix="bn2"),
+        helper.make_node(between, ["b2"], ["t2"], name="after", **attrs),
+        helper.make_node("Conv", ["t2", "w2"], ["z"], name="conv2"),
+    ]
+    inits = {
+        "w1": rng.normal(0, 0.3, (4, 3, 3, 3)).astype(F32),
+        "w2": rng.normal(0, 0.3, (5, 4, 1, 1)).astype(F32),
+        **bn_arrays(rng, 4, prefix="bn1"),
+        **bn_arrays(rng, 4, prefix="bn2"),
+    }
     folded, records = fold_and_check(make_model(nodes, [("x", F32, ["N", 3, 6, 6])], [("z", F32, None)], inits))
     assert [(r.name, r.action, r.into, r.pattern) for r in records] == [
-        ("bn1", "folded", "Conv 'conv1'", "backward"), ("bn2", "folded", "Conv 'conv2'", "forward")]
+        ("bn1", "folded", "Conv 'conv1'", "backward"),
+        ("bn2", "folded", "Conv 'conv2'", "forward"),
+    ]
     assert op_counts(folded)["BatchNormalization"] == 0 and op_counts(folded)[between] == 1  # "before" went
 
 
 def test_dropout_in_training_mode_is_not_transparent():
     rng = np.random.default_rng(12)
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
-             helper.make_node("Dropout", ["c", "ratio", "training"], ["d"], name="dropout"), bn_node("d", "z")]
-    inits = {"w": rng.normal(0, 0.3, (4, 3, 3, 3)).astype(F32), "ratio": np.array(0.0, F32),
-             "training": np.array(True), **bn_arrays(rng, 4)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Dropout", ["c", "ratio", "training"], ["d"], name="dropout"),
+        bn_node("d", "z"),
+    ]
+    inits = {
+        "w": rng.normal(0, 0.3, (4, 3, 3, 3)).astype(F32),
+        "ratio": np.array(0.0, F32),
+        "training": np.array(True),
+        **bn_arrays(rng, 4),
+    }
     result = bnfold.fold(make_model(nodes, [("x", F32, ["N", 3, 6, 6])], [("z", F32, None)], inits))
     (record,) = result.records
-    assert record.action == "kept" and record.reason.startswith("no Conv, ConvTranspose, DeformConv, Gemm or MatMul before it")
+    assert record.action == "kept" and record.reason.startswith(
+        "no Conv, ConvTranspose, DeformConv, Gemm or MatMul before it"
+    )
 
 
 # --- Refusals through layout ops ------------------------------------------------------------------
 
+
 def test_a_transpose_that_moves_the_channel_off_the_features_is_refused_with_the_axis():
     rng = np.random.default_rng(13)
-    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"], name="dense"),
-             helper.make_node("Transpose", ["m"], ["t"], name="swap", perm=[0, 2, 1, 3]),
-             bn_node("t", "z")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["m"], name="dense"),
+        helper.make_node("Transpose", ["m"], ["t"], name="swap", perm=[0, 2, 1, 3]),
+        bn_node("t", "z"),
+    ]
     inits = {"W": rng.normal(0, 0.3, (6, 5)).astype(F32), **bn_arrays(rng, 7)}
     result = bnfold.fold(make_model(nodes, [("x", F32, ["N", 3, 7, 6])], [("z", F32, None)], inits))
     (record,) = result.records
     assert record.action == "kept"
-    assert record.reason.startswith("it runs along axis 2 of the output of MatMul 'dense', whose features run "
-                                    "along axis 3")
+    assert record.reason.startswith(
+        "it runs along axis 2 of the output of MatMul 'dense', whose features run along axis 3"
+    )
 
 
 def test_a_reshape_that_splits_the_channel_is_refused():
     rng = np.random.default_rng(14)
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
-             helper.make_node("Reshape", ["c", "shape"], ["r"], name="split"), bn_node("r", "z")]
-    inits = {"w": rng.normal(0, 0.3, (8, 3, 1, 1)).astype(F32), "shape": np.array([2, 4, 2, 6, 6], np.int64),
-             **bn_arrays(rng, 4)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Reshape", ["c", "shape"], ["r"], name="split"),
+        bn_node("r", "z"),
+    ]
+    inits = {
+        "w": rng.normal(0, 0.3, (8, 3, 1, 1)).astype(F32),
+        "shape": np.array([2, 4, 2, 6, 6], np.int64),
+        **bn_arrays(rng, 4),
+    }
     result = bnfold.fold(make_model(nodes, [("x", F32, [2, 3, 6, 6])], [("z", F32, None)], inits))
     (record,) = result.records
     assert record.action == "kept"

@@ -29,8 +29,12 @@ def invoke(*args):
 
 def textbook_model(tmp_path, **bn_attrs) -> Path:
     """One BN with μ 0, σ² 1, γ 1, β 0 and ε 1e-3 on channel 0; ε-dominated and dead channels after it."""
-    params = {"bn.scale": np.array([1.0, 2e-7, 1.0], F32), "bn.bias": np.array([0.0, 0.5, 0.0], F32),
-              "bn.mean": np.zeros(3, F32), "bn.var": np.array([1.0, 1.0, 1e-4], F32)}
+    params = {
+        "bn.scale": np.array([1.0, 2e-7, 1.0], F32),
+        "bn.bias": np.array([0.0, 0.5, 0.0], F32),
+        "bn.mean": np.zeros(3, F32),
+        "bn.var": np.array([1.0, 1.0, 1e-4], F32),
+    }
     outputs = ["z"] + (["rm", "rv"] if bn_attrs.get("training_mode") else [])
     node = helper.make_node("BatchNormalization", ["x", *params], outputs, name="norm", epsilon=1e-3, **bn_attrs)
     model = make_model([node], [("x", F32, ["N", 3, 4])], [("z", F32, None)], params, opset=15)
@@ -40,6 +44,7 @@ def textbook_model(tmp_path, **bn_attrs) -> Path:
 
 
 # --- explain ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("node", ["norm", "0", "-1"])
 def test_explain_shows_the_formula_and_the_numbers(tmp_path, node):
@@ -75,8 +80,9 @@ def test_explain_fp16_overflow_risk(tmp_path):
     params = bn_arrays(rng, 2)
     params["bn.var"] = np.array([1e-8, 1.0], F32)
     nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv"), bn_node("y", "z")]
-    model = make_model(nodes, [("x", F32, ["N", 1, 3, 3])], [("z", F32, None)],
-                       {"w": np.full((2, 1, 1, 1), 300.0, F32), **params})
+    model = make_model(
+        nodes, [("x", F32, ["N", 1, 3, 3])], [("z", F32, None)], {"w": np.full((2, 1, 1, 1), 300.0, F32), **params}
+    )
     onnx.save(model, tmp_path / "hot.onnx")
     out = invoke(tmp_path / "hot.onnx", "--explain", "bn").stdout
     assert "fp16 overflow risk after folding (|s|·max|W| > 65504): 1 channel (0)" in out
@@ -90,6 +96,7 @@ def test_explain_unknown_node(tmp_path):
 
 # --- dry run and JSON ---------------------------------------------------------------------------
 
+
 def test_json_prints_the_report_on_stdout(tmp_path):
     result = invoke(SAMPLE, tmp_path / "out.onnx", "--json")
     assert result.exit_code == 0
@@ -102,8 +109,13 @@ def test_dry_run_json_has_the_diagnostics(tmp_path):
     result = invoke(textbook_model(tmp_path), "--dry-run", "--json")
     report = json.loads(result.stdout)
     assert_report_schema(report)
-    assert report["diagnostics"]["norm"] == {"epsilon_dominates": [2], "dead": [1], "fp16_overflow": [],
-                                             "training": None, "unreadable": None}
+    assert report["diagnostics"]["norm"] == {
+        "epsilon_dominates": [2],
+        "dead": [1],
+        "fp16_overflow": [],
+        "training": None,
+        "unreadable": None,
+    }
     assert result.stderr == ""  # --json: the report is the output, nothing else is printed
 
 
@@ -131,6 +143,7 @@ def assert_report_schema(report: dict) -> None:
 
 
 # --- batch mode ---------------------------------------------------------------------------------
+
 
 def batch_inputs(tmp_path) -> tuple[list[Path], Path]:
     good = tmp_path / "in"
@@ -161,8 +174,11 @@ def test_batch_exit_code_is_the_worst_check_failure(tmp_path, monkeypatch):
     from bnfold import fold_math
 
     original = fold_math.fold_output_channels
-    monkeypatch.setattr(fold_math, "fold_output_channels",
-                        lambda w, b, s, t, **k: (original(w, b, s, t, **k)[0] * 1.1, original(w, b, s, t, **k)[1]))
+    monkeypatch.setattr(
+        fold_math,
+        "fold_output_channels",
+        lambda w, b, s, t, **k: (original(w, b, s, t, **k)[0] * 1.1, original(w, b, s, t, **k)[1]),
+    )
     shutil.copy(SAMPLE, tmp_path / "a.onnx")
     (tmp_path / "out").mkdir()
     result = invoke(tmp_path / "a.onnx", "-o", tmp_path / "out")
@@ -186,11 +202,15 @@ def test_single_model_usage_is_unchanged(tmp_path):
 
 
 def test_explain_dry_run_and_json_in_a_real_subprocess(tmp_path):
-    explained = subprocess.run([sys.executable, "-m", "bnfold", str(textbook_model(tmp_path)), "--explain", "norm"],
-                               capture_output=True, text=True)
+    explained = subprocess.run(
+        [sys.executable, "-m", "bnfold", str(textbook_model(tmp_path)), "--explain", "norm"],
+        capture_output=True,
+        text=True,
+    )
     assert explained.returncode == 0 and "0.9995004" in explained.stdout
-    planned = subprocess.run([sys.executable, "-m", "bnfold", str(SAMPLE), "--dry-run", "--json"],
-                             capture_output=True, text=True)
+    planned = subprocess.run(
+        [sys.executable, "-m", "bnfold", str(SAMPLE), "--dry-run", "--json"], capture_output=True, text=True
+    )
     assert planned.returncode == 0
     assert_report_schema(json.loads(planned.stdout))
     assert planned.stderr == "" and list(tmp_path.glob("*.onnx")) == [tmp_path / "textbook.onnx"]
@@ -198,13 +218,15 @@ def test_explain_dry_run_and_json_in_a_real_subprocess(tmp_path):
 
 def test_batch_in_a_real_subprocess(tmp_path):
     inputs, out = batch_inputs(tmp_path)
-    run = subprocess.run([sys.executable, "-m", "bnfold", *map(str, inputs), "-o", str(out), "-j", "2"],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "bnfold", *map(str, inputs), "-o", str(out), "-j", "2"], capture_output=True, text=True
+    )
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert (out / "a.onnx").exists()
 
 
 # --- progress -----------------------------------------------------------------------------------
+
 
 class FakeTerminal(io.StringIO):
     def isatty(self):
@@ -256,6 +278,7 @@ def test_cli_prints_no_progress_when_not_on_a_terminal(tmp_path):
 
 # --- interop ------------------------------------------------------------------------------------
 
+
 def test_the_pass_runs_in_an_onnx_ir_pass_manager():
     from onnx_ir.passes.common import RemoveUnusedNodesPass
 
@@ -281,6 +304,15 @@ def test_graphsurgeon_graph_in_graphsurgeon_graph_out():
 def test_version_and_help_list_the_features():
     assert invoke("--version").stdout.startswith("bnfold ")
     help_text = invoke("--help").stdout
-    for option in ("--explain", "--dry-run", "--json", "--output-dir", "--jobs", "--quiet", "--report",
-                   "--install-completion", "--version"):
+    for option in (
+        "--explain",
+        "--dry-run",
+        "--json",
+        "--output-dir",
+        "--jobs",
+        "--quiet",
+        "--report",
+        "--install-completion",
+        "--version",
+    ):
         assert option in help_text

@@ -23,20 +23,36 @@ def rich_model() -> onnx.ModelProto:
     add_sparse = helper.make_node("Add", ["r", "last_unrelated"], ["s"], name="add_sparse")
     gelu = helper.make_node("MyAct", ["s"], ["out"], domain="custom.act", name="act")
     nodes = [conv, bn_node("y", "z", "bn"), relu, add_sparse, gelu]
-    inits = {"first_unrelated": np.arange(3, dtype=F32), "w": rng.normal(size=(4, 3, 3, 3)).astype(F32),
-             **bn_arrays(rng, 4), "last_unrelated": np.ones(6, F32)}
-    function = helper.make_function("custom.act", "MyAct", ["a"], ["b"],
-                                    [helper.make_node("Relu", ["a"], ["b"], name="inner")],
-                                    [helper.make_opsetid("", 17)], doc_string="a local function")
-    model = make_model(nodes, [("x", F32, ["N", 3, 6, 6])], [("out", F32, ["N", 4, 6, 6])], inits,
-                       functions=[function])
+    inits = {
+        "first_unrelated": np.arange(3, dtype=F32),
+        "w": rng.normal(size=(4, 3, 3, 3)).astype(F32),
+        **bn_arrays(rng, 4),
+        "last_unrelated": np.ones(6, F32),
+    }
+    function = helper.make_function(
+        "custom.act",
+        "MyAct",
+        ["a"],
+        ["b"],
+        [helper.make_node("Relu", ["a"], ["b"], name="inner")],
+        [helper.make_opsetid("", 17)],
+        doc_string="a local function",
+    )
+    model = make_model(nodes, [("x", F32, ["N", 3, 6, 6])], [("out", F32, ["N", 4, 6, 6])], inits, functions=[function])
     model.opset_import.append(helper.make_opsetid("custom.act", 1))
     # Sparse tensors feed no standard op; it only has to survive.
-    sparse = helper.make_sparse_tensor(numpy_helper.from_array(np.array([5.0], F32), "sparse_bias"),
-                                       numpy_helper.from_array(np.array([1], np.int64)), [6])
+    sparse = helper.make_sparse_tensor(
+        numpy_helper.from_array(np.array([5.0], F32), "sparse_bias"),
+        numpy_helper.from_array(np.array([1], np.int64)),
+        [6],
+    )
     model.graph.sparse_initializer.append(sparse)
-    model.graph.value_info.extend([helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4, 6, 6]),
-                                   helper.make_tensor_value_info("r", onnx.TensorProto.FLOAT, ["N", 4, 6, 6])])
+    model.graph.value_info.extend(
+        [
+            helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4, 6, 6]),
+            helper.make_tensor_value_info("r", onnx.TensorProto.FLOAT, ["N", 4, 6, 6]),
+        ]
+    )
     model.producer_name, model.producer_version = "fidelity-test", "9.9"
     model.domain, model.model_version, model.doc_string = "org.example", 42, "model doc"
     model.graph.doc_string = "graph doc"
@@ -56,16 +72,21 @@ def test_everything_untouched_is_kept():
     assert [f.SerializeToString() for f in folded.functions] == [f.SerializeToString() for f in model.functions]
     assert folded.graph.name == model.graph.name and folded.graph.doc_string == model.graph.doc_string
     assert folded.graph.metadata_props == model.graph.metadata_props
-    assert [s.SerializeToString() for s in folded.graph.sparse_initializer] == \
-        [s.SerializeToString() for s in model.graph.sparse_initializer]
+    assert [s.SerializeToString() for s in folded.graph.sparse_initializer] == [
+        s.SerializeToString() for s in model.graph.sparse_initializer
+    ]
     assert folded.graph.input == model.graph.input and folded.graph.output == model.graph.output
 
     original_nodes = {n.name: n for n in model.graph.node}
     assert [n.name for n in folded.graph.node] == ["conv", "relu", "add_sparse", "act"]
     for node in folded.graph.node:
         before = original_nodes[node.name]
-        assert (node.doc_string, node.metadata_props, node.attribute, node.domain) == \
-            (before.doc_string, before.metadata_props, before.attribute, before.domain)
+        assert (node.doc_string, node.metadata_props, node.attribute, node.domain) == (
+            before.doc_string,
+            before.metadata_props,
+            before.attribute,
+            before.domain,
+        )
     assert original_nodes["conv"].input == folded.graph.node[0].input[:2]  # weight updated in place, name kept
 
     names = [i.name for i in folded.graph.initializer]

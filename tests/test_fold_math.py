@@ -19,7 +19,7 @@ def conv(x, w, b, group):
     kernel = w.shape[2:]
     windows = np.lib.stride_tricks.sliding_window_view(x, kernel, axis=tuple(range(2, 2 + spatial)))
     n, cin = x.shape[:2]
-    out_spatial = windows.shape[2:2 + spatial]
+    out_spatial = windows.shape[2 : 2 + spatial]
     windows = windows.reshape((n, group, cin // group, *out_spatial, *kernel))
     grouped_w = w.reshape((group, w.shape[0] // group, cin // group, *kernel))
     letters = "defhij"[:spatial]
@@ -37,8 +37,8 @@ def conv_transpose(x, w, b, group):
     y = np.zeros((n, cout_g * group, *out_shape))
     cin_g = cin // group
     for gi in range(group):
-        xs = x[:, gi * cin_g:(gi + 1) * cin_g]
-        ws = w[gi * cin_g:(gi + 1) * cin_g]
+        xs = x[:, gi * cin_g : (gi + 1) * cin_g]
+        ws = w[gi * cin_g : (gi + 1) * cin_g]
         for k in np.ndindex(*kernel):
             contribution = np.einsum("nc...,cj->nj...", xs, ws[(slice(None), slice(None), *k)])
             region = tuple(slice(ki, ki + s) for ki, s in zip(k, x.shape[2:], strict=True))
@@ -47,8 +47,13 @@ def conv_transpose(x, w, b, group):
 
 
 def random_bn(rng, channels):
-    return (rng.uniform(0.5, 1.5, channels), rng.normal(0, 1, channels),
-            rng.normal(0, 1, channels), rng.uniform(0.1, 2, channels), 1e-3)
+    return (
+        rng.uniform(0.5, 1.5, channels),
+        rng.normal(0, 1, channels),
+        rng.normal(0, 1, channels),
+        rng.uniform(0.1, 2, channels),
+        1e-3,
+    )
 
 
 def test_scale_shift_matches_definition():
@@ -58,13 +63,19 @@ def test_scale_shift_matches_definition():
 
 
 def test_epsilon_sits_inside_the_square_root():
-    s, t = fold_math.bn_scale_shift(np.ones(1), np.zeros(1), np.zeros(1), np.ones(1), 1e-3)
+    s, _t = fold_math.bn_scale_shift(np.ones(1), np.zeros(1), np.zeros(1), np.ones(1), 1e-3)
     assert s[0] == pytest.approx(1 / np.sqrt(1.001)) and s[0] == pytest.approx(0.9995004, abs=1e-7)
 
 
 @settings(max_examples=40, deadline=None)
-@given(spatial=st.integers(1, 3), group=st.sampled_from([1, 2, 4]), per_group_in=st.integers(1, 3),
-       per_group_out=st.integers(1, 3), bias=st.booleans(), seed=st.integers(0, 2**16))
+@given(
+    spatial=st.integers(1, 3),
+    group=st.sampled_from([1, 2, 4]),
+    per_group_in=st.integers(1, 3),
+    per_group_out=st.integers(1, 3),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_conv_fold_equals_bn_after_conv(spatial, group, per_group_in, per_group_out, bias, seed):
     rng = np.random.default_rng(seed)
     cin, cout = group * per_group_in, group * per_group_out
@@ -79,8 +90,14 @@ def test_conv_fold_equals_bn_after_conv(spatial, group, per_group_in, per_group_
 
 
 @settings(max_examples=40, deadline=None)
-@given(spatial=st.integers(1, 2), group=st.sampled_from([1, 2, 3]), per_group_in=st.integers(1, 3),
-       per_group_out=st.integers(1, 3), bias=st.booleans(), seed=st.integers(0, 2**16))
+@given(
+    spatial=st.integers(1, 2),
+    group=st.sampled_from([1, 2, 3]),
+    per_group_in=st.integers(1, 3),
+    per_group_out=st.integers(1, 3),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_conv_transpose_fold_equals_bn_after_conv_transpose(spatial, group, per_group_in, per_group_out, bias, seed):
     rng = np.random.default_rng(seed)
     cin, cout = group * per_group_in, group * per_group_out
@@ -107,7 +124,7 @@ C_SHAPES = [None, (5,), (1, 5), (), (1,), (4, 5), (4, 1)]
 @pytest.mark.parametrize("c_shape", C_SHAPES)
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
-@pytest.mark.parametrize("alpha,beta", [(1.0, 1.0), (0.5, 2.0), (-1.5, 0.0)])
+@pytest.mark.parametrize(("alpha", "beta"), [(1.0, 1.0), (0.5, 2.0), (-1.5, 0.0)])
 def test_gemm_fold_equals_bn_after_gemm(c_shape, trans_a, trans_b, alpha, beta):
     rng = np.random.default_rng(1)
     a = rng.normal(size=(3, 4) if trans_a else (4, 3))
@@ -144,8 +161,10 @@ def test_float64_then_round_beats_rounding_every_step():
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
-@pytest.mark.parametrize("shape,factor_shape", [((300, 70, 3, 3), (300, 1, 1, 1)), ((5, 40000), (1, 40000)),
-                                                ((70000,), (1,)), ((3, 0, 2), (3, 1, 1))])
+@pytest.mark.parametrize(
+    ("shape", "factor_shape"),
+    [((300, 70, 3, 3), (300, 1, 1, 1)), ((5, 40000), (1, 40000)), ((70000,), (1,)), ((3, 0, 2), (3, 1, 1))],
+)
 def test_blocked_products_equal_the_whole_product_rounded_once(dtype, shape, factor_shape):
     rng = np.random.default_rng(0)
     weight = rng.normal(size=shape).astype(dtype)
@@ -167,7 +186,9 @@ def test_weighted_sum_matches_the_float64_product():
     rng = np.random.default_rng(1)
     matrix = rng.normal(size=(70000, 3)).astype(np.float32)
     vector = rng.normal(size=70000)
-    np.testing.assert_allclose(fold_math.weighted_sum(matrix, vector, axis=0), vector @ matrix.astype(np.float64),
-                               rtol=1e-12)
-    np.testing.assert_allclose(fold_math.weighted_sum(matrix.T, vector, axis=1), vector @ matrix.astype(np.float64),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        fold_math.weighted_sum(matrix, vector, axis=0), vector @ matrix.astype(np.float64), rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        fold_math.weighted_sum(matrix.T, vector, axis=1), vector @ matrix.astype(np.float64), rtol=1e-12
+    )

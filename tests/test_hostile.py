@@ -50,13 +50,18 @@ def write(tmp_path: Path, name: str, data: bytes) -> Path:
 
 def tiny_model(**graph_changes) -> onnx.ModelProto:
     nodes = graph_changes.pop("nodes", [helper.make_node("Relu", ["x"], ["y"], name="relu")])
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
-                              graph_changes.pop("initializer", []))
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        graph_changes.pop("initializer", []),
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", graph_changes.pop("opset", 17))])
 
 
 # --- the file itself -------------------------------------------------------------------------
+
 
 def test_missing_path(tmp_path):
     refuse(tmp_path, tmp_path / "nope.onnx", "no such file")
@@ -85,8 +90,11 @@ def test_a_truncated_model(tmp_path):
 
 
 def test_a_text_file(tmp_path):
-    refuse(tmp_path, write(tmp_path, "notes.onnx", b"these are not the weights you are looking for\n" * 20),
-           "not an ONNX model")
+    refuse(
+        tmp_path,
+        write(tmp_path, "notes.onnx", b"these are not the weights you are looking for\n" * 20),
+        "not an ONNX model",
+    )
 
 
 def test_a_model_without_a_graph(tmp_path):
@@ -100,16 +108,23 @@ def test_an_unknown_default_opset(tmp_path):
 
 
 def test_a_graph_with_a_cycle(tmp_path):
-    nodes = [helper.make_node("Add", ["x", "b"], ["a"], name="first"),
-             helper.make_node("Relu", ["a"], ["b"], name="second"),
-             helper.make_node("Identity", ["b"], ["y"], name="out")]
-    refuse(tmp_path, write(tmp_path, "cycle.onnx", tiny_model(nodes=nodes).SerializeToString()), "the graph has a cycle")
+    nodes = [
+        helper.make_node("Add", ["x", "b"], ["a"], name="first"),
+        helper.make_node("Relu", ["a"], ["b"], name="second"),
+        helper.make_node("Identity", ["b"], ["y"], name="out"),
+    ]
+    refuse(
+        tmp_path, write(tmp_path, "cycle.onnx", tiny_model(nodes=nodes).SerializeToString()), "the graph has a cycle"
+    )
 
 
 def test_a_node_input_defined_nowhere(tmp_path):
     nodes = [helper.make_node("Add", ["x", "ghost"], ["y"], name="add")]
-    refuse(tmp_path, write(tmp_path, "ghost.onnx", tiny_model(nodes=nodes).SerializeToString()),
-           "input 'ghost' of node 'add' is not defined anywhere")
+    refuse(
+        tmp_path,
+        write(tmp_path, "ghost.onnx", tiny_model(nodes=nodes).SerializeToString()),
+        "input 'ghost' of node 'add' is not defined anywhere",
+    )
 
 
 def test_an_initializer_claiming_more_raw_data_than_it_has(tmp_path):
@@ -117,18 +132,25 @@ def test_an_initializer_claiming_more_raw_data_than_it_has(tmp_path):
     del tensor.dims[:]
     tensor.dims.extend([1_000_000_000])
     model = tiny_model(nodes=[helper.make_node("Add", ["x", "w"], ["y"])], initializer=[tensor])
-    refuse(tmp_path, write(tmp_path, "liar.onnx", model.SerializeToString()),
-           "tensor 'w' claims 4000000000 bytes but holds 16")
+    refuse(
+        tmp_path,
+        write(tmp_path, "liar.onnx", model.SerializeToString()),
+        "tensor 'w' claims 4000000000 bytes but holds 16",
+    )
 
 
 def test_an_initializer_claiming_more_typed_values_than_it_has(tmp_path):
     tensor = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[1_000_000], float_data=[1.0, 2.0])
     model = tiny_model(nodes=[helper.make_node("Add", ["x", "w"], ["y"])], initializer=[tensor])
-    refuse(tmp_path, write(tmp_path, "liar.onnx", model.SerializeToString()),
-           "tensor 'w' claims 1000000 elements but holds 2 values")
+    refuse(
+        tmp_path,
+        write(tmp_path, "liar.onnx", model.SerializeToString()),
+        "tensor 'w' claims 1000000 elements but holds 2 values",
+    )
 
 
 # --- external data -----------------------------------------------------------------------------
+
 
 def external_model(folder: Path, location: str, offset: int | None = None, length: int | None = None) -> Path:
     """The sample with its weights external, then every location/offset/length rewritten."""
@@ -190,6 +212,7 @@ def test_external_data_shorter_than_the_tensor(tmp_path):
 
 # --- the output path ---------------------------------------------------------------------------
 
+
 def test_output_folder_under_a_file(tmp_path):
     source = tmp_path / "in.onnx"
     shutil.copy(SAMPLE, source)
@@ -206,8 +229,12 @@ def test_out_naming_the_input_in_any_spelling_is_refused(tmp_path, monkeypatch, 
     source = tmp_path / "in.onnx"
     shutil.copy(SAMPLE, source)
     monkeypatch.chdir(tmp_path)
-    out = {"same": source, "dot": Path("./in.onnx"), "symlink": tmp_path / "alias.onnx",
-           "hardlink": tmp_path / "hard.onnx"}[spelling]
+    out = {
+        "same": source,
+        "dot": Path("./in.onnx"),
+        "symlink": tmp_path / "alias.onnx",
+        "hardlink": tmp_path / "hard.onnx",
+    }[spelling]
     if spelling == "symlink":
         out.symlink_to(source)
     elif spelling == "hardlink":

@@ -23,10 +23,13 @@ def legacy_model(nodes, params, opset, out_shape, x_shape=(2, 3, 5, 5), with_con
 
 def conv_bn_legacy(opset, **bn_attrs):
     rng = np.random.default_rng(opset)
-    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", kernel_shape=[3, 3]),
-             helper.make_node("BatchNormalization", ["y", *BN_INPUTS], ["z"], name="bn", **bn_attrs)]
-    return legacy_model(nodes, bn_arrays(rng, 4), opset, (2, 4, 3, 3),
-                        with_conv_weight=rng.normal(size=(4, 3, 3, 3)).astype(F32))
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["y"], name="conv", kernel_shape=[3, 3]),
+        helper.make_node("BatchNormalization", ["y", *BN_INPUTS], ["z"], name="bn", **bn_attrs),
+    ]
+    return legacy_model(
+        nodes, bn_arrays(rng, 4), opset, (2, 4, 3, 3), with_conv_weight=rng.normal(size=(4, 3, 3, 3)).astype(F32)
+    )
 
 
 @pytest.mark.parametrize("opset", [7, 9, 14, 15])
@@ -37,7 +40,9 @@ def test_conv_bn_folds_at_each_opset_ort_runs(opset):
     assert folded.ir_version == 3 and folded.opset_import[0].version == opset
 
 
-@pytest.mark.parametrize("opset,attrs", [(1, {"is_test": 1, "consumed_inputs": [0, 0, 0, 1, 1]}), (6, {"is_test": 1})])
+@pytest.mark.parametrize(
+    ("opset", "attrs"), [(1, {"is_test": 1, "consumed_inputs": [0, 0, 0, 1, 1]}), (6, {"is_test": 1})]
+)
 def test_conv_bn_folds_before_opset_7(opset, attrs):
     model = conv_bn_legacy(opset, **attrs)
     result = bnfold.fold(model)
@@ -59,7 +64,9 @@ def test_is_test_0_is_training_mode(opset):
     model = conv_bn_legacy(opset, **attrs)
     result = bnfold.fold(model)
     assert (only_record(result.records).action, only_record(result.records).reason) == (
-        "skipped", "is_test=0 (training mode, opset < 7)")
+        "skipped",
+        "is_test=0 (training mode, opset < 7)",
+    )
     assert result.model.graph.SerializeToString() == model.graph.SerializeToString()
 
 
@@ -99,17 +106,22 @@ def test_spatial_0_standalone_keeps_the_full_parameter_shape():
 def test_spatial_0_never_folds_into_a_conv():
     rng = np.random.default_rng(8)
     params = bn_arrays(rng, 4, shape=(4, 3, 3))
-    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", kernel_shape=[3, 3]),
-             helper.make_node("BatchNormalization", ["y", *BN_INPUTS], ["z"], name="bn", spatial=0)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["y"], name="conv", kernel_shape=[3, 3]),
+        helper.make_node("BatchNormalization", ["y", *BN_INPUTS], ["z"], name="bn", spatial=0),
+    ]
     model = legacy_model(nodes, params, 7, (2, 4, 3, 3), with_conv_weight=rng.normal(size=(4, 3, 3, 3)).astype(F32))
     folded, records = fold_and_check(model)
     record = only_record(records)
-    assert (record.action, record.reason) == ("kept", "per-element statistics (spatial=0) cannot fold into a weight; its output is a graph output")
+    assert (record.action, record.reason) == (
+        "kept",
+        "per-element statistics (spatial=0) cannot fold into a weight; its output is a graph output",
+    )
     assert op_counts(folded) == {"Conv": 1, "BatchNormalization": 1}
 
 
 def test_spatial_1_at_opset_7_folds_as_usual():
-    folded, records = fold_and_check(conv_bn_legacy(7, spatial=1))
+    _folded, records = fold_and_check(conv_bn_legacy(7, spatial=1))
     assert only_record(records).action == "folded"
 
 

@@ -52,14 +52,19 @@ def external_sample(folder: Path, name="model.onnx") -> Path:
 
 # --- 6. refused before anything is written --------------------------------------------------------
 
+
 @pytest.mark.parametrize("which", ["input", "output", "input data", "output data"])
 def test_the_report_may_not_be_any_model_file(tmp_path, which):
     source = external_sample(tmp_path / "in")
     out = tmp_path / "out" / "folded.onnx"
     out.parent.mkdir()
     bnfold.fold_file(source, out)  # an existing output, with its data file
-    report = {"input": source, "output": out, "input data": source.parent / "model.onnx.weights",
-              "output data": data_file(out)}[which]
+    report = {
+        "input": source,
+        "output": out,
+        "input data": source.parent / "model.onnx.weights",
+        "output data": data_file(out),
+    }[which]
     before = snapshot(tmp_path)
     assert_refused(invoke(source, out, "--report", report), "give the report its own path", tmp_path, before)
 
@@ -135,8 +140,13 @@ def test_a_run_killed_between_the_renames_leaves_a_model_with_its_own_data(tmp_p
             tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) * 2, tensor.name))
     second = tmp_path / "second" / "model.onnx"
     second.parent.mkdir()
-    onnx.save(onnx.ModelProto.FromString(second_model.SerializeToString()), second, save_as_external_data=True,
-              location="w.bin", size_threshold=0)  # a copy: saving converts the model given
+    onnx.save(
+        onnx.ModelProto.FromString(second_model.SerializeToString()),
+        second,
+        save_as_external_data=True,
+        location="w.bin",
+        size_threshold=0,
+    )  # a copy: saving converts the model given
     process = subprocess.run([sys.executable, "-c", KILLER, str(second), str(out), str(killed_after)])
     assert process.returncode == 9
     reloaded = onnx.load(out)  # whatever the moment: the model loads with the data it was written with
@@ -158,12 +168,20 @@ RACER = textwrap.dedent("""
 def test_two_runs_racing_on_one_output_never_mix_their_files(tmp_path):
     first = external_sample(tmp_path / "a")
     model_b = onnx.load(SAMPLE)
-    model_b.graph.initializer[0].CopyFrom(numpy_helper.from_array(
-        numpy_helper.to_array(model_b.graph.initializer[0]) * -1, model_b.graph.initializer[0].name))
+    model_b.graph.initializer[0].CopyFrom(
+        numpy_helper.from_array(
+            numpy_helper.to_array(model_b.graph.initializer[0]) * -1, model_b.graph.initializer[0].name
+        )
+    )
     second = tmp_path / "b" / "model.onnx"
     second.parent.mkdir()
-    onnx.save(onnx.ModelProto.FromString(model_b.SerializeToString()), second, save_as_external_data=True,
-              location="w.bin", size_threshold=0)  # a copy: saving converts the model given
+    onnx.save(
+        onnx.ModelProto.FromString(model_b.SerializeToString()),
+        second,
+        save_as_external_data=True,
+        location="w.bin",
+        size_threshold=0,
+    )  # a copy: saving converts the model given
     out = tmp_path / "out" / "model.onnx"
     out.parent.mkdir()
     racers = [subprocess.Popen([sys.executable, "-c", RACER, str(source), str(out), "6"]) for source in (first, second)]
@@ -198,12 +216,14 @@ SLOW = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("signum,code,message", [(signal.SIGTERM, 143, "terminated"),
-                                                 (signal.SIGINT, 130, "interrupted")])
+@pytest.mark.parametrize(
+    ("signum", "code", "message"), [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")]
+)
 def test_a_signal_removes_what_was_staged_and_says_so(tmp_path, signum, code, message):
     out = tmp_path / "out.onnx"
-    process = subprocess.Popen([sys.executable, "-c", SLOW, str(SAMPLE), str(out)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW, str(SAMPLE), str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert process.stdout.readline() == "folding\n"
     time.sleep(0.2)
     process.send_signal(signum)
@@ -256,6 +276,7 @@ def test_a_full_disk_says_no_space_left_on_device(tmp_path, monkeypatch):
 
 # --- 9. bounded on hostile files ------------------------------------------------------------------
 
+
 def hostile_bn(tmp_path, name, patch=None, scale_from=None, params=4):
     rng = np.random.default_rng(0)
     inits = {k: rng.uniform(0.5, 1.5, params).astype(np.float32) for k in ("bn.bias", "bn.mean", "bn.var")}
@@ -268,8 +289,9 @@ def hostile_bn(tmp_path, name, patch=None, scale_from=None, params=4):
     if patch:
         patch(model)
     path = tmp_path / name
-    path.write_bytes(model.SerializeToString().replace(b"relu", b"re\xffu") if name == "utf8.onnx"
-                     else model.SerializeToString())
+    path.write_bytes(
+        model.SerializeToString().replace(b"relu", b"re\xffu") if name == "utf8.onnx" else model.SerializeToString()
+    )
     return path
 
 
@@ -285,20 +307,32 @@ def elem_type_0(model):
     model.graph.output[0].type.tensor_type.elem_type = 0
 
 
-@pytest.mark.parametrize("name,patch,message", [
-    ("cos.onnx", constant_of_2_31, "would compute a constant 'bn.scale' of 2,147,483,648 elements (8.0 GiB)"),
-    ("dtype0.onnx", data_type_0, "has no element type (data_type 0)"),
-    ("elem0.onnx", elem_type_0, "graph input or output 'y' has no element type (elem_type 0)"),
-    ("utf8.onnx", None, "a node's text b're\\xffu' is not valid UTF-8"),
-])
+@pytest.mark.parametrize(
+    ("name", "patch", "message"),
+    [
+        ("cos.onnx", constant_of_2_31, "would compute a constant 'bn.scale' of 2,147,483,648 elements (8.0 GiB)"),
+        ("dtype0.onnx", data_type_0, "has no element type (data_type 0)"),
+        ("elem0.onnx", elem_type_0, "graph input or output 'y' has no element type (elem_type 0)"),
+        ("utf8.onnx", None, "a node's text b're\\xffu' is not valid UTF-8"),
+    ],
+)
 def test_hostile_files_are_exit_2_with_memory_bounded(tmp_path, name, patch, message):
-    scale = helper.make_node("ConstantOfShape", ["huge"], ["bn.scale"], name="ConstantOfShape",
-                             value=numpy_helper.from_array(np.array([1.0], np.float32)))
+    scale = helper.make_node(
+        "ConstantOfShape",
+        ["huge"],
+        ["bn.scale"],
+        name="ConstantOfShape",
+        value=numpy_helper.from_array(np.array([1.0], np.float32)),
+    )
     source = hostile_bn(tmp_path, name, patch, scale_from=scale if name == "cos.onnx" else None)
     for options in ([], ["--no-check"], ["--dry-run"]):
         before = snapshot(tmp_path)
-        assert_refused(invoke(source, *([] if "--dry-run" in options else [tmp_path / "o.onnx"]), *options),
-                       message, tmp_path, before)
+        assert_refused(
+            invoke(source, *([] if "--dry-run" in options else [tmp_path / "o.onnx"]), *options),
+            message,
+            tmp_path,
+            before,
+        )
 
 
 def test_over_long_path_components_are_exit_2(tmp_path):
@@ -317,6 +351,7 @@ def test_mismatched_parameter_shapes_are_explained_not_crashed_on(tmp_path, mode
 
 
 # --- 10. the batch and the API --------------------------------------------------------------------
+
 
 def test_a_batch_worker_that_dies_is_that_models_failure_only(tmp_path, monkeypatch):
     import bnfold.api
@@ -363,7 +398,8 @@ def test_fold_of_a_proto_with_external_data_needs_its_folder(tmp_path, monkeypat
 
 def test_the_whole_cli_in_a_subprocess_leaves_no_staging_folder(tmp_path):
     out = tmp_path / "out.onnx"
-    process = subprocess.run([sys.executable, "-m", "bnfold", str(SAMPLE), str(out)], capture_output=True, text=True,
-                             cwd=ROOT)
+    process = subprocess.run(
+        [sys.executable, "-m", "bnfold", str(SAMPLE), str(out)], capture_output=True, text=True, cwd=ROOT
+    )
     assert process.returncode == 0, process.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["out.onnx"]

@@ -22,15 +22,23 @@ BIG = (256, 128, 3, 3)  # 1.1 MiB: a fold of it is computed only while the outpu
 
 def conv_bn_model(rng, *, extra_nodes=(), extra_inits=None, outputs=(("z", F32, None),)):
     inits = {"w": rng.normal(size=BIG).astype(F32), **bn_arrays(rng, BIG[0]), **(extra_inits or {})}
-    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1]), bn_node("y", "z"),
-             *extra_nodes]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+        bn_node("y", "z"),
+        *extra_nodes,
+    ]
     return make_model(nodes, [("x", F32, ["N", BIG[1], 4, 4])], list(outputs), inits)
 
 
 def conv_bn_plus_constant_model(rng):
     """Conv → BN, plus a Constant 'k' (1 KiB) added to the result."""
-    offset = helper.make_node("Constant", [], ["k"], name="k",
-                              value=numpy_helper.from_array(rng.normal(size=(1, BIG[0], 1, 1)).astype(F32), "k"))
+    offset = helper.make_node(
+        "Constant",
+        [],
+        ["k"],
+        name="k",
+        value=numpy_helper.from_array(rng.normal(size=(1, BIG[0], 1, 1)).astype(F32), "k"),
+    )
     add = helper.make_node("Add", ["z", "k"], ["out"], name="add")
     return conv_bn_model(rng, extra_nodes=[offset, add], outputs=[("out", F32, None)])
 
@@ -40,8 +48,14 @@ def save_external(model, folder: Path, convert_attribute=True) -> Path:
     path = folder / "model.onnx"
     copy = onnx.ModelProto()
     copy.CopyFrom(model)  # onnx.save would move the caller's tensors out
-    onnx.save(copy, path, save_as_external_data=True, location="model.onnx.data", size_threshold=0,
-              convert_attribute=convert_attribute)
+    onnx.save(
+        copy,
+        path,
+        save_as_external_data=True,
+        location="model.onnx.data",
+        size_threshold=0,
+        convert_attribute=convert_attribute,
+    )
     return path
 
 
@@ -50,15 +64,22 @@ def external_entries(path: Path) -> dict[str, dict[str, str]]:
     proto = onnx.load(path, load_external_data=False)
     tensors = list(proto.graph.initializer)
     tensors += [a.t for n in proto.graph.node for a in n.attribute if a.HasField("t")]
-    return {t.name: {e.key: e.value for e in t.external_data} for t in tensors
-            if t.data_location == onnx.TensorProto.EXTERNAL}
+    return {
+        t.name: {e.key: e.value for e in t.external_data}
+        for t in tensors
+        if t.data_location == onnx.TensorProto.EXTERNAL
+    }
 
 
 def test_an_untouched_external_tensor_is_copied_without_being_read(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     plain = helper.make_node("Conv", ["x", "untouched"], ["u"], name="plain", pads=[1, 1, 1, 1])
-    model = conv_bn_model(rng, extra_nodes=[plain], extra_inits={"untouched": rng.normal(size=BIG).astype(F32)},
-                          outputs=[("z", F32, None), ("u", F32, None)])
+    model = conv_bn_model(
+        rng,
+        extra_nodes=[plain],
+        extra_inits={"untouched": rng.normal(size=BIG).astype(F32)},
+        outputs=[("z", F32, None), ("u", F32, None)],
+    )
     source = save_external(model, tmp_path / "src")
     read = []
     real_numpy = ir.ExternalTensor.numpy
@@ -91,23 +112,27 @@ def test_a_deferred_fold_that_may_overflow_is_computed_first_and_refused(tmp_pat
     bn = {k: v.astype(np.float16) for k, v in bn_arrays(rng, shape[0]).items()}
     bn["bn.var"][0] = 1e-4  # s[0] ≈ 100: channel 0 overflows float16
     nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1]), bn_node("y", "z")]
-    model = make_model(nodes, [("x", np.float16, ["N", shape[1], 4, 4])], [("z", np.float16, None)],
-                       {"w": weight, **bn})
+    model = make_model(
+        nodes, [("x", np.float16, ["N", shape[1], 4, 4])], [("z", np.float16, None)], {"w": weight, **bn}
+    )
     assert not fold_math.product_fits(weight, np.array([100.0]), np.float16)
     assert fold_math.product_fits(weight, np.array([1.0]), np.float16)
     record = bnfold.fold(save_external(model, tmp_path)).records[0]
     assert (record.action, record.reason) == ("kept", "folded values overflow float16; its output is a graph output")
 
 
-@pytest.mark.parametrize("array,factors,fits", [
-    (np.array([1.0, -2.0], F32), np.array([3.0, -4.0]), True),
-    (np.array([3e38], F32), np.array([2.0]), False),
-    (np.array([np.inf], F32), np.array([1.0]), False),
-    (np.array([np.nan], F32), np.array([1.0]), False),
-    (np.array([1.0], F32), np.array([np.nan]), False),
-    (np.zeros(0, F32), np.array([1e300]), True),
-    (np.array([1, 2], np.int32), np.array([1.0]), False),  # not a float: compute it and see
-])
+@pytest.mark.parametrize(
+    ("array", "factors", "fits"),
+    [
+        (np.array([1.0, -2.0], F32), np.array([3.0, -4.0]), True),
+        (np.array([3e38], F32), np.array([2.0]), False),
+        (np.array([np.inf], F32), np.array([1.0]), False),
+        (np.array([np.nan], F32), np.array([1.0]), False),
+        (np.array([1.0], F32), np.array([np.nan]), False),
+        (np.zeros(0, F32), np.array([1e300]), True),
+        (np.array([1, 2], np.int32), np.array([1.0]), False),  # not a float: compute it and see
+    ],
+)
 def test_product_fits_is_a_safe_bound(array, factors, fits):
     assert fold_math.product_fits(array, factors, array.dtype) is fits
 
@@ -141,11 +166,19 @@ def test_constant_attributes_stored_inline_stay_inline(tmp_path):
 
 def test_subgraph_initializers_stored_externally_are_inlined(tmp_path):
     rng = np.random.default_rng(4)
-    branch = helper.make_graph([helper.make_node("Add", ["x", "offset"], ["b"], name="add")], "then", [],
-                               [helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, None)],
-                               [numpy_helper.from_array(rng.normal(size=(1, 1, 1, 1)).astype(F32), "offset")])
-    other = helper.make_graph([helper.make_node("Identity", ["x"], ["c"], name="same")], "else", [],
-                              [helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, None)])
+    branch = helper.make_graph(
+        [helper.make_node("Add", ["x", "offset"], ["b"], name="add")],
+        "then",
+        [],
+        [helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(rng.normal(size=(1, 1, 1, 1)).astype(F32), "offset")],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["c"], name="same")],
+        "else",
+        [],
+        [helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, None)],
+    )
     choose = helper.make_node("If", ["flag"], ["o"], name="choose", then_branch=branch, else_branch=other)
     model = make_model([choose], [("x", F32, [2, 3, 4, 4]), ("flag", np.bool_, [])], [("o", F32, None)])
     source = save_external(model, tmp_path / "src")

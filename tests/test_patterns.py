@@ -20,6 +20,7 @@ def records_by_name(records):
 
 # --- 1. BN → Conv (fold forward) ----------------------------------------------------------------
 
+
 def bn_conv_model(spatial=2, group=1, bias=True, pads=None, auto_pad=None, cin=4, cout=6):
     rng = np.random.default_rng(spatial + group)
     inits = {"w": rng.normal(0, 0.3, (cout, cin // group, *(3,) * spatial)).astype(F32), **bn_arrays(rng, cin)}
@@ -37,9 +38,9 @@ def bn_conv_model(spatial=2, group=1, bias=True, pads=None, auto_pad=None, cin=4
 
 
 @pytest.mark.parametrize("spatial", [1, 2])
-@pytest.mark.parametrize("group,cin,cout", [(1, 4, 6), (2, 4, 6), (4, 4, 4), (2, 4, 2)])
+@pytest.mark.parametrize(("group", "cin", "cout"), [(1, 4, 6), (2, 4, 6), (4, 4, 4), (2, 4, 2)])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("pads,auto_pad", [(None, None), (0, None), (None, "VALID")])
+@pytest.mark.parametrize(("pads", "auto_pad"), [(None, None), (0, None), (None, "VALID")])
 def test_bn_folds_forward_into_an_unpadded_conv(spatial, group, cin, cout, bias, pads, auto_pad):
     folded, records = fold_and_check(bn_conv_model(spatial, group, bias, pads, auto_pad, cin, cout))
     assert op_counts(folded) == {"Conv": 1}
@@ -47,13 +48,15 @@ def test_bn_folds_forward_into_an_unpadded_conv(spatial, group, cin, cout, bias,
     assert (record.action, record.into, record.pattern) == ("folded", "Conv 'conv'", "forward")
 
 
-@pytest.mark.parametrize("pads,auto_pad", [(1, None), (None, "SAME_UPPER")])
+@pytest.mark.parametrize(("pads", "auto_pad"), [(1, None), (None, "SAME_UPPER")])
 def test_padded_conv_after_bn_keeps_the_shift_with_reason_padding(pads, auto_pad):
     folded, records = fold_and_check(bn_conv_model(pads=pads, auto_pad=auto_pad))
     record = records_by_name(records)["bn"]
     assert record.action == "converted"
-    assert record.reason == ("no Conv, ConvTranspose, DeformConv, Gemm or MatMul before it; "
-                             "padding: Conv 'conv' pads its input with zeros, which the shift would not reach")
+    assert record.reason == (
+        "no Conv, ConvTranspose, DeformConv, Gemm or MatMul before it; "
+        "padding: Conv 'conv' pads its input with zeros, which the shift would not reach"
+    )
     # Its pure scale still folds into the padded Conv: only an Add is left.
     assert (record.into, record.pattern) == ("Add (Mul folded into Conv 'conv' (forward))", "scale-forward")
     assert op_counts(folded) == {"Add": 1, "Conv": 1}
@@ -61,16 +64,23 @@ def test_padded_conv_after_bn_keeps_the_shift_with_reason_padding(pads, auto_pad
 
 def test_bn_feeding_two_convs_folds_into_both():
     rng = np.random.default_rng(9)
-    inits = {"w1": rng.normal(size=(5, 4, 1, 1)).astype(F32), "w2": rng.normal(size=(3, 4, 3, 3)).astype(F32),
-             **bn_arrays(rng, 4)}
-    nodes = [bn_node("x", "y"), helper.make_node("Conv", ["y", "w1"], ["z1"], name="c1"),
-             helper.make_node("Conv", ["y", "w2"], ["z2"], name="c2")]
+    inits = {
+        "w1": rng.normal(size=(5, 4, 1, 1)).astype(F32),
+        "w2": rng.normal(size=(3, 4, 3, 3)).astype(F32),
+        **bn_arrays(rng, 4),
+    }
+    nodes = [
+        bn_node("x", "y"),
+        helper.make_node("Conv", ["y", "w1"], ["z1"], name="c1"),
+        helper.make_node("Conv", ["y", "w2"], ["z2"], name="c2"),
+    ]
     model = make_model(nodes, [("x", F32, ["N", 4, 6, 6])], [("z1", F32, None), ("z2", F32, None)], inits)
     folded, records = fold_and_check(model)
     assert records[0].into == "Conv 'c1', Conv 'c2'" and op_counts(folded) == {"Conv": 2}
 
 
 # --- 2. BN → Gemm / MatMul (fold forward), also across Flatten / Reshape ---------------------
+
 
 def bn_gemm_model(trans_b=0, alpha=1.0, beta=1.0, c_shape=(5,), trans_a=0):
     rng = np.random.default_rng(11)
@@ -85,7 +95,7 @@ def bn_gemm_model(trans_b=0, alpha=1.0, beta=1.0, c_shape=(5,), trans_a=0):
 
 
 @pytest.mark.parametrize("trans_b", [0, 1])
-@pytest.mark.parametrize("alpha,beta", [(1.0, 1.0), (0.5, 2.0), (-1.5, 0.0)])
+@pytest.mark.parametrize(("alpha", "beta"), [(1.0, 1.0), (0.5, 2.0), (-1.5, 0.0)])
 @pytest.mark.parametrize("c_shape", [None, (5,), (1, 5), (3, 5)], ids=["noC", "N", "1xN", "MxN"])
 def test_bn_folds_forward_into_gemm(trans_b, alpha, beta, c_shape):
     folded, records = fold_and_check(bn_gemm_model(trans_b, alpha, beta, c_shape))
@@ -97,8 +107,12 @@ def test_bn_before_gemm_with_trans_a_is_not_folded_forward():
     # BN over the 3 columns of x [4, 3]; the Gemm reads xᵀ, so the channel indexes the output's rows.
     rng = np.random.default_rng(21)
     nodes = [bn_node("x", "y"), helper.make_node("Gemm", ["y", "B"], ["z"], name="fc", transA=1)]
-    model = make_model(nodes, [("x", F32, [4, 3])], [("z", F32, [3, 5])],
-                       {"B": rng.normal(size=(4, 5)).astype(F32), **bn_arrays(rng, 3)})
+    model = make_model(
+        nodes,
+        [("x", F32, [4, 3])],
+        [("z", F32, [3, 5])],
+        {"B": rng.normal(size=(4, 5)).astype(F32), **bn_arrays(rng, 3)},
+    )
     _, records = fold_and_check(model)
     assert records[0].action == "kept"
     assert records[0].reason.endswith("Gemm 'fc' has transA=1: the channel would index its output's rows")
@@ -107,13 +121,17 @@ def test_bn_before_gemm_with_trans_a_is_not_folded_forward():
 def test_bn_folds_forward_into_matmul():
     rng = np.random.default_rng(12)
     nodes = [bn_node("x", "y"), helper.make_node("MatMul", ["y", "W"], ["z"], name="mm")]
-    model = make_model(nodes, [("x", F32, ["N", 4])], [("z", F32, None)],
-                       {"W": rng.normal(size=(4, 5)).astype(F32), **bn_arrays(rng, 4)})
+    model = make_model(
+        nodes,
+        [("x", F32, ["N", 4])],
+        [("z", F32, None)],
+        {"W": rng.normal(size=(4, 5)).astype(F32), **bn_arrays(rng, 4)},
+    )
     folded, records = fold_and_check(model)
     assert op_counts(folded) == {"Gemm": 1} and records[0].into == "MatMul 'mm'"
 
 
-@pytest.mark.parametrize("op,spatial", [("Flatten", (1, 1)), ("Flatten", (2, 3)), ("Reshape", (2, 2))])
+@pytest.mark.parametrize(("op", "spatial"), [("Flatten", (1, 1)), ("Flatten", (2, 3)), ("Reshape", (2, 2))])
 def test_bn_folds_forward_across_flatten_into_gemm(op, spatial):
     rng = np.random.default_rng(13)
     features = 4 * int(np.prod(spatial))
@@ -133,8 +151,11 @@ def test_bn_folds_forward_across_flatten_into_gemm(op, spatial):
 def test_flatten_from_another_axis_is_not_crossed():
     rng = np.random.default_rng(14)
     inits = {"B": rng.normal(size=(6, 4)).astype(F32), **bn_arrays(rng, 4)}
-    nodes = [bn_node("x", "y"), helper.make_node("Flatten", ["y"], ["f"], name="flat", axis=2),
-             helper.make_node("Gemm", ["f", "B"], ["z"], name="fc", transB=1)]
+    nodes = [
+        bn_node("x", "y"),
+        helper.make_node("Flatten", ["y"], ["f"], name="flat", axis=2),
+        helper.make_node("Gemm", ["f", "B"], ["z"], name="fc", transB=1),
+    ]
     model = make_model(nodes, [("x", F32, [3, 4, 2, 2])], [("z", F32, None)], inits)
     _, records = fold_and_check(model)
     assert records[0].reason.endswith("Flatten 'flat' flattens from axis 2, not 1")
@@ -142,13 +163,14 @@ def test_flatten_from_another_axis_is_not_crossed():
 
 # --- 3. Per-channel affine chains --------------------------------------------------------------
 
+
 def chain_model(chain, after_bn=(), channels=4, conv_pads=(0, 0, 0, 0)):
     """Conv → chain of (op, constant) → BN → after_bn chain; constants named c0, c1, …"""
     rng = np.random.default_rng(15)
     inits = {"w": rng.normal(size=(channels, 3, 3, 3)).astype(F32), **bn_arrays(rng, channels)}
     nodes = [helper.make_node("Conv", ["x", "w"], ["v0"], name="conv", pads=list(conv_pads))]
     current = "v0"
-    for index, (op, constant, constant_first) in enumerate(list(chain) + [("BN", None, False)] + list(after_bn)):
+    for index, (op, constant, constant_first) in enumerate([*list(chain), ("BN", None, False), *list(after_bn)]):
         out = f"v{index + 1}"
         if op == "BN":
             nodes.append(bn_node(current, out))
@@ -166,24 +188,34 @@ def per_channel(values):
 
 
 def test_conv_mul_add_sub_div_bn_chain_folds_completely():
-    chain = [("Mul", per_channel([1.5, -2, 0.5, 3]), False), ("Add", per_channel([0.1, 0.2, -0.3, 0.4]), True),
-             ("Sub", np.array(0.25, F32), False), ("Div", per_channel([2, 4, -1, 0.5]), False),
-             ("Sub", per_channel([1, 2, 3, 4]), True)]
+    chain = [
+        ("Mul", per_channel([1.5, -2, 0.5, 3]), False),
+        ("Add", per_channel([0.1, 0.2, -0.3, 0.4]), True),
+        ("Sub", np.array(0.25, F32), False),
+        ("Div", per_channel([2, 4, -1, 0.5]), False),
+        ("Sub", per_channel([1, 2, 3, 4]), True),
+    ]
     folded, records = fold_and_check(chain_model(chain))
     assert op_counts(folded) == {"Conv": 1, "Identity": 1}
     assert [(r.op, r.action) for r in records] == [("BatchNormalization", "folded")] + [
-        (op, "folded") for op in ("Mul", "Add", "Sub", "Div", "Sub")]
+        (op, "folded") for op in ("Mul", "Add", "Sub", "Div", "Sub")
+    ]
 
 
 def test_bn_then_chain_then_conv_folds_forward():
     rng = np.random.default_rng(16)
     inits = {"w": rng.normal(size=(5, 4, 1, 1)).astype(F32), "k": per_channel([1, 2, 3, 4]), **bn_arrays(rng, 4)}
-    nodes = [bn_node("x", "y"), helper.make_node("Mul", ["y", "k"], ["m"], name="mul"),
-             helper.make_node("Conv", ["m", "w"], ["z"], name="conv")]
+    nodes = [
+        bn_node("x", "y"),
+        helper.make_node("Mul", ["y", "k"], ["m"], name="mul"),
+        helper.make_node("Conv", ["m", "w"], ["z"], name="conv"),
+    ]
     folded, records = fold_and_check(make_model(nodes, [("x", F32, ["N", 4, 5, 5])], [("z", F32, None)], inits))
     assert op_counts(folded) == {"Conv": 1}
-    assert {(r.op, r.action, r.pattern) for r in records} == {("BatchNormalization", "folded", "forward"),
-                                                               ("Mul", "folded", "forward")}
+    assert {(r.op, r.action, r.pattern) for r in records} == {
+        ("BatchNormalization", "folded", "forward"),
+        ("Mul", "folded", "forward"),
+    }
 
 
 def test_last_axis_constant_with_w_equal_c_is_not_folded():
@@ -192,8 +224,11 @@ def test_last_axis_constant_with_w_equal_c_is_not_folded():
     folded, records = fold_and_check(model.__class__.FromString(model.SerializeToString()))
     mul = records_by_name(records)["mul0"]
     assert (mul.op, mul.action, mul.reason) == (
-        "Mul", "skipped", "it runs along axis 3 of the output of Conv 'conv', whose features run along axis 1; "
-        "it runs along axis 3; a consumer can take a map along axis 1 only")
+        "Mul",
+        "skipped",
+        "it runs along axis 3 of the output of Conv 'conv', whose features run along axis 1; "
+        "it runs along axis 3; a consumer can take a map along axis 1 only",
+    )
     assert op_counts(folded)["Mul"] >= 1
 
 
@@ -215,10 +250,16 @@ def test_constant_divided_by_x_is_not_affine():
 
 def test_a_per_channel_mul_after_a_conv_folds_even_without_any_bn():
     rng = np.random.default_rng(17)
-    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
-             helper.make_node("Mul", ["y", "k"], ["z"], name="scale")]
-    model = make_model(nodes, [("x", F32, ["N", 3, 6, 6])], [("z", F32, None)],
-                       {"w": rng.normal(size=(4, 3, 3, 3)).astype(F32), "k": per_channel([1, 2, 3, 4])})
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
+        helper.make_node("Mul", ["y", "k"], ["z"], name="scale"),
+    ]
+    model = make_model(
+        nodes,
+        [("x", F32, ["N", 3, 6, 6])],
+        [("z", F32, None)],
+        {"w": rng.normal(size=(4, 3, 3, 3)).astype(F32), "k": per_channel([1, 2, 3, 4])},
+    )
     folded, records = fold_and_check(model)
     assert op_counts(folded) == {"Conv": 1}
     assert [(r.name, r.op, r.action, r.into) for r in records] == [("scale", "Mul", "folded", "Conv 'conv'")]
@@ -228,20 +269,30 @@ def test_a_per_channel_mul_after_a_conv_folds_even_without_any_bn():
 
 # --- 4. MatMul → Add → BN (Keras Dense with bias, then BN) -------------------------------------
 
+
 def test_matmul_add_bn_becomes_one_gemm():
     rng = np.random.default_rng(18)
-    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"], name="dense"),
-             helper.make_node("Add", ["m", "bias"], ["a"], name="dense_bias"), bn_node("a", "z")]
-    model = make_model(nodes, [("x", F32, ["N", 6])], [("z", F32, None)],
-                       {"W": rng.normal(size=(6, 5)).astype(F32), "bias": rng.normal(size=5).astype(F32),
-                        **bn_arrays(rng, 5)})
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["m"], name="dense"),
+        helper.make_node("Add", ["m", "bias"], ["a"], name="dense_bias"),
+        bn_node("a", "z"),
+    ]
+    model = make_model(
+        nodes,
+        [("x", F32, ["N", 6])],
+        [("z", F32, None)],
+        {"W": rng.normal(size=(6, 5)).astype(F32), "bias": rng.normal(size=5).astype(F32), **bn_arrays(rng, 5)},
+    )
     folded, records = fold_and_check(model)
     assert op_counts(folded) == {"Gemm": 1}
     assert [(r.op, r.action, r.into) for r in records] == [
-        ("BatchNormalization", "folded", "Gemm 'dense'"), ("Add", "folded", "MatMul 'dense'")]
+        ("BatchNormalization", "folded", "Gemm 'dense'"),
+        ("Add", "folded", "MatMul 'dense'"),
+    ]
 
 
 # --- 5. BN after Concat of producers -----------------------------------------------------------
+
 
 def concat_model(axis=1, reuse=False, second="Conv"):
     rng = np.random.default_rng(19)
@@ -252,8 +303,9 @@ def concat_model(axis=1, reuse=False, second="Conv"):
         nodes.append(helper.make_node("Conv", ["x", "w2"], ["b"], name="conv2"))
     else:
         inits["w2"] = rng.normal(size=(2, 5, 2, 2)).astype(F32)
-        nodes.append(helper.make_node("ConvTranspose", ["x", "w2"], ["b"], name="conv2", strides=[1, 1],
-                                      pads=[0, 0, 1, 1]))
+        nodes.append(
+            helper.make_node("ConvTranspose", ["x", "w2"], ["b"], name="conv2", strides=[1, 1], pads=[0, 0, 1, 1])
+        )
     if axis != 1:
         inits["w2"] = rng.normal(size=(3, 2, 1, 1)).astype(F32)
     nodes += [helper.make_node("Concat", ["a", "b"], ["cat"], name="cat", axis=axis), bn_node("cat", "z")]
@@ -267,7 +319,11 @@ def concat_model(axis=1, reuse=False, second="Conv"):
 @pytest.mark.parametrize("second", ["Conv", "ConvTranspose"])
 def test_bn_after_channel_concat_splits_into_the_producers(second):
     folded, records = fold_and_check(concat_model(second=second))
-    assert op_counts(folded) == {"Conv": 1 + (second == "Conv"), "Concat": 1, **({"ConvTranspose": 1} if second != "Conv" else {})}
+    assert op_counts(folded) == {
+        "Conv": 1 + (second == "Conv"),
+        "Concat": 1,
+        **({"ConvTranspose": 1} if second != "Conv" else {}),
+    }
     assert (records[0].into, records[0].pattern) == (f"Conv 'conv1'[0:3], {second} 'conv2'[3:8]", "concat")
 
 
@@ -283,17 +339,25 @@ def test_concat_on_a_non_channel_axis_is_not_split():
 
 def test_bn_after_concat_of_gemms():
     rng = np.random.default_rng(20)
-    nodes = [helper.make_node("Gemm", ["x", "B1"], ["a"], name="g1", transB=1),
-             helper.make_node("Gemm", ["x", "B2", "C2"], ["b"], name="g2"),
-             helper.make_node("Concat", ["a", "b"], ["cat"], name="cat", axis=-1), bn_node("cat", "z")]
-    inits = {"B1": rng.normal(size=(3, 4)).astype(F32), "B2": rng.normal(size=(4, 2)).astype(F32),
-             "C2": rng.normal(size=2).astype(F32), **bn_arrays(rng, 5)}
+    nodes = [
+        helper.make_node("Gemm", ["x", "B1"], ["a"], name="g1", transB=1),
+        helper.make_node("Gemm", ["x", "B2", "C2"], ["b"], name="g2"),
+        helper.make_node("Concat", ["a", "b"], ["cat"], name="cat", axis=-1),
+        bn_node("cat", "z"),
+    ]
+    inits = {
+        "B1": rng.normal(size=(3, 4)).astype(F32),
+        "B2": rng.normal(size=(4, 2)).astype(F32),
+        "C2": rng.normal(size=2).astype(F32),
+        **bn_arrays(rng, 5),
+    }
     folded, records = fold_and_check(make_model(nodes, [("x", F32, ["N", 4])], [("z", F32, None)], inits))
     assert records[0].into == "Gemm 'g1'[0:3], Gemm 'g2'[3:5]"
     assert op_counts(folded) == {"Gemm": 2, "Concat": 1}
 
 
 # --- Acceptance: whole small nets end with no BN, Mul or Add ------------------------------------
+
 
 def linear(nodes, inits, rng, x, name, fan_in, fan_out, bias=True):
     """A torch Linear as the TorchScript exporter writes it: Gemm with bias, MatMul(Transpose(W)) without."""
@@ -330,14 +394,25 @@ def test_mlp_with_bn1d_everywhere_ends_with_no_bn_mul_or_add():
 
 def test_conv1d_net_ending_in_bn1d_then_pointwise_conv_has_no_bn_mul_or_add():
     rng = np.random.default_rng(31)
-    inits = {"w1": rng.normal(0, 0.3, (8, 4, 3)).astype(F32), "w2": rng.normal(0, 0.3, (8, 8, 3)).astype(F32),
-             "head": rng.normal(0, 0.3, (5, 8, 1)).astype(F32), "head_b": rng.normal(0, 0.1, 5).astype(F32),
-             **bn_arrays(rng, 8, "bn1"), **bn_arrays(rng, 8, "bn2"), **bn_arrays(rng, 8, "bn_head")}
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1]), bn_node("c1", "b1", "bn1"),
-             helper.make_node("Relu", ["b1"], ["r1"], name="relu1"),
-             helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1]), bn_node("c2", "b2", "bn2"),
-             helper.make_node("Relu", ["b2"], ["r2"], name="relu2"),
-             bn_node("r2", "b3", "bn_head"), helper.make_node("Conv", ["b3", "head", "head_b"], ["z"], name="head")]
+    inits = {
+        "w1": rng.normal(0, 0.3, (8, 4, 3)).astype(F32),
+        "w2": rng.normal(0, 0.3, (8, 8, 3)).astype(F32),
+        "head": rng.normal(0, 0.3, (5, 8, 1)).astype(F32),
+        "head_b": rng.normal(0, 0.1, 5).astype(F32),
+        **bn_arrays(rng, 8, "bn1"),
+        **bn_arrays(rng, 8, "bn2"),
+        **bn_arrays(rng, 8, "bn_head"),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1]),
+        bn_node("c1", "b1", "bn1"),
+        helper.make_node("Relu", ["b1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1]),
+        bn_node("c2", "b2", "bn2"),
+        helper.make_node("Relu", ["b2"], ["r2"], name="relu2"),
+        bn_node("r2", "b3", "bn_head"),
+        helper.make_node("Conv", ["b3", "head", "head_b"], ["z"], name="head"),
+    ]
     model = make_model(nodes, [("x", F32, ["N", 4, 20])], [("z", F32, None)], inits)
     folded, records = fold_and_check(model)
     assert op_counts(folded) == {"Conv": 3, "Relu": 2}

@@ -79,8 +79,9 @@ def _commands(language: str, tags: frozenset[str], body: str, line: int) -> list
         expected = EXIT.search("#" + comment) if comment else None
         if command.strip().startswith("pip install"):
             continue
-        commands.append(Command(line + offset, "shell", command.strip(), tags,
-                                int(expected.group(1)) if expected else 0))
+        commands.append(
+            Command(line + offset, "shell", command.strip(), tags, int(expected.group(1)) if expected else 0)
+        )
     return commands
 
 
@@ -124,11 +125,25 @@ def test_a_readme_command_works_as_written(command: Command, workspace: Path):
         return
     environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     if command.kind == "python":
-        run = subprocess.run([sys.executable, "-c", command.text], cwd=workspace, capture_output=True, text=True,
-                             env=environment, timeout=600)
+        run = subprocess.run(
+            [sys.executable, "-c", command.text],
+            cwd=workspace,
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=600,
+        )
     else:
-        run = subprocess.run(command.text, shell=True, cwd=workspace, capture_output=True, text=True,
-                             env=environment, executable="/bin/bash", timeout=600)
+        run = subprocess.run(
+            command.text,
+            shell=True,
+            cwd=workspace,
+            capture_output=True,
+            text=True,
+            env=environment,
+            executable="/bin/bash",
+            timeout=600,
+        )
     assert run.returncode == command.exit_code, f"{command.label}\n{run.stdout}\n{run.stderr}"
     assert "Traceback" not in run.stderr, run.stderr
 

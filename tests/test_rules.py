@@ -22,8 +22,7 @@ def conv_bn_model(spatial, group, bias, dtype=F32, cin=4, cout=6, conv_attrs=Non
     if bias:
         inits["b"] = rng.normal(0, 0.3, cout).astype(dtype)
         inputs.append("b")
-    nodes = [helper.make_node(op, inputs, ["y"], name="producer", group=group, **(conv_attrs or {})),
-             bn_node("y", "z")]
+    nodes = [helper.make_node(op, inputs, ["y"], name="producer", group=group, **(conv_attrs or {})), bn_node("y", "z")]
     size = (7,) * spatial
     return make_model(nodes, [("x", dtype, ["N", cin, *size])], [("z", dtype, None)], inits)
 
@@ -61,11 +60,12 @@ def test_conv_bn_folds(spatial, group, bias, attrs):
 
 
 @pytest.mark.parametrize("spatial", [1, 2])
-@pytest.mark.parametrize("group,cin,cout", [(1, 4, 6), (2, 4, 6), (4, 4, 8), (4, 8, 4), (3, 6, 3)])
+@pytest.mark.parametrize(("group", "cin", "cout"), [(1, 4, 6), (2, 4, 6), (4, 4, 8), (4, 8, 4), (3, 6, 3)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_conv_transpose_bn_folds(spatial, group, cin, cout, bias):
-    model = conv_bn_model(spatial, group, bias, cin=cin, cout=cout, op="ConvTranspose",
-                          conv_attrs={"strides": [2] * spatial})
+    model = conv_bn_model(
+        spatial, group, bias, cin=cin, cout=cout, op="ConvTranspose", conv_attrs={"strides": [2] * spatial}
+    )
     folded, records = fold_and_check(model)
     assert op_counts(folded) == {"ConvTranspose": 1}
     assert only_record(records).into == "ConvTranspose 'producer'"
@@ -78,15 +78,16 @@ def gemm_bn_model(trans_a, trans_b, alpha, beta, c_shape, dtype=F32, m=3, k=4, n
     if c_shape is not None:
         inits["C"] = rng.normal(0, 0.5, c_shape).astype(dtype)
         inputs.append("C")
-    gemm = helper.make_node("Gemm", inputs, ["y"], name="gemm", transA=int(trans_a), transB=int(trans_b),
-                            alpha=alpha, beta=beta)
+    gemm = helper.make_node(
+        "Gemm", inputs, ["y"], name="gemm", transA=int(trans_a), transB=int(trans_b), alpha=alpha, beta=beta
+    )
     a_shape = [k, m] if trans_a else [m, k]
     return make_model([gemm, bn_node("y", "z")], [("A", dtype, a_shape)], [("z", dtype, [m, n])], inits)
 
 
 @pytest.mark.parametrize("trans_a", [0, 1])
 @pytest.mark.parametrize("trans_b", [0, 1])
-@pytest.mark.parametrize("alpha,beta", [(1.0, 1.0), (0.5, 2.0), (-2.0, 0.25)])
+@pytest.mark.parametrize(("alpha", "beta"), [(1.0, 1.0), (0.5, 2.0), (-2.0, 0.25)])
 @pytest.mark.parametrize("c_shape", [None, (5,), (1, 5), (), (3, 5)], ids=["noC", "N", "1xN", "scalar", "MxN"])
 def test_gemm_bn_folds(trans_a, trans_b, alpha, beta, c_shape):
     folded, records = fold_and_check(gemm_bn_model(trans_a, trans_b, alpha, beta, c_shape))
@@ -99,7 +100,10 @@ def test_gemm_bn_folds(trans_a, trans_b, alpha, beta, c_shape):
 
 def matmul_bn_model(a_shape, dtype=F32, n=5):
     rng = np.random.default_rng(4)
-    inits = {"W": rng.normal(0, 0.5, (a_shape[-1], n)).astype(dtype), **bn_arrays(rng, a_shape[1] if len(a_shape) > 2 else n, dtype=dtype)}
+    inits = {
+        "W": rng.normal(0, 0.5, (a_shape[-1], n)).astype(dtype),
+        **bn_arrays(rng, a_shape[1] if len(a_shape) > 2 else n, dtype=dtype),
+    }
     nodes = [helper.make_node("MatMul", ["A", "W"], ["y"], name="mm"), bn_node("y", "z")]
     return make_model(nodes, [("A", dtype, a_shape)], [("z", dtype, None)], inits)
 
@@ -117,14 +121,20 @@ def test_matmul_rank3_keeps_its_bn_with_reason():
     assert folded == model  # kept as it was: one BN is one pass
     record = only_record(records)
     assert (record.action, record.into) == ("kept", "BatchNormalization")
-    assert record.reason == ("it runs along axis 1 of the output of MatMul 'mm', whose features run along axis 2"
-                             "; its output is a graph output")
+    assert record.reason == (
+        "it runs along axis 1 of the output of MatMul 'mm', whose features run along axis 2"
+        "; its output is a graph output"
+    )
 
 
 def test_conv_bn_bn_chain_folds_both():
     rng = np.random.default_rng(5)
     inits = {"w": rng.normal(size=(4, 3, 3, 3)).astype(F32), **bn_arrays(rng, 4, "bn1"), **bn_arrays(rng, 4, "bn2")}
-    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv"), bn_node("y", "y1", "bn1"), bn_node("y1", "z", "bn2")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
+        bn_node("y", "y1", "bn1"),
+        bn_node("y1", "z", "bn2"),
+    ]
     model = make_model(nodes, [("x", F32, ["N", 3, 6, 6])], [("z", F32, None)], inits)
     folded, records = fold_and_check(model)
     assert op_counts(folded) == {"Conv": 1}
@@ -134,8 +144,9 @@ def test_conv_bn_bn_chain_folds_both():
 @pytest.mark.parametrize("rank", [2, 3, 4, 5])
 def test_standalone_bn_stays_one_node_by_default(rank):
     rng = np.random.default_rng(rank)
-    model = make_model([bn_node("x", "z")], [("x", F32, ["N", 3] + [4] * (rank - 2))], [("z", F32, None)],
-                       bn_arrays(rng, 3))
+    model = make_model(
+        [bn_node("x", "z")], [("x", F32, ["N", 3] + [4] * (rank - 2))], [("z", F32, None)], bn_arrays(rng, 3)
+    )
     folded, records = fold_and_check(model)
     assert folded == model
     record = only_record(records)
@@ -172,7 +183,7 @@ def test_fp16_conv_folds_and_keeps_dtype(op, bias):
     assert op_counts(folded) == {op: 1}
 
 
-@pytest.mark.parametrize("dtype,rtol", [(np.float16, 8e-3), (np.float64, 1e-12)])
+@pytest.mark.parametrize(("dtype", "rtol"), [(np.float16, 8e-3), (np.float64, 1e-12)])
 def test_gemm_and_matmul_fold_in_other_dtypes(dtype, rtol):
     folded, _ = fold_and_check(gemm_bn_model(0, 1, 0.5, 2.0, (5,), dtype=dtype), rtol=rtol)
     assert op_counts(folded) == {"Gemm": 1}
@@ -180,11 +191,12 @@ def test_gemm_and_matmul_fold_in_other_dtypes(dtype, rtol):
     assert op_counts(folded) == {"Gemm": 1}
 
 
-@pytest.mark.parametrize("dtype,rtol", [(np.float16, 8e-3), (np.float64, 1e-12)])
+@pytest.mark.parametrize(("dtype", "rtol"), [(np.float16, 8e-3), (np.float64, 1e-12)])
 def test_standalone_in_other_dtypes(dtype, rtol):
     rng = np.random.default_rng(0)
-    model = make_model([bn_node("x", "z")], [("x", dtype, ["N", 3, 4])], [("z", dtype, None)],
-                       bn_arrays(rng, 3, dtype=dtype))
+    model = make_model(
+        [bn_node("x", "z")], [("x", dtype, ["N", 3, 4])], [("z", dtype, None)], bn_arrays(rng, 3, dtype=dtype)
+    )
     folded, _ = fold_and_check(model, rtol=rtol, standalone="mul-add")
     assert op_counts(folded) == {"Mul": 1, "Add": 1}
 

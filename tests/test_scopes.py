@@ -31,15 +31,25 @@ def if_model():
     rng = np.random.default_rng(0)
     inner = bn_arrays(rng, 4, "tbn")
     then_branch = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w_outer"], ["ty"], name="then_conv", pads=[1, 1, 1, 1]),
-         bn_node("ty", "t_out", "tbn", name="then_bn")],
-        "then_body", [], [helper.make_tensor_value_info("t_out", FLOAT, ["N", 4, 6, 6])],
-        [_init(k, v) for k, v in inner.items()])
+        [
+            helper.make_node("Conv", ["x", "w_outer"], ["ty"], name="then_conv", pads=[1, 1, 1, 1]),
+            bn_node("ty", "t_out", "tbn", name="then_bn"),
+        ],
+        "then_body",
+        [],
+        [helper.make_tensor_value_info("t_out", FLOAT, ["N", 4, 6, 6])],
+        [_init(k, v) for k, v in inner.items()],
+    )
     else_branch = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w_outer"], ["ey"], name="else_conv", pads=[1, 1, 1, 1]),
-         helper.make_node("Relu", ["ey"], ["er"], name="else_relu"),
-         bn_node("er", "e_out", "obn", name="else_bn")],  # BN params from the outer scope
-        "else_body", [], [helper.make_tensor_value_info("e_out", FLOAT, ["N", 4, 6, 6])])
+        [
+            helper.make_node("Conv", ["x", "w_outer"], ["ey"], name="else_conv", pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["ey"], ["er"], name="else_relu"),
+            bn_node("er", "e_out", "obn", name="else_bn"),
+        ],  # BN params from the outer scope
+        "else_body",
+        [],
+        [helper.make_tensor_value_info("e_out", FLOAT, ["N", 4, 6, 6])],
+    )
     node = helper.make_node("If", ["cond"], ["z"], name="branch", then_branch=then_branch, else_branch=else_branch)
     inits = {"w_outer": rng.normal(size=(4, 3, 3, 3)).astype(F32), **bn_arrays(rng, 4, "obn")}
     return make_model([node], [("cond", np.bool_, []), ("x", F32, ["N", 3, 6, 6])], [("z", F32, ["N", 4, 6, 6])], inits)
@@ -68,16 +78,23 @@ def loop_model():
     """A Loop whose body runs Conv → BN on the carried state; the Conv weight lives outside."""
     rng = np.random.default_rng(2)
     body = helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going"),
-         helper.make_node("Conv", ["state", "w_loop"], ["conv_out"], name="loop_conv", pads=[1, 1]),
-         bn_node("conv_out", "state_out", "lbn", name="loop_bn")],
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going"),
+            helper.make_node("Conv", ["state", "w_loop"], ["conv_out"], name="loop_conv", pads=[1, 1]),
+            bn_node("conv_out", "state_out", "lbn", name="loop_bn"),
+        ],
         "loop_body",
-        [helper.make_tensor_value_info("iter", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("state", FLOAT, ["N", 3, 8])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("state_out", FLOAT, ["N", 3, 8])],
-        [_init(k, v) for k, v in bn_arrays(rng, 3, "lbn").items()])
+        [
+            helper.make_tensor_value_info("iter", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("state", FLOAT, ["N", 3, 8]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("state_out", FLOAT, ["N", 3, 8]),
+        ],
+        [_init(k, v) for k, v in bn_arrays(rng, 3, "lbn").items()],
+    )
     node = helper.make_node("Loop", ["trips", "", "x"], ["z"], name="loop", body=body)
     inits = {"trips": np.array(3, np.int64), "w_loop": (rng.normal(size=(3, 3, 3)) * 0.4).astype(F32)}
     return make_model([node], [("x", F32, ["N", 3, 8])], [("z", F32, ["N", 3, 8])], inits)
@@ -93,11 +110,18 @@ def scan_model():
     """Scan over [T, N, 4]: each step is MatMul (constant weight) → BN over [N, 5]."""
     rng = np.random.default_rng(3)
     body = helper.make_graph(
-        [helper.make_node("MatMul", ["step", "w_scan"], ["mm"], name="scan_mm"),
-         bn_node("mm", "step_out", "sbn", name="scan_bn")],
-        "scan_body", [helper.make_tensor_value_info("step", FLOAT, ["N", 4])],
+        [
+            helper.make_node("MatMul", ["step", "w_scan"], ["mm"], name="scan_mm"),
+            bn_node("mm", "step_out", "sbn", name="scan_bn"),
+        ],
+        "scan_body",
+        [helper.make_tensor_value_info("step", FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("step_out", FLOAT, ["N", 5])],
-        [_init("w_scan", rng.normal(size=(4, 5)).astype(F32)), *[_init(k, v) for k, v in bn_arrays(rng, 5, "sbn").items()]])
+        [
+            _init("w_scan", rng.normal(size=(4, 5)).astype(F32)),
+            *[_init(k, v) for k, v in bn_arrays(rng, 5, "sbn").items()],
+        ],
+    )
     node = helper.make_node("Scan", ["xs"], ["ys"], name="scan", body=body, num_scan_inputs=1)
     return make_model([node], [("xs", F32, [6, 2, 4])], [("ys", F32, [6, 2, 5])])
 
@@ -117,21 +141,42 @@ def function_model():
 
     params = bn_arrays(rng, 4, "fbn")
     conv_bn = helper.make_function(
-        "local", "ConvBn", ["x"], ["z"],
-        [constant("w", rng.normal(size=(4, 3, 3, 3))), *[constant(k, v) for k, v in params.items()],
-         helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]), bn_node("y", "z", "fbn", name="fn_bn")],
-        [helper.make_opsetid("", 17)])
+        "local",
+        "ConvBn",
+        ["x"],
+        ["z"],
+        [
+            constant("w", rng.normal(size=(4, 3, 3, 3))),
+            *[constant(k, v) for k, v in params.items()],
+            helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]),
+            bn_node("y", "z", "fbn", name="fn_bn"),
+        ],
+        [helper.make_opsetid("", 17)],
+    )
     bn_only = helper.make_function(
-        "local", "ConvWeightInput", ["x", "w"], ["z"],
-        [*[constant(k, v) for k, v in bn_arrays(rng, 4, "gbn").items()],
-         helper.make_node("Conv", ["x", "w"], ["y"]), bn_node("y", "z", "gbn", name="fn_bn_input_weight")],
-        [helper.make_opsetid("", 17)])
-    nodes = [helper.make_node("ConvBn", ["x"], ["a"], domain="local", name="call1"),
-             helper.make_node("ConvBn", ["x"], ["b"], domain="local", name="call2"),
-             helper.make_node("ConvWeightInput", ["x", "w2"], ["c"], domain="local", name="call3")]
-    model = make_model(nodes, [("x", F32, [2, 3, 6, 6])],
-                       [("a", F32, [2, 4, 6, 6]), ("b", F32, [2, 4, 6, 6]), ("c", F32, [2, 4, 4, 4])],
-                       {"w2": rng.normal(size=(4, 3, 3, 3)).astype(F32)}, functions=[conv_bn, bn_only])
+        "local",
+        "ConvWeightInput",
+        ["x", "w"],
+        ["z"],
+        [
+            *[constant(k, v) for k, v in bn_arrays(rng, 4, "gbn").items()],
+            helper.make_node("Conv", ["x", "w"], ["y"]),
+            bn_node("y", "z", "gbn", name="fn_bn_input_weight"),
+        ],
+        [helper.make_opsetid("", 17)],
+    )
+    nodes = [
+        helper.make_node("ConvBn", ["x"], ["a"], domain="local", name="call1"),
+        helper.make_node("ConvBn", ["x"], ["b"], domain="local", name="call2"),
+        helper.make_node("ConvWeightInput", ["x", "w2"], ["c"], domain="local", name="call3"),
+    ]
+    model = make_model(
+        nodes,
+        [("x", F32, [2, 3, 6, 6])],
+        [("a", F32, [2, 4, 6, 6]), ("b", F32, [2, 4, 6, 6]), ("c", F32, [2, 4, 4, 4])],
+        {"w2": rng.normal(size=(4, 3, 3, 3)).astype(F32)},
+        functions=[conv_bn, bn_only],
+    )
     model.opset_import.append(helper.make_opsetid("local", 1))
     return model
 
@@ -144,7 +189,9 @@ def test_bn_in_local_functions_folds_without_inlining():
     # Its weight is a function input: kept as one BN, with the reason.
     weight_input = by_name["fn_bn_input_weight"]
     assert (weight_input.action, weight_input.reason) == (
-        "kept", "weight of Conv (unnamed) is not constant (computed at run time); its output is a graph output")
+        "kept",
+        "weight of Conv (unnamed) is not constant (computed at run time); its output is a graph output",
+    )
     assert [f.name for f in folded.functions] == ["ConvBn", "ConvWeightInput"]
     assert op_counts(folded) == {"ConvBn": 2, "ConvWeightInput": 1}
     conv_bn = folded.functions[0]
@@ -154,8 +201,11 @@ def test_bn_in_local_functions_folds_without_inlining():
 
 def test_a_bn_in_a_function_whose_input_rank_is_not_fixed_stays_bn_under_mul_add():
     # The input's rank may differ from one call to the next: no [C, 1, …, 1] constant fits every call.
-    record = next(r for r in bnfold.fold(function_model(), standalone="mul-add").records
-                  if r.name == "fn_bn_input_weight")
+    record = next(
+        r for r in bnfold.fold(function_model(), standalone="mul-add").records if r.name == "fn_bn_input_weight"
+    )
     assert (record.action, record.reason) == (
-        "kept", "weight of Conv (unnamed) is not constant (computed at run time); its output is a graph output; "
-        "cannot rewrite it as Mul+Add: rank of the input is unknown, so the channel axis cannot be broadcast")
+        "kept",
+        "weight of Conv (unnamed) is not constant (computed at run time); its output is a graph output; "
+        "cannot rewrite it as Mul+Add: rank of the input is unknown, so the channel axis cannot be broadcast",
+    )

@@ -82,11 +82,16 @@ def test_a_chain_of_affine_nodes_around_a_leftover_bn_becomes_one_bn(chain):
     assert (bn.action, bn.pattern) == ("kept", "collapsed")
     ops = {n.name: n.op_type for n in model.graph.node}
     assert bn.into == "BatchNormalization (absorbed " + ", ".join(f"{ops[n]} '{n}'" for n in absorbed) + ")"
-    assert bn.reason == "no Conv, ConvTranspose, DeformConv, Gemm or MatMul before it; its output feeds Relu 'relu', " \
-                        "not a Conv, Gemm or MatMul"
+    assert (
+        bn.reason == "no Conv, ConvTranspose, DeformConv, Gemm or MatMul before it; its output feeds Relu 'relu', "
+        "not a Conv, Gemm or MatMul"
+    )
     for name in absorbed:
         assert (by_name(records)[name].action, by_name(records)[name].into, by_name(records)[name].pattern) == (
-            "folded", "BatchNormalization 'bn'", "collapsed")
+            "folded",
+            "BatchNormalization 'bn'",
+            "collapsed",
+        )
 
 
 def test_the_collapsed_bn_computes_s_x_plus_t_with_its_own_epsilon():
@@ -107,20 +112,28 @@ def test_the_collapsed_bn_computes_s_x_plus_t_with_its_own_epsilon():
 def test_two_leftover_bns_in_a_row_become_one():
     rng = np.random.default_rng(3)
     inits = {**bn_arrays(rng, C, "bn1"), **bn_arrays(rng, C, "bn2")}
-    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu0"), bn_node("r", "y", "bn1"), bn_node("y", "y2", "bn2"),
-             helper.make_node("Relu", ["y2"], ["z"], name="relu")]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu0"),
+        bn_node("r", "y", "bn1"),
+        bn_node("y", "y2", "bn2"),
+        helper.make_node("Relu", ["y2"], ["z"], name="relu"),
+    ]
     folded, records = fold_and_check(make_model(nodes, [("x", F32, ["N", C, 3, 3])], [("z", F32, None)], inits))
     assert op_counts(folded) == {"Relu": 2, "BatchNormalization": 1}
     assert [(r.name, r.action, r.into) for r in records] == [
         ("bn1", "kept", "BatchNormalization (absorbed BatchNormalization 'bn2')"),
-        ("bn2", "folded", "BatchNormalization 'bn1'")]
+        ("bn2", "folded", "BatchNormalization 'bn1'"),
+    ]
 
 
-@pytest.mark.parametrize("dtype,bn_dtype,rtol,opset", [(np.float16, None, 8e-3, 17), (np.float64, None, 1e-12, 17),
-                                                        (np.float16, F32, 8e-3, 15)])
+@pytest.mark.parametrize(
+    ("dtype", "bn_dtype", "rtol", "opset"),
+    [(np.float16, None, 8e-3, 17), (np.float64, None, 1e-12, 17), (np.float16, F32, 8e-3, 15)],
+)
 def test_the_collapsed_parameters_keep_their_dtypes(dtype, bn_dtype, rtol, opset):
-    model = affine_chain_model((), [("Mul", SCALE, False), ("Add", SHIFT, False)], dtype=dtype, bn_dtype=bn_dtype,
-                               opset=opset)
+    model = affine_chain_model(
+        (), [("Mul", SCALE, False), ("Add", SHIFT, False)], dtype=dtype, bn_dtype=bn_dtype, opset=opset
+    )
     folded, _ = fold_and_check(model, rtol=rtol)
     bn = next(n for n in folded.graph.node if n.op_type == "BatchNormalization")
     assert {initializers(folded)[name].dtype for name in bn.input[1:]} == {np.dtype(bn_dtype or dtype)}
@@ -148,15 +161,21 @@ def test_a_constant_on_another_axis_is_not_absorbed():
     folded, records = fold_and_check(model)
     assert op_counts(folded) == {"BatchNormalization": 1, "Mul": 1, "Relu": 1}
     assert by_name(records)["post0"].reason == (
-        "no Conv, ConvTranspose, DeformConv, Gemm or MatMul before it; it runs along axis 3; a consumer can take a map along axis 1 only")
+        "no Conv, ConvTranspose, DeformConv, Gemm or MatMul before it; it runs along axis 3; a consumer can take a map along axis 1 only"
+    )
 
 
 def test_collapsing_never_overwrites_shared_parameters():
     rng = np.random.default_rng(4)
     inits = {**bn_arrays(rng, C), "k": SCALE}
-    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu0"), bn_node("r", "y", name="bn_a"),
-             helper.make_node("Mul", ["y", "k"], ["m"], name="mul"), helper.make_node("Relu", ["m"], ["z"], name="relu"),
-             helper.make_node("Neg", ["x"], ["n"], name="neg"), bn_node("n", "z2", name="bn_b")]  # same parameters
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu0"),
+        bn_node("r", "y", name="bn_a"),
+        helper.make_node("Mul", ["y", "k"], ["m"], name="mul"),
+        helper.make_node("Relu", ["m"], ["z"], name="relu"),
+        helper.make_node("Neg", ["x"], ["n"], name="neg"),
+        bn_node("n", "z2", name="bn_b"),
+    ]  # same parameters
     model = make_model(nodes, [("x", F32, ["N", C, 3, 3])], [("z", F32, None), ("z2", F32, None)], inits)
     folded, records = fold_and_check(model)
     assert by_name(records)["bn_a"].pattern == "collapsed" and by_name(records)["bn_b"].pattern is None
@@ -173,12 +192,20 @@ def test_a_chain_inside_a_function_collapses_with_constant_nodes():
     def constant(name, array):
         return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(array, F32), name))
 
-    body = [*[constant(k, v) for k, v in bn_arrays(rng, C).items()], constant("k", np.array(-2.5)),
-            helper.make_node("Relu", ["x"], ["r"]), bn_node("r", "y", name="fn_bn"),
-            helper.make_node("Mul", ["y", "k"], ["z"], name="fn_mul")]  # one number: any rank takes it
+    body = [
+        *[constant(k, v) for k, v in bn_arrays(rng, C).items()],
+        constant("k", np.array(-2.5)),
+        helper.make_node("Relu", ["x"], ["r"]),
+        bn_node("r", "y", name="fn_bn"),
+        helper.make_node("Mul", ["y", "k"], ["z"], name="fn_mul"),
+    ]  # one number: any rank takes it
     function = helper.make_function("local", "ReluBnScale", ["x"], ["z"], body, [helper.make_opsetid("", 17)])
-    model = make_model([helper.make_node("ReluBnScale", ["x"], ["z"], domain="local", name="call")],
-                       [("x", F32, [2, C, 3, 3])], [("z", F32, [2, C, 3, 3])], functions=[function])
+    model = make_model(
+        [helper.make_node("ReluBnScale", ["x"], ["z"], domain="local", name="call")],
+        [("x", F32, [2, C, 3, 3])],
+        [("z", F32, [2, C, 3, 3])],
+        functions=[function],
+    )
     model.opset_import.append(helper.make_opsetid("local", 1))
     folded, records = fold_and_check(model)
     assert by_name(records)["fn_bn"].pattern == "collapsed"
@@ -204,10 +231,14 @@ def test_a_bn_before_a_padded_conv_becomes_one_add_in_both_forms():
         assert op_counts(folded) == {"Add": 1, "Conv": 1}
         record = only_record(records)
         assert (record.action, record.into, record.pattern) == (
-            "converted", "Add (Mul folded into Conv 'conv' (forward))", "scale-forward")
+            "converted",
+            "Add (Mul folded into Conv 'conv' (forward))",
+            "scale-forward",
+        )
 
 
 # --- the contract on whole-net blocks ------------------------------------------------------------
+
 
 def densenet_block(layers=3, growth=4, channels=8):
     """DenseNet: each layer is Concat(all before) → BN → Relu → Conv1x1 → BN → Relu → Conv3x3 (pre-activation)."""
@@ -216,11 +247,17 @@ def densenet_block(layers=3, growth=4, channels=8):
     for i in range(layers):
         nodes.append(helper.make_node("Concat", list(features), [f"cat{i}"], name=f"cat{i}", axis=1))
         inits.update(bn_arrays(rng, width, f"bn{i}a"))
-        nodes += [bn_node(f"cat{i}", f"n{i}a", f"bn{i}a"), helper.make_node("Relu", [f"n{i}a"], [f"r{i}a"], name=f"r{i}a")]
+        nodes += [
+            bn_node(f"cat{i}", f"n{i}a", f"bn{i}a"),
+            helper.make_node("Relu", [f"n{i}a"], [f"r{i}a"], name=f"r{i}a"),
+        ]
         inits[f"w{i}a"] = rng.normal(0, 0.3, (2 * growth, width, 1, 1)).astype(F32)
         nodes.append(helper.make_node("Conv", [f"r{i}a", f"w{i}a"], [f"c{i}a"], name=f"conv{i}a"))
         inits.update(bn_arrays(rng, 2 * growth, f"bn{i}b"))
-        nodes += [bn_node(f"c{i}a", f"n{i}b", f"bn{i}b"), helper.make_node("Relu", [f"n{i}b"], [f"r{i}b"], name=f"r{i}b")]
+        nodes += [
+            bn_node(f"c{i}a", f"n{i}b", f"bn{i}b"),
+            helper.make_node("Relu", [f"n{i}b"], [f"r{i}b"], name=f"r{i}b"),
+        ]
         inits[f"w{i}b"] = rng.normal(0, 0.3, (growth, 2 * growth, 3, 3)).astype(F32)
         nodes.append(helper.make_node("Conv", [f"r{i}b", f"w{i}b"], [f"c{i}b"], name=f"conv{i}b", pads=[1, 1, 1, 1]))
         features.append(f"c{i}b")
@@ -232,15 +269,22 @@ def densenet_block(layers=3, growth=4, channels=8):
 def preact_resnet_block(channels=6):
     """x → BN → Relu → Conv3x3 → BN → Relu → Conv3x3 → Add(x)."""
     rng = np.random.default_rng(8)
-    inits = {**bn_arrays(rng, channels, "bn1"), **bn_arrays(rng, channels, "bn2"),
-             "w1": rng.normal(0, 0.3, (channels, channels, 3, 3)).astype(F32),
-             "w2": rng.normal(0, 0.3, (channels, channels, 3, 3)).astype(F32)}
-    nodes = [helper.make_node("Relu", ["x"], ["x0"], name="stem"),
-             bn_node("x0", "n1", "bn1"), helper.make_node("Relu", ["n1"], ["r1"], name="relu1"),
-             helper.make_node("Conv", ["r1", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
-             bn_node("c1", "n2", "bn2"), helper.make_node("Relu", ["n2"], ["r2"], name="relu2"),
-             helper.make_node("Conv", ["r2", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
-             helper.make_node("Add", ["c2", "x0"], ["z"], name="residual")]
+    inits = {
+        **bn_arrays(rng, channels, "bn1"),
+        **bn_arrays(rng, channels, "bn2"),
+        "w1": rng.normal(0, 0.3, (channels, channels, 3, 3)).astype(F32),
+        "w2": rng.normal(0, 0.3, (channels, channels, 3, 3)).astype(F32),
+    }
+    nodes = [
+        helper.make_node("Relu", ["x"], ["x0"], name="stem"),
+        bn_node("x0", "n1", "bn1"),
+        helper.make_node("Relu", ["n1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        bn_node("c1", "n2", "bn2"),
+        helper.make_node("Relu", ["n2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "x0"], ["z"], name="residual"),
+    ]
     return make_model(nodes, [("x", F32, ["N", channels, 6, 6])], [("z", F32, None)], inits)
 
 
@@ -254,6 +298,5 @@ def test_densenet_block_keeps_its_pre_activation_bns_as_bn():
 
 
 def test_preact_resnet_block_keeps_its_first_bn():
-    folded, records = fold_and_check(preact_resnet_block())
+    _folded, records = fold_and_check(preact_resnet_block())
     assert [(r.name, r.action) for r in records] == [("bn1", "kept"), ("bn2", "folded")]
-

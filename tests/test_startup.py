@@ -22,11 +22,15 @@ print("sympy loaded now:", "sympy.core" in sys.modules)
 
 
 def test_sympy_is_deferred_in_the_cli_process_and_still_works_when_needed(tmp_path):
-    run = subprocess.run([sys.executable, "-c", SCRIPT, str(SAMPLE), str(tmp_path / "out.onnx")],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(SAMPLE), str(tmp_path / "out.onnx")], capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines() == ["sympy loaded during the fold: False", "symbolic arithmetic: 2*N + 1",
-                                       "sympy loaded now: True"]
+    assert run.stdout.splitlines() == [
+        "sympy loaded during the fold: False",
+        "symbolic arithmetic: 2*N + 1",
+        "sympy loaded now: True",
+    ]
 
 
 def test_nothing_is_deferred_once_sympy_or_onnx_ir_is_imported():
@@ -52,8 +56,9 @@ print(gc.get_threshold()[0])
 
 
 def test_only_the_cli_process_gets_the_calmer_garbage_collector():
-    default = subprocess.run([sys.executable, "-c", "import gc; print(gc.get_threshold()[0])"],
-                             capture_output=True, text=True).stdout.strip()
+    default = subprocess.run(
+        [sys.executable, "-c", "import gc; print(gc.get_threshold()[0])"], capture_output=True, text=True
+    ).stdout.strip()
     run = subprocess.run([sys.executable, "-c", GC_SCRIPT], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()

@@ -31,7 +31,7 @@ def test_stripped_model_equals_the_parsed_one_but_for_the_data(tmp_path, by_refe
         if reference.data_location == TensorProto.EXTERNAL:
             info = {e.key: e.value for e in reference.external_data}
             assert info["location"] == "in.onnx"
-            data = source.read_bytes()[int(info["offset"]):int(info["offset"]) + int(info["length"])]
+            data = source.read_bytes()[int(info["offset"]) : int(info["offset"]) + int(info["length"])]
             assert data == full.raw_data
             full.ClearField("raw_data")
             reference.ClearField("external_data")
@@ -68,8 +68,12 @@ def test_an_external_data_output_of_an_inline_input_copies_the_tensors_from_the_
     out = tmp_path / "ext.onnx"
     report = bnfold.fold_file(SAMPLE, out, external_data="always")
     assert report.check.passed
-    locations = {e.value for t in onnx.load(out, load_external_data=False).graph.initializer
-                 for e in t.external_data if e.key == "location"}
+    locations = {
+        e.value
+        for t in onnx.load(out, load_external_data=False).graph.initializer
+        for e in t.external_data
+        if e.key == "location"
+    }
     assert locations and all(location != SAMPLE.name for location in locations)  # never the input's file
     feeds = random_feeds(onnx.load(SAMPLE))
     np.testing.assert_allclose(run(onnx.load(out), feeds)[0], run(onnx.load(SAMPLE), feeds)[0], rtol=1e-5, atol=1e-6)

@@ -28,5 +28,14 @@ def _either(ops: list[str]) -> str:
 PRODUCER_NAMES = _either(list(PRODUCER_RULES))  # in the refusals: "no Conv, ConvTranspose, … or MatMul before it"
 CONSUMER_NAMES = _either(list(CONSUMER_RULES))
 
-__all__ = ["CONSUMERS", "CONSUMER_NAMES", "CONSUMER_RULES", "PRODUCERS", "PRODUCER_NAMES", "PRODUCER_RULES",
-           "ConsumerRule", "ProducerRule", "standalone"]
+__all__ = [
+    "CONSUMERS",
+    "CONSUMER_NAMES",
+    "CONSUMER_RULES",
+    "PRODUCERS",
+    "PRODUCER_NAMES",
+    "PRODUCER_RULES",
+    "ConsumerRule",
+    "ProducerRule",
+    "standalone",
+]

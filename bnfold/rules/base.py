@@ -70,14 +70,22 @@ class FoldContext:
         name = self.names.fresh(hint)
         if graph not in self.function_graphs:
             return constant_value(graph, name, array)
-        constant = ir.node("Constant", [], attributes={"value": tensor_of(array, name)},
-                           name=self.names.fresh(f"{hint}_constant"))
+        constant = ir.node(
+            "Constant", [], attributes={"value": tensor_of(array, name)}, name=self.names.fresh(f"{hint}_constant")
+        )
         constant.outputs[0].name = name
         graph.insert_before(user, constant)
         return constant.outputs[0]
 
-    def write_input(self, node: ir.Node, index: int, array: np.ndarray | None, role: str,
-                    recompute: Callable[[], np.ndarray] | None = None, like: np.ndarray | None = None) -> None:
+    def write_input(
+        self,
+        node: ir.Node,
+        index: int,
+        array: np.ndarray | None,
+        role: str,
+        recompute: Callable[[], np.ndarray] | None = None,
+        like: np.ndarray | None = None,
+    ) -> None:
         """Make input `index` of `node` the constant `array`.
 
         An initializer that only this input uses is updated in place (it keeps its
@@ -114,8 +122,12 @@ class FoldContext:
         whose constants are inline Constant nodes).
         """
         old = node.inputs[index] if index < len(node.inputs) else None
-        return (old is not None and isinstance(old.const_value, ir.ExternalTensor)
-                and old.const_value.nbytes >= LAZY_TENSOR_BYTES and node.graph not in self.function_graphs)
+        return (
+            old is not None
+            and isinstance(old.const_value, ir.ExternalTensor)
+            and old.const_value.nbytes >= LAZY_TENSOR_BYTES
+            and node.graph not in self.function_graphs
+        )
 
     def mark_gemm_broadcast(self, gemm: ir.Node) -> None:
         """Gemm before opset 7 broadcasts C only when told to."""
@@ -161,13 +173,22 @@ class ConsumerRule:
 def _tensor(array: np.ndarray, name: str, recompute: Callable[[], np.ndarray] | None):
     if recompute is None:
         return tensor_of(array, name)
-    return ir.LazyTensor(lambda: tensor_of(recompute()), dtype=ir.DataType.from_numpy(array.dtype),
-                         shape=ir.Shape(array.shape), name=name)
+    return ir.LazyTensor(
+        lambda: tensor_of(recompute()),
+        dtype=ir.DataType.from_numpy(array.dtype),
+        shape=ir.Shape(array.shape),
+        name=name,
+    )
 
 
 def _exclusively_ours(value: ir.Value) -> bool:
-    return (value.is_initializer() and not value.is_graph_input() and not value.is_graph_output()
-            and len(value.uses()) == 1 and value.graph is not None)
+    return (
+        value.is_initializer()
+        and not value.is_graph_input()
+        and not value.is_graph_output()
+        and len(value.uses()) == 1
+        and value.graph is not None
+    )
 
 
 def _overflow_is_skip(fold: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -186,11 +207,21 @@ def rounded(values: np.ndarray, like: np.ndarray) -> np.ndarray:
         raise Skip(str(error)) from None
 
 
-def folded_commit(ctx: FoldContext, node: ir.Node, fold: Callable[[], tuple[np.ndarray, np.ndarray]],
-                  weight: np.ndarray, bias_like: np.ndarray, *, roles: tuple[str, str] = ("weight", "bias"),
-                  write_bias: bool = True, before: Callable[[], None] | None = None,
-                  after: Callable[[], None] | None = None, bias_alone: Callable[[], np.ndarray] | None = None,
-                  factors: np.ndarray | None = None, bias_input: int = 2) -> Commit:
+def folded_commit(
+    ctx: FoldContext,
+    node: ir.Node,
+    fold: Callable[[], tuple[np.ndarray, np.ndarray]],
+    weight: np.ndarray,
+    bias_like: np.ndarray,
+    *,
+    roles: tuple[str, str] = ("weight", "bias"),
+    write_bias: bool = True,
+    before: Callable[[], None] | None = None,
+    after: Callable[[], None] | None = None,
+    bias_alone: Callable[[], np.ndarray] | None = None,
+    factors: np.ndarray | None = None,
+    bias_input: int = 2,
+) -> Commit:
     """Check a fold now (it may overflow: Skip), and return the Commit that writes it.
 
     `fold()` gives (new weight, new bias) in float64 for inputs 1 and `bias_input` of `node`.
@@ -202,8 +233,12 @@ def folded_commit(ctx: FoldContext, node: ir.Node, fold: Callable[[], tuple[np.n
     The bias is written first: that may free the weight of a second user (a Shape
     feeding the old bias), so the weight keeps its name.
     """
-    if (bias_alone is not None and factors is not None and ctx.defers(node, 1)
-            and fold_math.product_fits(weight, factors, weight.dtype)):
+    if (
+        bias_alone is not None
+        and factors is not None
+        and ctx.defers(node, 1)
+        and fold_math.product_fits(weight, factors, weight.dtype)
+    ):
         new_weight, new_bias = None, rounded(bias_alone(), bias_like)
     else:
         new_weight, new_bias = _overflow_is_skip(fold)

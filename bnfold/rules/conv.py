@@ -29,11 +29,16 @@ def prepare(ctx: FoldContext, conv: ir.Node, params: AffineParams, bias_input: i
     scale, shift = params.for_channels(weight.shape[0], f"output of {describe(conv)}")
     if bias is not None and bias.shape != (weight.shape[0],):
         raise Skip(f"bias of {describe(conv)} has shape {bias.shape}, expected ({weight.shape[0]},)")
-    return folded_commit(ctx, conv,
-                         lambda: fold_math.fold_output_channels(weight, bias, scale, shift, dtype=weight.dtype),
-                         weight, weight if bias is None else bias,
-                         bias_alone=lambda: fold_math.output_bias(bias, scale, shift), factors=scale,
-                         bias_input=bias_input)
+    return folded_commit(
+        ctx,
+        conv,
+        lambda: fold_math.fold_output_channels(weight, bias, scale, shift, dtype=weight.dtype),
+        weight,
+        weight if bias is None else bias,
+        bias_alone=lambda: fold_math.output_bias(bias, scale, shift),
+        factors=scale,
+        bias_input=bias_input,
+    )
 
 
 RULE = ProducerRule(("Conv",), weight_input=1, output_channels=output_channels, prepare=prepare)

@@ -39,10 +39,15 @@ def prepare(ctx: FoldContext, conv_t: ir.Node, params: AffineParams) -> Commit:
     scale, shift = params.for_channels(out_channels, f"output of {describe(conv_t)}")
     if bias is not None and bias.shape != (out_channels,):
         raise Skip(f"bias of {describe(conv_t)} has shape {bias.shape}, expected ({out_channels},)")
-    return folded_commit(ctx, conv_t,
-                         lambda: fold_math.fold_conv_transpose(weight, bias, scale, shift, group, weight.dtype),
-                         weight, weight if bias is None else bias,
-                         bias_alone=lambda: fold_math.output_bias(bias, scale, shift), factors=scale)
+    return folded_commit(
+        ctx,
+        conv_t,
+        lambda: fold_math.fold_conv_transpose(weight, bias, scale, shift, group, weight.dtype),
+        weight,
+        weight if bias is None else bias,
+        bias_alone=lambda: fold_math.output_bias(bias, scale, shift),
+        factors=scale,
+    )
 
 
 RULE = ProducerRule(("ConvTranspose",), weight_input=1, output_channels=output_channels, prepare=prepare)

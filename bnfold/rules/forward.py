@@ -36,10 +36,16 @@ def prepare_conv(ctx: FoldContext, conv: ir.Node, params: AffineParams) -> Commi
     if params.has_shift and _pads_with_zeros(conv):
         raise Skip(f"padding: {describe(conv)} pads its input with zeros, which the shift would not reach")
     with_shift = params.has_shift
-    return folded_commit(ctx, conv, lambda: fold_math.fold_conv_input_channels(weight, bias, scale, shift, group,
-                                                                               with_shift=with_shift,
-                                                                               dtype=weight.dtype),
-                         weight, weight if bias is None else bias, write_bias=bias is not None or with_shift)
+    return folded_commit(
+        ctx,
+        conv,
+        lambda: fold_math.fold_conv_input_channels(
+            weight, bias, scale, shift, group, with_shift=with_shift, dtype=weight.dtype
+        ),
+        weight,
+        weight if bias is None else bias,
+        write_bias=bias is not None or with_shift,
+    )
 
 
 def _pads_with_zeros(conv: ir.Node) -> bool:
@@ -55,27 +61,47 @@ def prepare_gemm(ctx: FoldContext, gemm: ir.Node, params: AffineParams) -> Commi
     b_matrix = ctx.matrix(gemm, role="B")
     trans_b = bool(int_attr(gemm, "transB", 0))
     columns = b_matrix.shape[0] if trans_b else b_matrix.shape[1]
-    scale, shift = params.for_channels(b_matrix.shape[1] if trans_b else b_matrix.shape[0],
-                                       f"input of {describe(gemm)}")
+    scale, shift = params.for_channels(
+        b_matrix.shape[1] if trans_b else b_matrix.shape[0], f"input of {describe(gemm)}"
+    )
     c_bias = ctx.optional_weight(gemm, 2, "C")
     if c_bias is not None:
         check_c_broadcast(gemm, c_bias.shape, columns)
     alpha, beta = float_attr(gemm, "alpha", 1.0), float_attr(gemm, "beta", 1.0)
-    return folded_commit(ctx, gemm, lambda: fold_math.fold_gemm_input_columns(
-        b_matrix, c_bias, scale, shift, trans_b=trans_b, alpha=alpha, beta=beta, dtype=b_matrix.dtype),
-        b_matrix, b_matrix if c_bias is None else c_bias, roles=("B", "C"), after=lambda: set_beta_to_one(ctx, gemm))
+    return folded_commit(
+        ctx,
+        gemm,
+        lambda: fold_math.fold_gemm_input_columns(
+            b_matrix, c_bias, scale, shift, trans_b=trans_b, alpha=alpha, beta=beta, dtype=b_matrix.dtype
+        ),
+        b_matrix,
+        b_matrix if c_bias is None else c_bias,
+        roles=("B", "C"),
+        after=lambda: set_beta_to_one(ctx, gemm),
+    )
 
 
 def prepare_matmul(ctx: FoldContext, matmul: ir.Node, params: AffineParams) -> Commit:
     rank = ctx.types.rank(matmul.inputs[0])
     if rank != 2:
-        raise Skip(f"input of {describe(matmul)} has rank {rank if rank is not None else 'unknown'}, "
-                   "so the channel axis 1 is not the one it contracts")
+        raise Skip(
+            f"input of {describe(matmul)} has rank {rank if rank is not None else 'unknown'}, "
+            "so the channel axis 1 is not the one it contracts"
+        )
     b_matrix = ctx.matrix(matmul)
     scale, shift = params.for_channels(b_matrix.shape[0], f"input of {describe(matmul)}")
-    return become_gemm(ctx, matmul, lambda: fold_math.fold_gemm_input_columns(
-        b_matrix, None, scale, shift, trans_b=False, alpha=1.0, beta=1.0, dtype=b_matrix.dtype), b_matrix)
+    return become_gemm(
+        ctx,
+        matmul,
+        lambda: fold_math.fold_gemm_input_columns(
+            b_matrix, None, scale, shift, trans_b=False, alpha=1.0, beta=1.0, dtype=b_matrix.dtype
+        ),
+        b_matrix,
+    )
 
 
-RULES = (ConsumerRule(("Conv",), prepare_conv), ConsumerRule(("Gemm",), prepare_gemm),
-         ConsumerRule(("MatMul",), prepare_matmul))
+RULES = (
+    ConsumerRule(("Conv",), prepare_conv),
+    ConsumerRule(("Gemm",), prepare_gemm),
+    ConsumerRule(("MatMul",), prepare_matmul),
+)

@@ -39,12 +39,17 @@ def prepare(ctx: FoldContext, gemm: ir.Node, params: AffineParams) -> Commit:
     if c_bias is not None:
         check_c_broadcast(gemm, c_bias.shape, channels)
     beta = float_attr(gemm, "beta", 1.0)
-    return folded_commit(ctx, gemm,
-                         lambda: fold_math.fold_gemm(b_matrix, c_bias, scale, shift, trans_b=trans_b, beta=beta,
-                                                    dtype=b_matrix.dtype),
-                         b_matrix, b_matrix if c_bias is None else c_bias, roles=("B", "C"),
-                         after=lambda: set_beta_to_one(ctx, gemm),
-                         bias_alone=lambda: fold_math.gemm_output_bias(c_bias, scale, shift, beta=beta), factors=scale)
+    return folded_commit(
+        ctx,
+        gemm,
+        lambda: fold_math.fold_gemm(b_matrix, c_bias, scale, shift, trans_b=trans_b, beta=beta, dtype=b_matrix.dtype),
+        b_matrix,
+        b_matrix if c_bias is None else c_bias,
+        roles=("B", "C"),
+        after=lambda: set_beta_to_one(ctx, gemm),
+        bias_alone=lambda: fold_math.gemm_output_bias(c_bias, scale, shift, beta=beta),
+        factors=scale,
+    )
 
 
 RULE = ProducerRule(("Gemm",), weight_input=1, output_channels=output_channels, prepare=prepare)  # [M, N]: axis 1

@@ -51,10 +51,14 @@ def prepare(ctx: FoldContext, matmul: ir.Node, params: AffineParams, bias_add: i
     b_matrix = _b_matrix(ctx, matmul)
     scale, shift = params.for_channels(b_matrix.shape[1], f"output of {describe(matmul)}")
     if output_rank(ctx, matmul) == 2 and ctx.types.rank(matmul.inputs[0]) in (None, 2) and bias_add is None:
-        return become_gemm(ctx, matmul, lambda: fold_math.fold_gemm(b_matrix, None, scale, shift, trans_b=False,
-                                                                         beta=1.0, dtype=b_matrix.dtype),
-                           b_matrix, bias_alone=lambda: fold_math.gemm_output_bias(None, scale, shift, beta=1.0),
-                           factors=scale)
+        return become_gemm(
+            ctx,
+            matmul,
+            lambda: fold_math.fold_gemm(b_matrix, None, scale, shift, trans_b=False, beta=1.0, dtype=b_matrix.dtype),
+            b_matrix,
+            bias_alone=lambda: fold_math.gemm_output_bias(None, scale, shift, beta=1.0),
+            factors=scale,
+        )
     if bias_add is None and not params.has_shift:
         return _scaled(ctx, matmul, b_matrix, scale)
     if bias_add is None and np.all(scale == 1):
@@ -62,18 +66,30 @@ def prepare(ctx: FoldContext, matmul: ir.Node, params: AffineParams, bias_add: i
     return _with_bias(ctx, matmul, b_matrix, scale, shift, bias_add)
 
 
-RULE = ProducerRule(("MatMul",), weight_input=1, output_channels=output_channels, prepare=prepare,
-                    feature_axis=feature_axis)
+RULE = ProducerRule(
+    ("MatMul",), weight_input=1, output_channels=output_channels, prepare=prepare, feature_axis=feature_axis
+)
 
 
 def _scaled(ctx: FoldContext, matmul: ir.Node, b_matrix: np.ndarray, scale: np.ndarray) -> Commit:
-    return folded_commit(ctx, matmul, lambda: (fold_math.scale_output_channels(b_matrix, scale, channel_axis=1,
-                                                                               dtype=b_matrix.dtype), None),
-                         b_matrix, b_matrix, write_bias=False)
+    return folded_commit(
+        ctx,
+        matmul,
+        lambda: (fold_math.scale_output_channels(b_matrix, scale, channel_axis=1, dtype=b_matrix.dtype), None),
+        b_matrix,
+        b_matrix,
+        write_bias=False,
+    )
 
 
-def _with_bias(ctx: FoldContext, matmul: ir.Node, b_matrix: np.ndarray, scale: np.ndarray, shift: np.ndarray,
-               bias_add: ir.Node | None) -> Commit:
+def _with_bias(
+    ctx: FoldContext,
+    matmul: ir.Node,
+    b_matrix: np.ndarray,
+    scale: np.ndarray,
+    shift: np.ndarray,
+    bias_add: ir.Node | None,
+) -> Commit:
     """B' = B·s, and the bias Add's constant b·s + t (b = 0 for a new Add)."""
     bias = None
     if bias_add is not None:
@@ -121,5 +137,6 @@ def become_gemm(ctx: FoldContext, matmul: ir.Node, fold, b_matrix, **deferral) -
     def to_gemm() -> None:
         matmul.op_type = "Gemm"
 
-    return folded_commit(ctx, matmul, fold, b_matrix, b_matrix, before=to_gemm,
-                         after=lambda: ctx.mark_gemm_broadcast(matmul), **deferral)
+    return folded_commit(
+        ctx, matmul, fold, b_matrix, b_matrix, before=to_gemm, after=lambda: ctx.mark_gemm_broadcast(matmul), **deferral
+    )

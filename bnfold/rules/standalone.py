@@ -32,8 +32,9 @@ def rewrite_as_mul_add(ctx: FoldContext, bn: ir.Node, params: AffineParams) -> t
     """Replace `bn` by Mul(s) then Add(t); returns (mul, add). Skip (graph untouched) when impossible."""
     scale = _channel_constant(ctx, bn, params.scale, params)
     shift = _channel_constant(ctx, bn, params.shift, params)
-    mul, add = _replace(ctx, bn, [("Mul", scale, "scale", "scaled", "mul"), ("Add", shift, "shift", "shifted", "add")],
-                        same_value=True)
+    mul, add = _replace(
+        ctx, bn, [("Mul", scale, "scale", "scaled", "mul"), ("Add", shift, "shift", "shifted", "add")], same_value=True
+    )
     return mul, add
 
 
@@ -72,8 +73,9 @@ def _data_dtype(ctx: FoldContext, bn: ir.Node) -> np.dtype:
     raise Skip("element type of the input is unknown")
 
 
-def _replace(ctx: FoldContext, bn: ir.Node, steps: list[tuple[str, np.ndarray, str, str, str]],
-             same_value: bool) -> list[ir.Node]:
+def _replace(
+    ctx: FoldContext, bn: ir.Node, steps: list[tuple[str, np.ndarray, str, str, str]], same_value: bool
+) -> list[ir.Node]:
     """Put a chain of elementwise nodes (op, constant, constant/output/node name hints) where `bn` was.
 
     `same_value`: the chain computes the BN's output, and its last value takes over the BN's name.

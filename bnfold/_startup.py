@@ -42,8 +42,10 @@ def defer_sympy() -> bool:
         return False
     try:
         package = importlib.util.find_spec("onnx_ir")
-        present = package is not None and package.origin is not None and importlib.util.find_spec("sympy")
-        if not present or not (Path(package.origin).parent / "_symbolic_shapes.py").is_file():
+        origin = package.origin if package is not None else None
+        if origin is None or importlib.util.find_spec("sympy") is None:
+            return False
+        if not (Path(origin).parent / "_symbolic_shapes.py").is_file():
             return False
     except (ImportError, ValueError):
         return False

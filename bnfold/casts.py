@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import onnx_ir as ir
 
 from bnfold.node_attrs import in_default_domain, int_attr
-from bnfold.rewire import retire_node
+from bnfold.rewire import data_input, graph_of, retire_node
 from bnfold.skip import Skip
 
 # Every value of the key type is exactly representable in each of its wider types.
@@ -40,6 +40,14 @@ class Sandwich:
     widen: ir.Node  # Cast(to the wider type), before the map
     narrow: ir.Node  # Cast(back to `dtype`), after it
     dtype: ir.DataType  # the type of the weights the map folds into
+
+    @property
+    def source(self) -> ir.Value:
+        """The narrow value the widening Cast reads."""
+        value = self.widen.inputs[0]
+        if value is None:
+            raise Skip(f"{_name(self.widen)} has no input")
+        return value
 
     @property
     def key(self) -> str:
@@ -86,13 +94,13 @@ def set_path_dtype(sandwich: Sandwich, values: list[ir.Value]) -> None:
 def remove_widening(sandwich: Sandwich) -> None:
     """Its consumers read the narrow value itself."""
     widen = sandwich.widen
-    widen.outputs[0].replace_all_uses_with(widen.inputs[0])
-    widen.graph.remove(widen, safe=True)
+    widen.outputs[0].replace_all_uses_with(sandwich.source)
+    graph_of(widen).remove(widen, safe=True)
 
 
 def remove_narrowing(sandwich: Sandwich) -> ir.Value:
     """The value before the narrowing Cast takes its place (name, consumers, type); returns it."""
-    data = sandwich.narrow.inputs[0]
+    data = data_input(sandwich.narrow)
     retire_node(sandwich.narrow, data)
     return data
 

@@ -20,6 +20,7 @@ import sys
 import traceback
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import typer
 from typer.core import TyperCommand
@@ -176,7 +177,7 @@ def run(
     from bnfold.render import View
 
     view = View(fmt.value, quiet and fmt != Format.json, every_node)
-    options = dict(
+    options: dict[str, Any] = dict(
         check=not no_check,
         standalone=standalone.value,
         bn_only=bn_only,

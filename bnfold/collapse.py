@@ -32,7 +32,7 @@ def collapse_leftovers(ledger: Ledger, contexts: Mapping[ir.Graph, FoldContext])
         context = contexts[state.scope.graph]
         if state.pending and _refuse_channel_mismatch(ledger, context, bn, state):
             continue
-        if state.pending and not state.params.per_element:
+        if state.pending and not state.map.per_element:
             collapsed |= _collapse(ledger, context, bn, state)
     return collapsed
 
@@ -40,9 +40,9 @@ def collapse_leftovers(ledger: Ledger, contexts: Mapping[ir.Graph, FoldContext])
 def _refuse_channel_mismatch(ledger: Ledger, context: FoldContext, bn: ir.Node, state: BnState) -> bool:
     """Leave a BN exactly as it is when its parameters do not match its input's channels (as far as inferred)."""
     channels = context.types.dim(bn.inputs[0], 1)
-    if state.params.per_element or channels is None or state.params.channels == channels:
+    if state.map.per_element or channels is None or state.map.channels == channels:
         return False
-    mismatch = f"parameter shape ({state.params.channels},) does not match channel count {channels}"
+    mismatch = f"parameter shape ({state.map.channels},) does not match channel count {channels}"
     ledger.bn_given_up(state, f"{state.reason}; {mismatch}")
     return True
 
@@ -54,7 +54,7 @@ def _collapse(ledger: Ledger, context: FoldContext, bn: ir.Node, state: BnState)
     if not before and not after:
         return False
     try:
-        params = state.params
+        params = state.map
         for _, _, found in before:
             params = found.then(params)
         for _, _, found in after:
@@ -63,15 +63,17 @@ def _collapse(ledger: Ledger, context: FoldContext, bn: ir.Node, state: BnState)
     except Skip as skip:
         logger.info("BatchNormalization %s keeps its neighbours: %s", state.name, skip.reason)
         return False
+    graph = bn.graph
+    assert graph is not None  # a BN of the graph being folded
     if before:
         node, index, _ = before[-1]
         old = bn.inputs[0]
         bn.replace_input_with(0, node.inputs[index])
-        remove_if_dead(bn.graph, old)
+        remove_if_dead(graph, old)
     if after:
         last = after[-1][0].outputs[0]
         take_over_output(last, bn.outputs[0])
-        remove_if_dead(bn.graph, last)
+        remove_if_dead(graph, last)
     for index, (role, array) in enumerate(arrays, start=1):
         context.write_input(bn, index, array, role)
     state.sites = [bn.outputs[0]]
@@ -89,12 +91,10 @@ def _neighbours(ledger: Ledger, context: FoldContext, bn: ir.Node, backward: boo
     while True:
         value = current.inputs[data_index] if backward else current.outputs[0]
         neighbour = _single_use_neighbour(value, backward)
-        affine = None if neighbour is None else _leftover_affine(ledger, context, neighbour)
-        if (
-            affine is None
-            or neighbour.graph is not bn.graph
-            or (not backward and neighbour.inputs[affine[0]] is not value)
-        ):
+        if neighbour is None or neighbour.graph is not bn.graph:
+            return found
+        affine = _leftover_affine(ledger, context, neighbour)
+        if affine is None or (not backward and neighbour.inputs[affine[0]] is not value):
             return found
         found.append((neighbour, *affine))
         current, data_index = neighbour, affine[0]
@@ -104,7 +104,7 @@ def _leftover_affine(ledger: Ledger, context: FoldContext, node: ir.Node) -> tup
     """(data index, map) of a BN no move took, or of a per-channel Mul/Add/Sub/Div; None otherwise."""
     state = ledger.bns.get(node)
     if state is not None:
-        return (0, state.params) if state.pending and not state.params.per_element else None
+        return (0, state.map) if state.pending and not state.map.per_element else None
     if node.op_type not in ELEMENTWISE_OPS or node in ledger.created_by:
         return None
     try:
@@ -126,6 +126,13 @@ def _bn_arrays(context: FoldContext, bn: ir.Node, params: AffineParams) -> list[
     values = fold_math.bn_parameters(params.scale, params.shift, float_attr(bn, "epsilon", 1e-5))
     roles = ("scale", "B", "input_mean", "input_var")
     return [
-        (role, rounded(array, context.resolver.value_of(bn.inputs[index])))
+        (role, rounded(array, _parameter(context, bn, index)))
         for index, (role, array) in enumerate(zip(roles, values, strict=True), start=1)
     ]
+
+
+def _parameter(context: FoldContext, bn: ir.Node, index: int) -> np.ndarray:
+    array = context.resolver.value_of(bn.inputs[index])
+    if array is None:  # screened: a pending BN's parameters are constants
+        raise Skip(f"parameter {index} of {describe(bn)} is not constant")
+    return array

@@ -85,8 +85,8 @@ def compare_value(
     """
     expected, actual = np.asarray(expected), np.asarray(actual)
     if expected.shape != actual.shape:
-        note = f"shape {actual.shape} instead of {expected.shape}"
-        return OutputCheck(name, float("inf"), float("inf"), 0.0, False, note)
+        mismatch = f"shape {actual.shape} instead of {expected.shape}"
+        return OutputCheck(name, float("inf"), float("inf"), 0.0, False, mismatch)
     if expected.dtype.kind not in "fc":
         equal = bool(np.array_equal(expected, actual))
         error = 0.0 if equal else float("inf")
@@ -94,19 +94,19 @@ def compare_value(
     dtype_name = expected.dtype.name
     a, b = _comparable(expected), _comparable(actual)
     special_equal, a, b = _split_specials(a, b)
-    note = None if special_equal else "NaN/Inf positions differ"
+    note: str | None = None if special_equal else "NaN/Inf positions differ"
     if reference is not None and table is None:
-        judged_as = dtype_name if dtype_name in HALF_DTYPES else inherits
+        judged_as: str | None = dtype_name if dtype_name in HALF_DTYPES else inherits
         if judged_as is not None:
             return _against_reference(name, judged_as, (a, b, np.asarray(reference)), tolerance, special_equal, note)
     table = table or (DIRECT_HALF_TOLERANCES if dtype_name in HALF_DTYPES else DEFAULT_TOLERANCES)
     rtol, atol = tolerance.pick(table, dtype_name)
     scale = _channel_magnitude(a)
     difference = np.subtract(a, b)
-    error = _channel_max(np.abs(difference, out=difference))
+    channel_error = _channel_max(np.abs(difference, out=difference))
     channel_rtol = min(CHANNEL_FACTOR * rtol, max(CHANNEL_RTOL_CAP, rtol))
     allowed = atol + np.minimum(rtol * np.max(scale, initial=0.0), channel_rtol * scale)
-    return _check(name, error, scale, allowed, error, special_equal, note)
+    return _check(name, channel_error, scale, allowed, channel_error, special_equal, note)
 
 
 def _against_reference(

@@ -224,9 +224,10 @@ def _placeholder(value: ir.Value, with_shape: bool) -> np.ndarray | None:
         return None
     if not with_shape:
         return np.zeros((), dtype=value.dtype.numpy())
-    if value.shape is None or not all(isinstance(d, int) for d in value.shape):
+    dims = [d for d in value.shape if isinstance(d, int)] if value.shape is not None else None
+    if value.shape is None or dims is None or len(dims) != len(value.shape):
         return None
-    return np.zeros(tuple(value.shape), dtype=value.dtype.numpy())
+    return np.zeros(tuple(dims), dtype=value.dtype.numpy())
 
 
 def _producers_upstream(value: ir.Value | None) -> Iterator[ir.Node]:

@@ -48,7 +48,7 @@ from bnfold.draws import (
 )
 from bnfold.errors import RuntimeUnavailableError, first_line
 from bnfold.precision import HALF_TYPES, convert_float_type, has_float_type, has_half_precision
-from bnfold.report import CheckResult, OutputCheck, Site
+from bnfold.report import CheckResult, OutputCheck, Site, Verdict
 from bnfold.sites import find_sites
 from bnfold.sources import Source, source_of, tensor_reader
 
@@ -136,7 +136,7 @@ class Check:
         if self.stand_in is not None:
             folded = Source(convert_float_type(folded.with_data(), self.stand_in[0], TensorProto.FLOAT), None)
         try:
-            actual = self._run(folded, self.draws.feeds)
+            actual = self._run(folded, self._draws().feeds)
         except Exception as error:  # noqa: BLE001 - the folded model is ours: report it, don't crash
             return self._unrunnable(f"onnxruntime cannot run the folded model: {first_line(error)}")
         return self._result(actual)
@@ -162,7 +162,7 @@ class Check:
                     single_run=not self._needs_two_runs(),
                 )
                 try:
-                    return [session.run(feeds) for feeds in self.draws.feeds]
+                    return [session.run(feeds) for feeds in self._draws().feeds]
                 except Exception as error:  # noqa: BLE001 - a shape it rejects, or a kernel it lacks
                     failure = error
                     logger.info("onnxruntime rejected free dimensions of %d: %s", free_dim, first_line(error))
@@ -196,7 +196,7 @@ class Check:
     def _float32_reference(self) -> list[dict[str, np.ndarray]] | None:
         try:
             widened = convert_float_type(self.source.with_data(), HALF_TYPES, TensorProto.FLOAT)
-            return self._run(Source(widened, None), [_as_float32(feed) for feed in self.draws.feeds])
+            return self._run(Source(widened, None), [_as_float32(feed) for feed in self._draws().feeds])
         except Exception as error:  # noqa: BLE001 - without it the half-precision values are compared directly
             logger.info("no float32 reference for the half-precision check: %s", first_line(error))
             return None
@@ -225,6 +225,7 @@ class Check:
         evidence = (
             [c for c in sites if c.informative and c.exercised] if sites else [c for c in outputs if c.informative]
         )
+        verdict: Verdict
         if not all(c.passed for c in [*outputs, *sites]):
             verdict = "failed"
         else:
@@ -252,9 +253,14 @@ class Check:
         note = worst.note or (_STAND_IN_NOTE if self.stand_in is not None else None)
         return worst.with_context(informative=evidence, exercised=exercised, bn=site.bn if site else None, note=note)
 
+    def _draws(self) -> Draws:
+        if self.draws is None:
+            raise AssertionError("the original has not run yet")
+        return self.draws
+
     def _informative(self, name: str) -> bool:
         values = [run[name] for run in self.expected]
-        if not self.draws.batched:
+        if not self._draws().batched:
             return informative(values[0], values[1] if len(values) > 1 else None)
         value = values[0]
         if value.ndim == 0 or value.shape[0] % 2:  # no batch axis to split into the two draws
@@ -277,7 +283,7 @@ class Check:
     def _shapes(self) -> dict[str, list[int]]:
         if not self.draws:
             return {}
-        return {name: list(array.shape) for name, array in self.draws.feeds[0].items()}
+        return {name: list(array.shape) for name, array in self._draws().feeds[0].items()}
 
 
 def downstream(graph: onnx.GraphProto, names: Iterable[str]) -> set[str]:

@@ -168,7 +168,7 @@ def _largest_weight(bn: ir.Node, resolver: ConstantResolver) -> float:
     """max|W| of the producer's weight (1 when there is no foldable producer: the scale alone counts)."""
     producer = bn.inputs[0].producer() if bn.inputs and bn.inputs[0] is not None else None
     rule = PRODUCER_RULES.get(producer.op_type) if producer is not None else None
-    if rule is None or rule.weight_input >= len(producer.inputs):
+    if producer is None or rule is None or rule.weight_input >= len(producer.inputs):
         return 1.0
     weight = resolver.value_of(producer.inputs[rule.weight_input])
     return 1.0 if weight is None or weight.size == 0 else float(np.max(np.abs(weight.astype(np.float64))))

@@ -67,7 +67,7 @@ class FileRun:
         if self.check:
             from bnfold.draws import check_user_inputs, input_specs
 
-            check_user_inputs(input_specs(source.proto), self.checks.inputs, self.checks.shapes)
+            check_user_inputs(input_specs(source.structure), self.checks.inputs, self.checks.shapes)
         model = source.load(self.external_data)
         token = source.token(__version__, self.options.standalone, str(self.options.bn_only))
         self._refuse_clobbering(source, token)
@@ -79,11 +79,12 @@ class FileRun:
         del model
         if self.dry_run:
             return
+        destination = self._destination()
         before = source.size()
-        while (written := self._save_checked(result, source, token)) is None:
+        while (written := self._save_checked(result, source, destination, token)) is None:
             logger.info("folding again without the Cast sandwich fold(s) the check refused")
             self._fold(source.load(self.external_data), result, source)
-        result.output, result.size = os.fspath(self.destination), (before, written)
+        result.output, result.size = os.fspath(destination), (before, written)
 
     def _step(self, name: str) -> None:
         if self.progress is not None:
@@ -92,31 +93,37 @@ class FileRun:
     def _check_paths(self) -> None:
         if self.report is not None:
             check_report_path(self.report)
-        if self.dry_run:
-            return
+        if not self.dry_run:
+            check_output_path(self._destination())
+
+    def _destination(self) -> Path:
         if self.destination is None:
             raise InputError("an output path is needed (or use dry_run)")
-        check_output_path(self.destination)
+        return self.destination
 
     def _refuse_clobbering(self, source: ModelFile, token: str) -> None:
         if not self.dry_run:
-            refuse_clobbering(source.files, self.destination, source.data_name(self.destination, token), self.report)
+            destination = self._destination()
+            refuse_clobbering(source.files, destination, source.data_name(destination, token), self.report)
         elif self.report is not None:
             refuse_clobbering(source.files, self.report, None)
 
     def _fold(self, model: ir.Model, result: FoldReport, source: ModelFile) -> None:
         self.outcome = run_pass(model, self.options, self.progress)
         result.records, result.unchanged = self.outcome.records, not self.outcome.sites
-        result.ops = _op_counts(source.proto, self.outcome.model)
+        result.ops = _op_counts(source.structure, self.outcome.model)
 
-    def _save_checked(self, result: FoldReport, source: ModelFile, token: str) -> int | None:
+    def _save_checked(self, result: FoldReport, source: ModelFile, destination: Path, token: str) -> int | None:
         """Save staged, check, commit: the bytes written; None when Cast sandwich folds must be refused first."""
-        checker = _checker(self.outcome, self.checks if self.check else None, source)
-        sandwiches = {} if self.options.refused else self.outcome.sandwiches  # a second run commits or fails
-        with Stage(self.destination, token) as stage:
+        outcome, self.outcome = self.outcome, None
+        if outcome is None:
+            raise AssertionError("nothing was folded")
+        checker = _checker(outcome, self.checks if self.check else None, source)
+        sandwiches = {} if self.options.refused else outcome.sandwiches  # a second run commits or fails
+        with Stage(destination, token) as stage:
             self._step("writing")
-            written = source.save(self.outcome.model, stage)
-            self.outcome = None  # its memory-mapped weights go before onnxruntime loads a model
+            written = source.save(outcome.model, stage)
+            del outcome  # its memory-mapped weights go before onnxruntime loads a model
             if checker is not None:
                 self._step("checking")
             refusals = _check_staged(checker, stage, result, sandwiches, self.checks.strict)
@@ -144,7 +151,7 @@ def _checker(outcome: FoldOutcome, checks: CheckRequest | None, source: ModelFil
     from bnfold.sources import Source
 
     return Check(
-        Source(source.proto, source.base_dir), outcome.sites, checks.tolerance, checks.inputs, checks.shapes, seed=0
+        Source(source.structure, source.base_dir), outcome.sites, checks.tolerance, checks.inputs, checks.shapes, seed=0
     )
 
 
@@ -210,8 +217,10 @@ def write_failure_report(report: Path | None, text: str, protected: Iterable[Pat
 def _judge(report: FoldReport, strict: bool) -> None:
     """Raise CheckFailedError for a failed check (or, with `strict`, an inconclusive one)."""
     check = report.check
-    if check.failed:
-        failure = check.first_failure()
+    if check is None:
+        return
+    failure = check.first_failure()
+    if check.failed and failure is not None:
         where = f"at BatchNormalization {failure.bn}, " if failure.bn else ""
         kind = "site" if failure in check.sites else "output"
         channel = f" channel {failure.channel}" if failure.channel is not None else ""

@@ -216,8 +216,10 @@ def merged_kernel(shape: tuple[int, ...], placed, identities=()) -> np.ndarray:
     total = np.zeros(shape, dtype=np.float64)
     for kernel, offset in placed:
         window = tuple(slice(start, start + size) for start, size in zip(offset, np.shape(kernel)[2:], strict=True))
-        total[(slice(None), slice(None), *window)] += _f64(kernel)
+        index = (slice(None), slice(None), *window)
+        total[index] += _f64(kernel)
     channels = np.arange(shape[0])
     for scale, offset in identities:
-        total[(channels, channels % shape[1], *offset)] += _f64(scale)
+        taps = (channels, channels % shape[1], *offset)
+        total[taps] += _f64(scale)
     return total

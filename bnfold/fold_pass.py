@@ -182,7 +182,7 @@ class _Run:
         return False
 
     def _fold_bn(self, context: FoldContext, bn: ir.Node, state: BnState) -> bool:
-        folded, state.reason = _try_moves(context, AffineNode(bn, 0, state.params))
+        folded, state.reason = _try_moves(context, AffineNode(bn, 0, state.map))
         if folded is None:
             return False
         self.ledger.bn_folded(state, folded)
@@ -246,9 +246,9 @@ class _Run:
 
     def _pending_params(self, bn: ir.Node) -> AffineParams | None:
         state = self.ledger.bns.get(bn)
-        if state is None or not state.pending or state.params.per_element:
+        if state is None or not state.pending or state.map.per_element:
             return None
-        return state.params
+        return state.map
 
     # --- convert -----------------------------------------------------------------------------------
 
@@ -264,7 +264,7 @@ class _Run:
                 state.final = self.ledger.kept(state)
                 continue
             try:
-                mul, add = standalone.rewrite_as_mul_add(context, bn, state.params)
+                mul, add = standalone.rewrite_as_mul_add(context, bn, state.map)
             except Skip as skip:
                 state.final = self.ledger.kept(state, f"; cannot rewrite it as Mul+Add: {skip.reason}")
                 continue
@@ -273,7 +273,7 @@ class _Run:
 
     def _scale_forward(self, context: FoldContext, bn: ir.Node, state: BnState) -> bool:
         """Fold the scale forward into consumers that take no shift (a Conv padding with zeros); the BN becomes Add."""
-        params = state.params
+        params = state.map
         if params.per_element or not params.has_shift or np.any(params.scale == 0):
             return False
         try:
@@ -289,11 +289,12 @@ class _Run:
         return True
 
 
-def _try_moves(context: FoldContext, affine: AffineNode) -> tuple[Folded | None, str | None]:
+def _try_moves(context: FoldContext, affine: AffineNode) -> tuple[Folded | None, str]:
+    """The first move that takes `affine`; else None and why none did."""
     reasons = []
     for move in MOVES:
         try:
-            return move(context, affine), None
+            return move(context, affine), ""
         except Skip as skip:
             reasons.append(skip.reason)
     return None, "; ".join(reasons)

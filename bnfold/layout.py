@@ -25,6 +25,7 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold.node_attrs import in_default_domain, int_attr
+from bnfold.rewire import data_input
 from bnfold.skip import Skip
 
 LAYOUT_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
@@ -40,7 +41,8 @@ class Trace:
 
     def beyond(self, further: Trace) -> Trace:
         """This walk continued by `further`, which started at the input of the node this one stopped at."""
-        return Trace(further.producer, further.axis, [*self.passed, self.producer, *further.passed])
+        stopped_at = [self.producer] if self.producer is not None else []
+        return Trace(further.producer, further.axis, [*self.passed, *stopped_at, *further.passed])
 
     @property
     def through(self) -> str:
@@ -64,7 +66,7 @@ def trace_back(ctx, value: ir.Value, axis: int | None) -> Trace:
         if axis is not None:
             axis = _axis_before(ctx, node, axis)
         passed.append(node)
-        value = node.inputs[0]
+        value = data_input(node)
 
 
 def layout_kind(ctx, node: ir.Node) -> str | None:
@@ -168,20 +170,20 @@ def remove_passed(trace: Trace) -> None:
         if node.op_type not in LAYOUT_OPS:
             _retire_safely(node)
             continue
-        source = node.inputs[0].producer() if node.inputs[0] is not None else None
+        between = data_input(node)
+        source = between.producer()
         if (
             node.op_type == "Transpose"
             and source is not None
             and source.op_type == "Transpose"
             and source in trace.passed
             and _cancel(source, node)
-            and len(node.inputs[0].uses()) == 1
-            and not source.inputs[0].is_graph_input()
-            and not source.inputs[0].is_graph_output()
+            and len(between.uses()) == 1
         ):
-            inner = source.inputs[0]
-            retire_node(node, node.inputs[0])
-            retire_node(source, inner)
+            inner = data_input(source)
+            if not inner.is_graph_input() and not inner.is_graph_output():
+                retire_node(node, between)
+                retire_node(source, inner)
 
 
 def _retire_safely(node: ir.Node) -> None:

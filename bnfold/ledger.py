@@ -48,6 +48,13 @@ class BnState:
     def pending(self) -> bool:
         return self.final is None and not self.created
 
+    @property
+    def map(self) -> AffineParams:
+        """Its affine map: set when it was screened, so every BN still pending has one."""
+        if self.params is None:
+            raise AssertionError(f"BatchNormalization {self.name} was not screened")
+        return self.params
+
 
 @dataclasses.dataclass(frozen=True)
 class _Changed:
@@ -139,7 +146,8 @@ class Ledger:
         for value in removed:
             self.superseded[value] = output
             for state in self.folded_at.get(value, []):
-                state.final = dataclasses.replace(state.final, into=f"{state.final.into}, merged into {target}")
+                if state.final is not None:
+                    state.final = dataclasses.replace(state.final, into=f"{state.final.into}, merged into {target}")
 
     def kept(self, state: BnState, note: str = "") -> NodeRecord:
         into = "BatchNormalization" + (f" (absorbed {', '.join(state.absorbed)})" if state.absorbed else "")
@@ -159,7 +167,9 @@ class Ledger:
         members left with their reason; every main-graph value a fold changed, with the nodes whose folds changed
         it; and the site names that show each Cast sandwich fold (site name -> keys)."""
         locate = SiteLocator(model)
-        records, claims, sandwiches = [], [], {}
+        records: list[NodeRecord] = []
+        claims: list[tuple[Site, str, bool]] = []
+        sandwiches: dict[str, list[str]] = {}
         changed = [
             _Changed(self._bn_record(state), state.sites, state.scope, state.sandwich) for state in self.bns.values()
         ]
@@ -168,8 +178,9 @@ class Ledger:
             records.append(dataclasses.replace(item.record, site=found[0].name) if found else item.record)
             own = item.record.pattern not in ("forward", "scale-forward")  # its own output, not a consumer's
             claims += [(site, item.record.name, own) for site in found]
-            for site in found if item.sandwich is not None else ():
-                sandwiches.setdefault(site.name, []).append(item.sandwich)
+            if item.sandwich is not None:
+                for site in found:
+                    sandwiches.setdefault(site.name, []).append(item.sandwich)
         records += [
             record(node.name or f"({node.op_type})", "skipped", reason=reason, scope=scope, op=node.op_type)
             for node, (scope, reason) in self.left.items()

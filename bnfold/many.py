@@ -12,6 +12,7 @@ import multiprocessing
 from dataclasses import dataclass
 from multiprocessing import connection
 from pathlib import Path
+from typing import Any
 
 from bnfold.errors import BnfoldError, CheckFailedError, InputError, first_line
 from bnfold.files import check_folder_creatable, make_folders
@@ -75,7 +76,7 @@ def fold_many(items: list[BatchItem], jobs: int = 1, progress=None, **options) -
     step = progress or (lambda *_: None)
     context = _process_context()
     waiting = list(enumerate(items))
-    running: dict[int, tuple[int, object, object]] = {}  # sentinel -> (index, process, connection)
+    running: dict[Any, tuple[int, Any, Any]] = {}  # sentinel -> (index, process, connection)
     done: list[BatchItem | None] = [None] * len(items)
     try:
         while waiting or running:
@@ -94,7 +95,7 @@ def fold_many(items: list[BatchItem], jobs: int = 1, progress=None, **options) -
         for _, process, _ in running.values():  # interrupted: stop the workers, which remove what they staged
             process.terminate()
             process.join()
-    return done
+    return [item for item in done if item is not None]
 
 
 def _process_context():

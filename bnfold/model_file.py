@@ -92,6 +92,13 @@ class ModelFile:
         return cls("model", None, None, given=model)
 
     @property
+    def structure(self) -> onnx.ModelProto:
+        """Its ModelProto (a ModelFile of an onnx_ir.Model has none)."""
+        if self.proto is None:
+            raise InputError(f"{self.label}: an onnx_ir.Model has no file structure")
+        return self.proto
+
+    @property
     def files(self) -> list[Path]:
         """The model file and its data files: what nothing bnfold writes may be."""
         return [] if self.path is None else [self.path, *sorted(self.data_files)]
@@ -102,7 +109,7 @@ class ModelFile:
             model = self._given.clone()
             unlist_initializer_inputs(model)
             return model
-        model = to_ir(self.proto, self.label)
+        model = to_ir(self.structure, self.label)
         if self.base_dir is not None:
             ir.external_data.set_base_dir(model.graph, os.fspath(self.base_dir))
         if self.path is not None:
@@ -229,7 +236,7 @@ def relist_initializer_inputs(model: ir.Model) -> None:
                 continue
             if value.type is None and value.const_value is not None:
                 value.type = ir.TensorType(value.const_value.dtype)
-                value.shape = ir.Shape(value.const_value.shape)
+                value.shape = ir.Shape(value.const_value.shape.numpy())
             graph.inputs.append(value)
 
 

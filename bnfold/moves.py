@@ -13,6 +13,7 @@ untouched.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import onnx_ir as ir
@@ -43,7 +44,10 @@ class AffineNode:
 
     @property
     def data(self) -> ir.Value:
-        return self.node.inputs[self.data_index]
+        value = self.node.inputs[self.data_index]
+        if value is None:
+            raise Skip("its data input is missing")
+        return value
 
     @property
     def output(self) -> ir.Value:
@@ -67,7 +71,7 @@ def fold_backward(ctx: FoldContext, affine: AffineNode) -> Folded:
     trace = trace_back(ctx, affine.data, affine.axis)
     sandwich = find_sandwich(ctx, trace.producer, affine.output)
     if sandwich is not None:
-        trace = trace.beyond(trace_back(ctx, sandwich.widen.inputs[0], trace.axis))
+        trace = trace.beyond(trace_back(ctx, sandwich.source, trace.axis))
     producer = trace.producer
     if producer is not None and producer.op_type in QUANTIZATION_OPS | QUANTIZED_PRODUCERS:
         raise Skip(f"its input comes from {describe(producer)}, a quantized op; fold before quantizing")
@@ -77,14 +81,14 @@ def fold_backward(ctx: FoldContext, affine: AffineNode) -> Folded:
     bias_add = _bias_add(ctx, producer, user, trace)
     if bias_add is not None:
         user, producer = bias_add, bias_add_producer(bias_add)
-    _check_foldable_producer(user, _output_read_by(user, producer), producer)
+    output, producer = _foldable_producer(user, _output_read_by(user, producer), producer)
     _check_feature_axis(ctx, producer, trace.axis)
     if bias_add is not None:
         commit = matmul.prepare(ctx, producer, affine.params, bias_add)
     else:
         commit = PRODUCER_RULES[producer.op_type].prepare(ctx, producer, affine.params)
     target = describe(producer) + (f" (and its bias {describe(bias_add)})" if bias_add else "") + trace.through
-    on_the_way = [_output_read_by(user, producer), *(node.outputs[0] for node in trace.passed[1:])]
+    on_the_way = [output, *(node.outputs[0] for node in trace.passed[1:])]
     commit()
     if sandwich is not None:
         set_path_dtype(sandwich, [*on_the_way, affine.output])
@@ -100,8 +104,8 @@ def fold_backward(ctx: FoldContext, affine: AffineNode) -> Folded:
     return Folded(target, "backward", (data,), _changed(on_the_way, data))
 
 
-def _changed(on_the_way: list[ir.Value | None], site: ir.Value) -> tuple[ir.Value, ...]:
-    return tuple(value for value in on_the_way if value is not None and value is not site)
+def _changed(on_the_way: Sequence[ir.Value], site: ir.Value) -> tuple[ir.Value, ...]:
+    return tuple(value for value in on_the_way if value is not site)
 
 
 def _output_read_by(user: ir.Node, producer: ir.Node | None) -> ir.Value | None:
@@ -144,9 +148,9 @@ def _check_feature_axis(ctx: FoldContext, producer: ir.Node, axis: int | None) -
         )
 
 
-def _check_foldable_producer(user: ir.Node, value: ir.Value, producer: ir.Node | None) -> None:
-    """`value` must come from a rule's producer, in the same graph, and feed nothing but `user`."""
-    if producer is None or not in_default_domain(producer) or producer.op_type not in PRODUCER_RULES:
+def _foldable_producer(user: ir.Node, value: ir.Value | None, producer: ir.Node | None) -> tuple[ir.Value, ir.Node]:
+    """`value` must come from a rule's producer, in the same graph, and feed nothing but `user`: (value, producer)."""
+    if value is None or producer is None or not in_default_domain(producer) or producer.op_type not in PRODUCER_RULES:
         raise Skip(f"no {PRODUCER_NAMES} before it")
     if producer.graph is not user.graph:
         raise Skip(f"{describe(producer)} is in an outer graph")
@@ -155,6 +159,7 @@ def _check_foldable_producer(user: ir.Node, value: ir.Value, producer: ir.Node |
     consumers = len(value.uses())
     if consumers > 1:
         raise Skip(f"output of {describe(producer)} has {consumers} consumers")
+    return value, producer
 
 
 def _fold_into_concat(ctx: FoldContext, affine: AffineNode, concat: ir.Node) -> Folded:
@@ -170,12 +175,11 @@ def _fold_into_concat(ctx: FoldContext, affine: AffineNode, concat: ir.Node) -> 
     commits: list[Commit] = []
     targets: list[str] = []
     start = 0
-    for value in concat.inputs:
-        producer = value.producer() if value is not None else None
+    for given in concat.inputs:
         try:
-            _check_foldable_producer(concat, value, producer)
+            _, producer = _foldable_producer(concat, given, given.producer() if given is not None else None)
         except Skip as skip:
-            raise Skip(f"Concat input '{value.name}': {skip.reason}") from None
+            raise Skip(f"Concat input '{given.name if given is not None else ''}': {skip.reason}") from None
         rule = PRODUCER_RULES[producer.op_type]
         stop = start + rule.output_channels(ctx, producer)
         commits.append(rule.prepare(ctx, producer, affine.params.sliced(start, stop)))

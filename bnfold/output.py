@@ -99,19 +99,19 @@ def write_external(model: ir.Model, folder: Path, data_name: str, threshold: int
     """
     moving = []
     for slot in tensor_slots(model):
-        external = isinstance(slot.tensor, ir.ExternalTensor)
-        big = slot.tensor.nbytes >= threshold and slot.tensor.dtype != ir.DataType.STRING
-        if big and (slot.initializer or external):
+        tensor = slot.tensor
+        big = tensor.nbytes >= threshold and tensor.dtype != ir.DataType.STRING
+        if big and (slot.initializer or isinstance(tensor, ir.ExternalTensor)):
             moving.append(slot)
-        elif external:
-            slot.put(_in_memory(slot.tensor))
+        elif isinstance(tensor, ir.ExternalTensor):
+            slot.put(_in_memory(tensor))
     if not moving:
         return  # no empty data file beside the output
     with _DurableFile(folder / data_name) as data, ThreadPoolExecutor(max_workers=1) as pool:
         for slot, tensor in zip(moving, _evaluated_ahead(pool, [slot.tensor for slot in moving]), strict=True):
             offset = _aligned(data.handle.tell(), tensor.nbytes)
             data.handle.seek(offset)
-            tensor.tofile(data.handle)
+            _tofile(tensor, data.handle)
             data.hand_over()
             slot.put(
                 ir.ExternalTensor(
@@ -119,8 +119,8 @@ def write_external(model: ir.Model, folder: Path, data_name: str, threshold: int
                     offset,
                     tensor.nbytes,
                     tensor.dtype,
-                    shape=tensor.shape,
-                    name=slot.name,
+                    shape=ir.Shape(tensor.shape.numpy()),
+                    name=slot.name or "",
                     base_dir=str(folder),
                 )
             )
@@ -184,15 +184,16 @@ def write_inline(model: ir.Model, path: Path) -> None:
         head = to_proto(model)
     finally:
         for value in initializers:
-            model.graph.initializers[value.name] = value
+            model.graph.initializers[value.name or ""] = value
     graph = head.graph.SerializeToString()
     head.ClearField("graph")
     with _DurableFile(path) as out, ThreadPoolExecutor(max_workers=1) as pool:
         out.handle.write(head.SerializeToString())
         out.handle.write(_length_delimited(_GRAPH_FIELD, graph))
-        sources = _evaluated_ahead(pool, [value.const_value for value in initializers])
-        for value, source in zip(initializers, sources, strict=True):
-            _write_initializer(out.handle, value.name, source)
+        tensors = [value.const_value for value in initializers if value.const_value is not None]
+        sources = _evaluated_ahead(pool, tensors)
+        for value, source in zip([v for v in initializers if v.const_value is not None], sources, strict=True):
+            _write_initializer(out.handle, value.name or "", source)
             out.hand_over()
 
 
@@ -217,7 +218,16 @@ def _write_initializer(handle: BinaryIO, name: str, tensor: ir.TensorProtocol) -
     tensor_bytes = len(header) + len(raw) + tensor.nbytes
     initializer = length_delimited(_INITIALIZER_FIELD, tensor_bytes)
     handle.write(length_delimited(_GRAPH_FIELD, len(initializer) + tensor_bytes) + initializer + header + raw)
-    tensor.tofile(handle)
+    _tofile(tensor, handle)
+
+
+def _tofile(tensor: ir.TensorProtocol, handle: BinaryIO) -> None:
+    """The tensor's bytes into `handle`: file to file for a memory-mapped one (onnx-ir's tensors have tofile)."""
+    tofile = getattr(tensor, "tofile", None)
+    if tofile is not None:
+        tofile(handle)
+    else:
+        handle.write(tensor.tobytes())
 
 
 def _tensor_header(name: str, tensor: ir.TensorProtocol) -> bytes:

@@ -58,6 +58,8 @@ class TerminalProgress:
             self._stop.wait(TICK_SECONDS)
 
     def _draw(self, now: float) -> None:
+        if self._current is None:
+            return
         step, done, total = self._current
         self._last = now
         detail = f" {done}/{total}" if total > 1 else f" {now - self._step_started:.1f} s"

@@ -226,7 +226,7 @@ def check_lines(check: CheckResult | None, unchanged: bool = False) -> list[Line
         value, channel = check.largest_errors()
         detail = (
             ""
-            if value is None
+            if value is None or channel is None
             else (
                 f"; max rel err {value.value_rel_err:.2e} ({value.name}), "
                 f"{channel.max_rel_err:.2e} of one channel's own values ({channel.name})"

@@ -85,12 +85,12 @@ def merge(
 ) -> Merged | None:
     """Merge the branches; None when the tree is no reparameterizable block, Skip when it is one that cannot be."""
     source = _source(leaves[0])
-    convs = [leaf.producer() for leaf in leaves if _conv_of(leaf) is not None]
+    convs = [conv for leaf in leaves if (conv := _conv_of(leaf)) is not None]
     if not convs or len(leaves) < 2:
         return None
     identities = [leaf for leaf in leaves if _conv_of(leaf) is None]
-    bns = [leaf.producer() for leaf in identities if leaf is not source]
-    if any(bn.op_type != "BatchNormalization" or bn_params(bn) is None for bn in bns):
+    bns = [(bn, bn_params(bn)) for leaf in identities if leaf is not source and (bn := leaf.producer()) is not None]
+    if any(bn.op_type != "BatchNormalization" or params is None for bn, params in bns):
         return None
     _check_single_uses(leaves, sums, root)
     kernels = [ctx.kernel(conv) for conv in convs]
@@ -105,11 +105,8 @@ def merge(
     begin, end, offsets = _placement(geometries, _ints(convs[0], "dilations", 1, len(size)), size)
     shape = (*kernels[0].shape[:2], *size)
     ones = np.ones(shape[0])
-    scales = [
-        (ones, 0 * ones)
-        if leaf is source
-        else bn_params(leaf.producer()).for_channels(shape[0], f"output of {describe(leaf.producer())}")
-        for leaf in identities
+    scales = [(ones, 0 * ones)] * sum(leaf is source for leaf in identities) + [
+        params.for_channels(shape[0], f"output of {describe(bn)}") for bn, params in bns if params is not None
     ]
     kernel = fold_math.merged_kernel(
         shape, list(zip(kernels, offsets[: len(kernels)], strict=True)), [(scale, offsets[-1]) for scale, _ in scales]
@@ -123,7 +120,7 @@ def merge(
     ctx.write_input(target, 1, new_kernel, "weight")
     _set_geometry(target, size, begin, end)
     removed = _rewire(root, sums, [leaf for leaf in leaves if leaf is not target.outputs[0]], target)
-    return Merged(target, target.outputs[0], tuple(bns), removed)
+    return Merged(target, target.outputs[0], tuple(bn for bn, _ in bns), removed)
 
 
 def _tree(root: ir.Node) -> tuple[list[ir.Value], list[ir.Node]]:
@@ -133,7 +130,7 @@ def _tree(root: ir.Node) -> tuple[list[ir.Value], list[ir.Node]]:
     while stack:
         value = stack.pop()
         producer = value.producer() if value is not None else None
-        if producer is not None and _is_sum(producer, root.graph) and _only_use(value):
+        if value is not None and producer is not None and _is_sum(producer, root.graph) and _only_use(value):
             sums.append(producer)
             stack.extend(reversed(producer.inputs))
         elif value is not None:
@@ -142,7 +139,7 @@ def _tree(root: ir.Node) -> tuple[list[ir.Value], list[ir.Node]]:
 
 
 def _children(node: ir.Node) -> list[ir.Node]:
-    return [value.producer() for value in node.inputs if value is not None and value.producer() is not None]
+    return [producer for value in node.inputs if value is not None and (producer := value.producer()) is not None]
 
 
 def _is_sum(node: ir.Node, graph: ir.Graph | None) -> bool:
@@ -170,8 +167,9 @@ def _source(leaf: ir.Value) -> ir.Value | None:
 
 def _check_single_uses(leaves: list[ir.Value], sums: list[ir.Node], root: ir.Node) -> None:
     for leaf in leaves:
-        if _source(leaf) is not leaf and not _only_use(leaf):
-            raise Skip(f"output of {describe(leaf.producer())} is used outside the sum")
+        producer = leaf.producer()
+        if producer is not None and _source(leaf) is not leaf and not _only_use(leaf):
+            raise Skip(f"output of {describe(producer)} is used outside the sum")
     if len({id(leaf) for leaf in leaves}) != len(leaves):
         raise Skip(f"{describe(root)} adds one branch twice")
 
@@ -257,7 +255,8 @@ def _set_geometry(conv: ir.Node, size: tuple[int, ...], begin: tuple[int, ...], 
 def _rewire(root: ir.Node, sums: list[ir.Node], others: list[ir.Value], target: ir.Node) -> tuple[ir.Value, ...]:
     """The target's output takes over the root's; the sums and the other branches go."""
     graph = root.graph
-    branch_nodes = [leaf.producer() for leaf in others if leaf.producer() is not None and leaf is not _source(leaf)]
+    assert graph is not None  # a root found in a graph
+    branch_nodes = [node for leaf in others if leaf is not _source(leaf) and (node := leaf.producer()) is not None]
     removed = tuple([*(node.outputs[0] for node in branch_nodes), *(node.outputs[0] for node in sums[1:])])
     inputs = [value for node in branch_nodes for value in node.inputs]
     take_over_output(root.outputs[0], target.outputs[0])

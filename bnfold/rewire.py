@@ -9,6 +9,21 @@ import numpy as np
 import onnx_ir as ir
 
 
+def graph_of(node: ir.Node) -> ir.Graph:
+    """The graph `node` is in (a node being folded always is in one)."""
+    if node.graph is None:
+        raise AssertionError(f"{node.op_type} {node.name!r} is in no graph")
+    return node.graph
+
+
+def data_input(node: ir.Node, index: int = 0) -> ir.Value:
+    """Input `index` of `node`, which a fold needs: an AssertionError when it is missing (validated earlier)."""
+    value = node.inputs[index] if index < len(node.inputs) else None
+    if value is None:
+        raise AssertionError(f"{node.op_type} {node.name!r} has no input {index}")
+    return value
+
+
 def values_in_use(values: Iterable[ir.Value | None]) -> list[ir.Value]:
     return [v for v in values if v is not None and (v.is_graph_output() or len(v.uses()) > 0)]
 
@@ -26,7 +41,7 @@ def take_over_output(old: ir.Value, new: ir.Value) -> None:
 
 def retire_node(node: ir.Node, replacement: ir.Value) -> None:
     """Remove single-output `node`, `replacement` taking over its output, then its dead inputs."""
-    graph = node.graph
+    graph = graph_of(node)
     inputs = list(node.inputs)
     take_over_output(node.outputs[0], replacement)
     graph.remove(node, safe=True)
@@ -39,7 +54,7 @@ def bypass_node(node: ir.Node, data: ir.Value) -> None:
 
     Unlike `retire_node`, `data` keeps its name: it may be a graph input or feed others.
     """
-    graph = node.graph
+    graph = graph_of(node)
     inputs = list(node.inputs)
     node.outputs[0].replace_all_uses_with(data)
     graph.remove(node, safe=True)
@@ -58,9 +73,9 @@ def remove_if_dead(graph: ir.Graph, value: ir.Value | None) -> None:
         if current is None or current.is_graph_output() or current.uses():
             continue
         if current.is_initializer() and not current.is_graph_input():
-            owner = current.graph
-            if owner is not None and owner.initializers.get(current.name) is current:
-                del owner.initializers[current.name]
+            owner, name = current.graph, current.name
+            if owner is not None and name is not None and owner.initializers.get(name) is current:
+                del owner.initializers[name]
             continue
         node = current.producer()
         if node is None or node.graph is None or any(values_in_use(node.outputs)):

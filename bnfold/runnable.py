@@ -28,7 +28,7 @@ _PLACEHOLDER = "bnfold-shared-initializer"
 # the session, before it takes the shared arrays, and copying them costs nothing.
 _SHARED_BYTES = 64 * 1024
 # numpy dtypes an OrtValue can view directly, by ONNX data type.
-_VIEWABLE = {
+_VIEWABLE: dict[int, type] = {
     TensorProto.FLOAT: np.float32,
     TensorProto.DOUBLE: np.float64,
     TensorProto.FLOAT16: np.float16,
@@ -131,7 +131,7 @@ def _repeated(descriptor) -> bool:
 
 def _view(tensor: TensorProto) -> np.ndarray | None:
     """A read-only numpy view of an inline tensor's raw bytes (no copy); None when it cannot be viewed."""
-    dtype = _VIEWABLE.get(tensor.data_type)
+    dtype = _VIEWABLE.get(int(tensor.data_type))
     if (
         dtype is None
         or tensor.data_location == TensorProto.EXTERNAL

@@ -76,8 +76,9 @@ def _bodies(node: ir.Node, attribute: ir.Attr) -> list[tuple[ir.Graph, tuple[str
         return []
     if attribute.type == ir.AttributeType.GRAPH:
         branch = None
-        if node.op_type == "If" and attribute.name in ("then_branch", "else_branch") and node.inputs[0] is not None:
-            branch = (node.inputs[0].name, attribute.name == "then_branch")
+        condition = node.inputs[0] if node.inputs else None
+        if node.op_type == "If" and attribute.name in ("then_branch", "else_branch") and condition is not None:
+            branch = (condition.name or "", attribute.name == "then_branch")
         return [(attribute.value, branch)]
     if attribute.type == ir.AttributeType.GRAPHS:
         return [(graph, None) for graph in attribute.value]

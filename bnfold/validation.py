@@ -241,9 +241,8 @@ def check_external_data(proto: onnx.ModelProto, base_dir: Path, model_file: Path
             continue
         info = {entry.key: entry.value for entry in tensor.external_data}
         location = info.get("location", "")
-        inline = own is not None and location == own.name and (base / location).resolve() == own
-        if inline:  # bytes of the model file itself: checked as an inline tensor is
-            _check_inline_extent(tensor, info, own, model_file)
+        if own is not None and model_file is not None and location == own.name and (base / location).resolve() == own:
+            _check_inline_extent(tensor, info, own, model_file)  # the model file's own bytes: as an inline tensor
             continue
         where = f"external data of tensor '{tensor.name}'"
         if location not in file_sizes:

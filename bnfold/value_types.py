@@ -105,7 +105,12 @@ def _skeleton(model: ir.Model) -> onnx.ModelProto:
         if tensor is None or isinstance(tensor, ir.ExternalTensor) or tensor.nbytes <= _SKELETON_MIN_BYTES:
             continue
         value.const_value = ir.ExternalTensor(
-            "bnfold-skeleton", 0, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=value.name
+            "bnfold-skeleton",
+            0,
+            tensor.nbytes,
+            tensor.dtype,
+            shape=ir.Shape(tensor.shape.numpy()),
+            name=value.name or "",
         )
         swapped.append((value, tensor))
     try:
@@ -166,11 +171,11 @@ def _rank_after_axes(types: ValueTypes, node: ir.Node) -> int | None:
     rank = types.rank(node.inputs[0])
     if rank is None:
         return None
+    count: int | None
     if "axes" in node.attributes:
         count = len(node.attributes["axes"].value)
-    elif len(node.inputs) > 1 and _static_dims(node.inputs[1]):
-        count = _static_dims(node.inputs[1])[0]
-        count = count if isinstance(count, int) else None
+    elif len(node.inputs) > 1 and (dims := _static_dims(node.inputs[1])):
+        count = dims[0] if isinstance(dims[0], int) else None
     else:
         return None  # Squeeze without axes removes every dimension of size 1: unknown here
     if count is None:

@@ -18,7 +18,7 @@ from bnfold import fold_math
 from bnfold.affine import AffineParams
 from bnfold.constants import ConstantResolver, constant_input
 from bnfold.names import NameAuthority
-from bnfold.rewire import constant_value, replace_input, tensor_of
+from bnfold.rewire import constant_value, graph_of, replace_input, tensor_of
 from bnfold.skip import Skip
 from bnfold.value_types import ValueTypes
 
@@ -66,7 +66,7 @@ class FoldContext:
 
     def new_constant(self, user: ir.Node, hint: str, array: np.ndarray) -> ir.Value:
         """A new uniquely named constant for `user`: an initializer, or a Constant node in a function."""
-        graph = user.graph
+        graph = graph_of(user)
         name = self.names.fresh(hint)
         if graph not in self.function_graphs:
             return constant_value(graph, name, array)
@@ -97,23 +97,27 @@ class FoldContext:
         shape; where it does not, `recompute` computes it now.
         """
         old = node.inputs[index] if index < len(node.inputs) else None
-        lazy = recompute is not None and self.defers(node, index)
-        if array is None and not lazy:
+        lazy = recompute if recompute is not None and self.defers(node, index) else None
+        if array is None and lazy is None:
+            if recompute is None:
+                raise AssertionError(f"no value for input {index} of {describe(node)}")
             array = recompute()
         stand_in = array if array is not None else like  # dtype and shape of the new value
+        if stand_in is None:
+            raise AssertionError(f"neither a value nor its dtype and shape for input {index} of {describe(node)}")
         if old is not None and _exclusively_ours(old):
-            old.const_value = _tensor(stand_in, old.name, recompute if lazy else None)
+            old.const_value = _tensor(stand_in, old.name or "", lazy)
             if old.shape is not None:
                 old.shape = ir.Shape(stand_in.shape)
             self.resolver.forget(old)
             return
         hint = f"{old.name}_bnfolded" if old is not None and old.name else f"{node.name or node.op_type}_{role}"
-        if lazy:
+        if lazy is not None:
             name = self.names.fresh(hint)
-            new_value = constant_value(node.graph, name, _tensor(stand_in, name, recompute))
+            new_value = constant_value(graph_of(node), name, _tensor(stand_in, name, lazy))
         else:
-            new_value = self.new_constant(node, hint, array)
-        replace_input(node.graph, node, index, new_value)
+            new_value = self.new_constant(node, hint, stand_in)
+        replace_input(graph_of(node), node, index, new_value)
 
     def defers(self, node: ir.Node, index: int) -> bool:
         """Whether a new value for input `index` is computed while the output is written, not now.
@@ -191,7 +195,9 @@ def _exclusively_ours(value: ir.Value) -> bool:
     )
 
 
-def _overflow_is_skip(fold: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+def _overflow_is_skip(
+    fold: Callable[[], tuple[np.ndarray, np.ndarray | None]],
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Run a fold that rounds its weight as it computes it: an overflow refuses the fold, as in `rounded`."""
     try:
         return fold()
@@ -210,7 +216,7 @@ def rounded(values: np.ndarray, like: np.ndarray) -> np.ndarray:
 def folded_commit(
     ctx: FoldContext,
     node: ir.Node,
-    fold: Callable[[], tuple[np.ndarray, np.ndarray]],
+    fold: Callable[[], tuple[np.ndarray, np.ndarray | None]],
     weight: np.ndarray,
     bias_like: np.ndarray,
     *,
@@ -233,6 +239,8 @@ def folded_commit(
     The bias is written first: that may free the weight of a second user (a Shape
     feeding the old bias), so the weight keeps its name.
     """
+    new_weight: np.ndarray | None
+    new_bias: np.ndarray | None
     if (
         bias_alone is not None
         and factors is not None
@@ -241,9 +249,9 @@ def folded_commit(
     ):
         new_weight, new_bias = None, rounded(bias_alone(), bias_like)
     else:
-        new_weight, new_bias = _overflow_is_skip(fold)
-        new_weight = rounded(new_weight, weight)
-        new_bias = rounded(new_bias, bias_like) if write_bias else None
+        folded_weight, folded_bias = _overflow_is_skip(fold)
+        new_weight = rounded(folded_weight, weight)
+        new_bias = rounded(folded_bias, bias_like) if write_bias and folded_bias is not None else None
 
     def make_weight() -> np.ndarray:
         return rounded(_overflow_is_skip(fold)[0], weight)

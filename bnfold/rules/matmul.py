@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from bnfold import fold_math
 from bnfold.affine import AffineParams
-from bnfold.rewire import replace_input
+from bnfold.rewire import graph_of, replace_input
 from bnfold.rules.base import Commit, FoldContext, ProducerRule, describe, folded_commit, rounded
 from bnfold.skip import Skip
 
@@ -122,10 +122,11 @@ def _insert_bias(ctx: FoldContext, matmul: ir.Node, bias: np.ndarray) -> None:
     constant = ctx.new_constant(matmul, f"{base}_bias", bias)
     add = ir.node("Add", [output, constant], name=ctx.names.fresh(f"{base}_bias_add"))
     add.outputs[0].name = ctx.names.fresh(f"{base}_biased")
-    matmul.graph.insert_after(matmul, add)
+    graph = graph_of(matmul)
+    graph.insert_after(matmul, add)
     for use in list(output.uses()):
         if use.node is not add:
-            replace_input(matmul.graph, use.node, use.idx, add.outputs[0])
+            replace_input(graph, use.node, use.idx, add.outputs[0])
 
 
 def become_gemm(ctx: FoldContext, matmul: ir.Node, fold, b_matrix, **deferral) -> Commit:

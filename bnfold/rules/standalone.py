@@ -21,7 +21,7 @@ import onnx_ir as ir
 
 from bnfold import fold_math
 from bnfold.affine import AffineParams
-from bnfold.rewire import bypass_node, retire_node
+from bnfold.rewire import bypass_node, data_input, graph_of, retire_node
 from bnfold.rules.base import FoldContext, rounded
 from bnfold.skip import Skip
 
@@ -83,14 +83,15 @@ def _replace(
     base = bn.name or "BatchNormalization"
     # Before opset 7, Mul/Add broadcast only when told so, aligning B at `axis`.
     legacy = {"broadcast": 1, "axis": 1} if ctx.opset < LEGACY_BROADCAST_BEFORE else None
-    nodes, current = [], bn.inputs[0]
+    nodes: list[ir.Node] = []
+    current = data_input(bn)
     for op, array, constant_hint, output_hint, node_hint in steps:
         constant = ctx.new_constant(bn, f"{base}_{constant_hint}", array)
         node = ir.node(op, [current, constant], attributes=legacy, name=ctx.names.fresh(f"{base}_{node_hint}"))
         node.outputs[0].name = ctx.names.fresh(f"{base}_{output_hint}")
         nodes.append(node)
         current = node.outputs[0]
-    bn.graph.insert_before(bn, nodes)
+    graph_of(bn).insert_before(bn, nodes)
     if same_value:
         retire_node(bn, current)
     else:

@@ -33,6 +33,41 @@ def test_sympy_is_deferred_in_the_cli_process_and_still_works_when_needed(tmp_pa
     ]
 
 
+LIBRARY_SCRIPT = """
+import sys
+import bnfold
+report = bnfold.fold_file(sys.argv[1], sys.argv[2])
+assert report.check.passed
+print("sympy loaded by the library path:", "sympy.core" in sys.modules)
+"""
+
+
+def test_the_library_path_imports_onnx_ir_as_it_is(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-c", LIBRARY_SCRIPT, str(SAMPLE), str(tmp_path / "out.onnx")], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["sympy loaded by the library path: True"]
+
+
+def test_the_deferral_steps_aside_for_an_onnx_ir_without_the_module_it_replaces(tmp_path, monkeypatch):
+    import importlib.util
+
+    from bnfold import _startup
+
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        spec = real(name, *args)
+        if name == "onnx_ir" and spec is not None:
+            spec = importlib.util.spec_from_file_location("onnx_ir", tmp_path / "onnx_ir" / "__init__.py")
+        return spec
+
+    monkeypatch.setattr(_startup.importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(_startup, "sys", type("Modules", (), {"modules": {}})())
+    assert _startup.defer_sympy() is False
+
+
 def test_nothing_is_deferred_once_sympy_or_onnx_ir_is_imported():
     import onnx_ir  # noqa: F401 - this test process has imported them already
 

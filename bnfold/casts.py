@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import onnx_ir as ir
 
 from bnfold.node_attrs import in_default_domain, int_attr
-from bnfold.rewire import data_input, graph_of, retire_node
+from bnfold.rewire import data_input, graph_of, retire_node, use_count
 from bnfold.skip import Skip
 
 # Every value of the key type is exactly representable in each of its wider types.
@@ -75,7 +75,7 @@ def find_sandwich(ctx, widen: ir.Node | None, output: ir.Value) -> Sandwich | No
     narrow = uses[0].node
     if narrow.op_type != "Cast" or not in_default_domain(narrow) or int_attr(narrow, "to", -1) != source.value:
         return None
-    if len(widen.outputs[0].uses()) != 1:
+    if use_count(widen.outputs[0]) != 1:
         raise Skip(f"output of {_name(widen)} is used elsewhere too")
     sandwich = Sandwich(widen, narrow, source)
     refusal = ctx.refused.get(sandwich.key)

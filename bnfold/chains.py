@@ -11,6 +11,7 @@ import onnx_ir as ir
 from bnfold.affine import ELEMENTWISE_OPS
 from bnfold.layout import layout_kind
 from bnfold.node_attrs import in_default_domain
+from bnfold.rewire import use_count
 from bnfold.rules.base import FoldContext
 
 
@@ -19,7 +20,7 @@ def affine_run(context: FoldContext, node: ir.Node, bns) -> tuple[set[ir.Node], 
     transparent nodes), and whether a BN is among them."""
     members, touches_bn = {node}, False
     value = _data_input(context, node)
-    while value is not None and len(value.uses()) == 1:  # backward, through the data input
+    while value is not None and use_count(value) == 1:  # backward, through the data input
         producer = value.producer()
         if producer is None:
             break
@@ -34,7 +35,7 @@ def affine_run(context: FoldContext, node: ir.Node, bns) -> tuple[set[ir.Node], 
         members.add(producer)
         value = _data_input(context, producer)
     value = node.outputs[0]
-    while not value.is_graph_output() and len(value.uses()) == 1:  # forward, through the single consumer
+    while not value.is_graph_output() and use_count(value) == 1:  # forward, through the single consumer
         consumer = next(iter(value.uses())).node
         if consumer in bns:
             touches_bn = True

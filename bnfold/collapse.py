@@ -18,7 +18,7 @@ from bnfold import fold_math
 from bnfold.affine import ELEMENTWISE_OPS, AffineParams, read_elementwise
 from bnfold.ledger import BnState, Ledger
 from bnfold.node_attrs import float_attr
-from bnfold.rewire import remove_if_dead, take_over_output
+from bnfold.rewire import remove_if_dead, take_over_output, use_count
 from bnfold.rules.base import FoldContext, describe, rounded
 from bnfold.skip import Skip
 
@@ -116,7 +116,7 @@ def _leftover_affine(ledger: Ledger, context: FoldContext, node: ir.Node) -> tup
 
 def _single_use_neighbour(value: ir.Value | None, backward: bool) -> ir.Node | None:
     """The producer (backward) or the one consumer (forward) of `value`, when `value` is that edge's only use."""
-    if value is None or value.is_graph_output() or len(value.uses()) != 1:
+    if value is None or value.is_graph_output() or use_count(value) != 1:
         return None
     return value.producer() if backward else next(iter(value.uses())).node
 

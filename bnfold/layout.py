@@ -25,7 +25,7 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold.node_attrs import in_default_domain, int_attr
-from bnfold.rewire import data_input
+from bnfold.rewire import data_input, use_count
 from bnfold.skip import Skip
 
 LAYOUT_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
@@ -61,7 +61,7 @@ def trace_back(ctx, value: ir.Value, axis: int | None) -> Trace:
         kind = layout_kind(ctx, node)
         if kind is None:
             return Trace(node, axis, passed)
-        if value.is_graph_output() or len(value.uses()) != 1 or node.outputs[0] is not value:
+        if value.is_graph_output() or use_count(value) != 1 or node.outputs[0] is not value:
             raise Skip(f"output of {_describe(node)} is used elsewhere too")
         if axis is not None:
             axis = _axis_before(ctx, node, axis)
@@ -83,7 +83,7 @@ def is_transparent(ctx, node: ir.Node) -> bool:
     if node.op_type == "Identity":
         return True
     if node.op_type == "Dropout":
-        mask_used = len(node.outputs) > 1 and (node.outputs[1].uses() or node.outputs[1].is_graph_output())
+        mask_used = len(node.outputs) > 1 and (use_count(node.outputs[1]) > 0 or node.outputs[1].is_graph_output())
         training = len(node.inputs) > 2 and node.inputs[2] is not None and not _constant_false(ctx, node.inputs[2])
         legacy_training = "is_test" in node.attributes and int_attr(node, "is_test", 0) == 0
         return not (mask_used or training or legacy_training)
@@ -178,7 +178,7 @@ def remove_passed(trace: Trace) -> None:
             and source.op_type == "Transpose"
             and source in trace.passed
             and _cancel(source, node)
-            and len(between.uses()) == 1
+            and use_count(between) == 1
         ):
             inner = data_input(source)
             if not inner.is_graph_input() and not inner.is_graph_output():

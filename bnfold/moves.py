@@ -23,7 +23,7 @@ from bnfold.casts import find_sandwich, remove_narrowing, remove_widening, set_p
 from bnfold.constants import QUANTIZATION_OPS
 from bnfold.layout import is_transparent, remove_passed, trace_back
 from bnfold.node_attrs import in_default_domain, int_attr
-from bnfold.rewire import bypass_node, retire_node
+from bnfold.rewire import bypass_node, retire_node, use_count
 from bnfold.rules import CONSUMER_NAMES, CONSUMER_RULES, PRODUCER_NAMES, PRODUCER_RULES, matmul
 from bnfold.rules.base import Commit, FoldContext, describe
 from bnfold.skip import Skip
@@ -156,7 +156,7 @@ def _foldable_producer(user: ir.Node, value: ir.Value | None, producer: ir.Node 
         raise Skip(f"{describe(producer)} is in an outer graph")
     if value.is_graph_output():
         raise Skip(f"output of {describe(producer)} is also a graph output")
-    consumers = len(value.uses())
+    consumers = use_count(value)
     if consumers > 1:
         raise Skip(f"output of {describe(producer)} has {consumers} consumers")
     return value, producer
@@ -164,7 +164,7 @@ def _foldable_producer(user: ir.Node, value: ir.Value | None, producer: ir.Node 
 
 def _fold_into_concat(ctx: FoldContext, affine: AffineNode, concat: ir.Node) -> Folded:
     data = affine.data
-    if data.is_graph_output() or len(data.uses()) > 1:
+    if data.is_graph_output() or use_count(data) > 1:
         raise Skip(f"output of {describe(concat)} is used elsewhere too")
     axis = int_attr(concat, "axis", 1)
     rank = ctx.types.rank(data) if axis < 0 else None

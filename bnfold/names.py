@@ -12,6 +12,7 @@ class NameAuthority:
 
     def __init__(self, model: ir.Model) -> None:
         self._taken: set[str] = set()
+        self._next: dict[str, int] = {}  # hint -> the first counter not tried yet
         for graph, _ in ir_graphs(model):
             self._taken.update(v.name for v in graph.inputs if v.name)
             self._taken.update(v.name for v in graph.initializers.values() if v.name)
@@ -21,9 +22,13 @@ class NameAuthority:
                 self._taken.update(v.name for v in node.outputs if v.name)
 
     def fresh(self, hint: str) -> str:
-        name, counter = hint, 1
+        """`hint`, or `hint_1`, `hint_2`, … whichever is free first; each hint's count goes on from where it
+        stopped, so a weight shared by many folded nodes costs what unique ones cost."""
+        counter = self._next.get(hint, 0)
+        name = hint if counter == 0 else f"{hint}_{counter}"
         while name in self._taken:
-            name = f"{hint}_{counter}"
             counter += 1
+            name = f"{hint}_{counter}"
+        self._next[hint] = counter + 1
         self._taken.add(name)
         return name

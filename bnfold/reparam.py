@@ -37,7 +37,7 @@ import onnx_ir as ir
 from bnfold import fold_math
 from bnfold.affine import AffineParams
 from bnfold.node_attrs import in_default_domain, int_attr, str_attr
-from bnfold.rewire import remove_if_dead, take_over_output
+from bnfold.rewire import remove_if_dead, take_over_output, use_count
 from bnfold.rules.base import FoldContext, describe, rounded
 from bnfold.skip import Skip
 
@@ -147,7 +147,7 @@ def _is_sum(node: ir.Node, graph: ir.Graph | None) -> bool:
 
 
 def _only_use(value: ir.Value) -> bool:
-    return not value.is_graph_output() and len(value.uses()) == 1
+    return not value.is_graph_output() and use_count(value) == 1
 
 
 def _conv_of(leaf: ir.Value) -> ir.Node | None:

@@ -24,8 +24,15 @@ def data_input(node: ir.Node, index: int = 0) -> ir.Value:
     return value
 
 
+def use_count(value: ir.Value) -> int:
+    """How many node inputs read `value`. onnx-ir's `uses()` copies them all into a tuple: on a weight shared by
+    thousands of nodes, counting that way made every fold of it cost as much as all the others together."""
+    uses = getattr(value, "_uses", None)
+    return len(uses) if uses is not None else len(value.uses())
+
+
 def values_in_use(values: Iterable[ir.Value | None]) -> list[ir.Value]:
-    return [v for v in values if v is not None and (v.is_graph_output() or len(v.uses()) > 0)]
+    return [v for v in values if v is not None and (v.is_graph_output() or use_count(v) > 0)]
 
 
 def take_over_output(old: ir.Value, new: ir.Value) -> None:
@@ -70,7 +77,7 @@ def remove_if_dead(graph: ir.Graph, value: ir.Value | None) -> None:
     stack = [value]
     while stack:
         current = stack.pop()
-        if current is None or current.is_graph_output() or current.uses():
+        if current is None or current.is_graph_output() or use_count(current):
             continue
         if current.is_initializer() and not current.is_graph_input():
             owner, name = current.graph, current.name

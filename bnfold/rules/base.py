@@ -18,7 +18,7 @@ from bnfold import fold_math
 from bnfold.affine import AffineParams
 from bnfold.constants import ConstantResolver, constant_input
 from bnfold.names import NameAuthority
-from bnfold.rewire import constant_value, graph_of, replace_input, tensor_of
+from bnfold.rewire import constant_value, graph_of, replace_input, tensor_of, use_count
 from bnfold.skip import Skip
 from bnfold.value_types import ValueTypes
 
@@ -190,7 +190,7 @@ def _exclusively_ours(value: ir.Value) -> bool:
         value.is_initializer()
         and not value.is_graph_input()
         and not value.is_graph_output()
-        and len(value.uses()) == 1
+        and use_count(value) == 1
         and value.graph is not None
     )
 

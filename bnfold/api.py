@@ -138,7 +138,7 @@ def fold_file(
     """
     from bnfold.compare import Tolerance
     from bnfold.file_run import CheckRequest, FileRun, write_failure_report, write_report
-    from bnfold.fold_pass import PassOptions
+    from bnfold.pass_options import PassOptions
 
     result = FoldReport(model=os.fspath(src))
     started = time.perf_counter()

@@ -19,19 +19,27 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-import onnx_ir as ir
 
 from bnfold import __version__
 from bnfold.compare import Tolerance
 from bnfold.errors import BnfoldError, CheckFailedError, InputError
 from bnfold.files import same_file, write_atomically
-from bnfold.fold_pass import FoldOutcome, PassOptions, check_standalone, run_pass
-from bnfold.model_file import ModelFile
+from bnfold.pass_options import PassOptions, check_standalone
+from bnfold.passthrough import copy_through, op_counts, self_contained
 from bnfold.report import CheckResult, FoldReport
-from bnfold.staging import Stage, check_output_path, check_report_path, refuse_clobbering
+from bnfold.scan import may_fold
+from bnfold.staging import Stage, check_output_path, check_report_path, data_token, refuse_clobbering
+from bnfold.validation import load_checked, load_proto
+
+if TYPE_CHECKING:  # onnx-ir and the pass load only when there is something to fold
+    import onnx_ir as ir
+
+    from bnfold.fold_pass import FoldOutcome
+    from bnfold.model_file import ModelFile
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +71,22 @@ class FileRun:
         check_standalone(self.options.standalone)
         self._check_paths()
         self._step("loading")
-        source = ModelFile.open(self.source)
+        proto, externals = load_checked(self.source, by_reference=True)
         if self.check:
             from bnfold.draws import check_user_inputs, input_specs
 
-            check_user_inputs(input_specs(source.structure), self.checks.inputs, self.checks.shapes)
+            check_user_inputs(input_specs(proto), self.checks.inputs, self.checks.shapes)
+        if self.external_data != "always" and self_contained(externals, self.source) and not may_fold(proto):
+            self._copy_through(result, proto)  # nothing to fold: onnx-ir is not even imported
+            return
+        from bnfold.model_file import ModelFile
+
+        source = ModelFile.open(self.source, proto=proto, external=bool(externals))
         model = source.load(self.external_data)
         token = source.token(__version__, self.options.standalone, str(self.options.bn_only))
-        self._refuse_clobbering(source, token)
+        self._refuse_clobbering(
+            source.files, source.data_name(self._destination(), token) if not self.dry_run else None
+        )
         if self.dry_run:
             from bnfold.explain import diagnose
 
@@ -85,6 +101,17 @@ class FileRun:
             logger.info("folding again without the Cast sandwich fold(s) the check refused")
             self._fold(source.load(self.external_data), result, source)
         result.output, result.size = os.fspath(destination), (before, written)
+
+    def _copy_through(self, result: FoldReport, proto: onnx.ModelProto) -> None:
+        logger.info("%s: nothing to fold; copied through", self.source)
+        result.ops, result.unchanged = op_counts(proto), True
+        if self.dry_run:
+            result.diagnostics = {}
+            self._refuse_clobbering([self.source], None)
+            return
+        token = data_token([self.source], __version__, self.options.standalone, str(self.options.bn_only), "None")
+        self._refuse_clobbering([self.source], None)
+        copy_through(self.source, self._destination(), token, result)
 
     def _step(self, name: str) -> None:
         if self.progress is not None:
@@ -101,14 +128,15 @@ class FileRun:
             raise InputError("an output path is needed (or use dry_run)")
         return self.destination
 
-    def _refuse_clobbering(self, source: ModelFile, token: str) -> None:
+    def _refuse_clobbering(self, files: list[Path], data_name: str | None) -> None:
         if not self.dry_run:
-            destination = self._destination()
-            refuse_clobbering(source.files, destination, source.data_name(destination, token), self.report)
+            refuse_clobbering(files, self._destination(), data_name, self.report)
         elif self.report is not None:
-            refuse_clobbering(source.files, self.report, None)
+            refuse_clobbering(files, self.report, None)
 
     def _fold(self, model: ir.Model, result: FoldReport, source: ModelFile) -> None:
+        from bnfold.fold_pass import run_pass
+
         self.outcome = run_pass(model, self.options, self.progress)
         result.records, result.unchanged = self.outcome.records, not self.outcome.sites
         result.ops = _op_counts(source.structure, self.outcome.model)
@@ -163,7 +191,6 @@ def _check_staged(
     if checker is None:
         return {}
     from bnfold.sources import Source
-    from bnfold.validation import load_proto
 
     checker.original()
     result.check = checker.folded(Source(load_proto(stage.model, by_reference=True), stage.path))

@@ -43,12 +43,12 @@ from bnfold.batchnorm import read_params, training_reason
 from bnfold.chains import affine_run
 from bnfold.collapse import collapse_leftovers
 from bnfold.constants import ConstantResolver
-from bnfold.errors import InputError
 from bnfold.ir_walk import ir_graphs
 from bnfold.ledger import BnState, Ledger, Scope
 from bnfold.moves import AffineNode, Folded, fold_backward, fold_forward, prepare_forward
 from bnfold.names import NameAuthority
 from bnfold.node_attrs import in_default_domain, opset_of
+from bnfold.pass_options import PassOptions, check_standalone
 from bnfold.report import NodeRecord, Site
 from bnfold.rules import standalone
 from bnfold.rules.base import FoldContext, describe
@@ -58,21 +58,7 @@ from bnfold.value_types import ValueTypes
 logger = logging.getLogger(__name__)
 
 MOVES = (fold_backward, fold_forward)
-STANDALONE_FORMS = ("bn", "mul-add")
 Progress = Callable[[str, int, int], None]
-
-
-def check_standalone(form: str) -> str:
-    if form not in STANDALONE_FORMS:
-        raise InputError(f"standalone must be one of {', '.join(STANDALONE_FORMS)}, not '{form}'")
-    return form
-
-
-@dataclasses.dataclass(frozen=True)
-class PassOptions:
-    standalone: str = "bn"  # what a BN with nothing to fold into becomes: "bn" or "mul-add"
-    bn_only: bool = False  # fold only BNs and the per-channel nodes of their chains
-    refused: Mapping[str, str] = dataclasses.field(default_factory=dict)  # Cast sandwiches not to fold: key -> reason
 
 
 class FoldOutcome(NamedTuple):

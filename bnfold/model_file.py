@@ -31,10 +31,11 @@ import onnx
 import onnx_ir as ir
 
 from bnfold.errors import InputError, first_line
+from bnfold.external_data import check_external_data, uses_external_data
 from bnfold.ir_walk import initializer_values, subgraphs, tensor_slots
 from bnfold.proto_walk import proto_graphs
 from bnfold.staging import Stage, data_file_name, data_token
-from bnfold.validation import check_external_data, load_proto, uses_external_data, validate_proto
+from bnfold.validation import load_checked, validate_proto
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +66,31 @@ class ModelFile:
         self.path = path  # the model file, when it came from one
         self._given = given
         self.data_files: set[Path] = set()  # resolved data files its tensors read, once loaded
+        # whether any tensor refers to a file (external data, or large inline ones read by reference): without,
+        # the walks that look for such tensors are skipped (they cost as much as a fold on many-layer graphs)
+        self.external = proto is not None and uses_external_data(proto)
         self.layout: int | None = None  # the output's external-data threshold (None: inline), once loaded
 
     @classmethod
-    def open(cls, path: str | os.PathLike, by_reference: bool = True) -> ModelFile:
+    def open(
+        cls,
+        path: str | os.PathLike,
+        by_reference: bool = True,
+        proto: onnx.ModelProto | None = None,
+        external: bool | None = None,
+    ) -> ModelFile:
         """`by_reference`: large inline tensors stay in the file (read by reference) rather than in memory;
-        only for a model bnfold itself writes (output.py copies them file to file)."""
+        only for a model bnfold itself writes (output.py copies them file to file). `proto`: the file's
+        structure when the caller already loaded it (validation.load_checked), and `external` whether any of
+        its tensors refers to a file."""
         path = Path(path)
-        return cls(str(path), load_proto(path, by_reference=by_reference), path.resolve().parent, path)
+        if proto is None:
+            proto, externals = load_checked(path, by_reference=by_reference)
+            external = bool(externals)
+        opened = cls(str(path), proto, path.resolve().parent, path)
+        if external is not None:
+            opened.external = external
+        return opened
 
     @classmethod
     def from_proto(
@@ -110,14 +128,15 @@ class ModelFile:
             unlist_initializer_inputs(model)
             return model
         model = to_ir(self.structure, self.label)
-        if self.base_dir is not None:
+        if self.base_dir is not None and self.external:
             ir.external_data.set_base_dir(model.graph, os.fspath(self.base_dir))
         if self.path is not None:
-            self.data_files = external_data_files(model, self.path)
+            self.data_files = external_data_files(model, self.path) if self.external else set()
             if external_data is not None:
                 size = model_file_bytes(self.path, self.data_files)
-                self.layout = external_data_threshold(model, external_data, size, self.path)
-            read_small_external_tensors(model)  # after the layout: it looks at which tensors are external
+                self.layout = external_data_threshold(model, external_data, size, self.path, self.external)
+            if self.external:
+                read_small_external_tensors(model)  # after the layout: it looks at which tensors are external
         return model
 
     def finish(self, model: ir.Model) -> onnx.ModelProto | ir.Model:
@@ -139,7 +158,7 @@ class ModelFile:
         """Write `model` into the staging folder in the decided layout; the bytes written."""
         from bnfold.output import write_model
 
-        write_model(model, stage.model, stage.data, self.layout)
+        write_model(model, stage.model, stage.data, self.layout, self.external)
         return sum(path.stat().st_size for path in (stage.model, stage.data) if path.exists())
 
     def size(self) -> int:
@@ -264,7 +283,7 @@ def model_file_bytes(path: Path, data_files: set[Path]) -> int:
 
 
 def external_data_threshold(
-    model: ir.Model, mode: str, source_bytes: int, model_file: Path | None = None
+    model: ir.Model, mode: str, source_bytes: int, model_file: Path | None = None, external: bool = True
 ) -> int | None:
     """The output layout: tensors of at least this many bytes go to the data file; None = inline.
 
@@ -284,7 +303,7 @@ def external_data_threshold(
         return None
     external_sizes = [
         value.const_value.nbytes
-        for value in initializer_values(model)
+        for value in (initializer_values(model) if external else ())
         if value.const_value is not None and not is_inline(value.const_value, model_file)
     ]
     if external_sizes:

@@ -37,16 +37,18 @@ _PAGE = 4096
 _HAND_OVER_BYTES = 8 << 20
 
 
-def write_model(model: ir.Model, model_path: Path, data_path: Path, external_threshold: int | None) -> None:
+def write_model(
+    model: ir.Model, model_path: Path, data_path: Path, external_threshold: int | None, external: bool = True
+) -> None:
     """Serialize `model` to `model_path` (the model is not usable afterwards).
 
     `external_threshold`: tensors of at least this many bytes go to `data_path`, which
     the model refers to by its name (see model_file.external_data_threshold); None
-    writes everything inline.
+    writes everything inline. `external`: whether any tensor may refer to a file.
     """
     try:
         if external_threshold is None:
-            write_inline(model, model_path)
+            write_inline(model, model_path, external)
         else:
             write_external(model, data_path.parent, data_path.name, external_threshold)
             write_model_file(to_proto(model), model_path)
@@ -165,7 +167,7 @@ def write_model_file(proto: onnx.ModelProto, path: Path) -> None:
         model_file.handle.write(proto.SerializeToString())
 
 
-def write_inline(model: ir.Model, path: Path) -> None:
+def write_inline(model: ir.Model, path: Path, external: bool = True) -> None:
     """Write `model` with its data inline, holding one serialized tensor in memory at a time.
 
     Protobuf merges repeated occurrences of a singular message field, so the file
@@ -176,10 +178,11 @@ def write_inline(model: ir.Model, path: Path) -> None:
     relist_initializer_inputs(model)  # while the initializers are still registered
     initializers = list(model.graph.initializers.values())
     streamed = {id(value.const_value) for value in initializers}
-    for slot in tensor_slots(model):  # the rest is written with the head: nothing may point to the input's data
+    for slot in tensor_slots(model) if external else ():  # written with the head: none may point to the input
         if isinstance(slot.tensor, ir.ExternalTensor) and id(slot.tensor) not in streamed:
             slot.put(_in_memory(slot.tensor))
-    model.graph.initializers.clear()
+    for name in list(model.graph.initializers):  # by key: clear() pops from the front, quadratic in CPython
+        del model.graph.initializers[name]
     try:
         head = to_proto(model)
     finally:

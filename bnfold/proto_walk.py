@@ -34,11 +34,14 @@ def _graphs_below(roots: list[onnx.GraphProto]) -> Iterator[onnx.GraphProto]:
         graph = graphs.pop()
         yield graph
         for node in graph.node:
-            graphs.extend(node_graphs(node))
+            if node.attribute:
+                graphs.extend(node_graphs(node))
 
 
 def _attribute_tensors(nodes) -> Iterator[onnx.TensorProto]:
     for node in nodes:
+        if not node.attribute:
+            continue
         for attribute in node.attribute:
             if attribute.HasField("t"):
                 yield attribute.t

@@ -41,7 +41,8 @@ def source_of(
     model: onnx.ModelProto | ir.Model | str | os.PathLike, base_dir: str | os.PathLike | None, label: str
 ) -> Source:
     """A Source for a path (validated as bnfold validates its input), a ModelProto or an onnx_ir.Model."""
-    from bnfold.validation import check_external_data, load_proto, uses_external_data, validate_proto
+    from bnfold.external_data import check_external_data, uses_external_data
+    from bnfold.validation import load_proto, validate_proto
 
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)

@@ -201,6 +201,12 @@ def referenced_data_files(destination: Path) -> set[str]:
     if not destination.is_file() or destination.is_symlink():
         return set()
     pattern = data_file_pattern(destination.name)
+    try:
+        present = {entry.name for entry in os.scandir(destination.parent) if pattern.match(entry.name)}
+    except OSError:
+        present = {"?"}  # cannot tell: read the model
+    if not present:
+        return set()  # no bnfold data file beside it: nothing to read the old model for
     return {name for name in _data_locations(destination) if pattern.match(name)}
 
 

@@ -8,14 +8,13 @@ before a byte of its external data is read.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import onnx
 
 from bnfold.errors import InputError, first_line
-from bnfold.proto_walk import node_graphs, proto_tensors
+from bnfold.proto_walk import node_graphs
 
 # Types packed several elements to a byte: their element counts are not field lengths.
 _SUB_BYTE_TYPES = frozenset(
@@ -25,10 +24,22 @@ _SUB_BYTE_TYPES = frozenset(
 )
 _TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
 _COMPLEX_TYPES = frozenset({onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128})
+_ITEMSIZES: dict[int, int] = {
+    onnx.TensorProto.FLOAT: 4,
+    onnx.TensorProto.FLOAT16: 2,
+    onnx.TensorProto.BFLOAT16: 2,
+    onnx.TensorProto.DOUBLE: 8,
+    onnx.TensorProto.INT64: 8,
+    onnx.TensorProto.INT32: 4,
+    onnx.TensorProto.INT8: 1,
+    onnx.TensorProto.UINT8: 1,
+    onnx.TensorProto.BOOL: 1,
+}
 
 
-# Below this size a file is parsed as a whole; above it, its large tensors are read from the file when needed.
-_STRIP_FILE_BYTES = 1 << 20
+# Below this size a file is parsed as a whole (protobuf's C++ parser does it in milliseconds); above it, its
+# large tensors are read from the file when needed (wire.py walks its fields in Python).
+_STRIP_FILE_BYTES = 16 << 20
 
 
 def load_proto(path: Path, *, by_reference: bool = False) -> onnx.ModelProto:
@@ -37,6 +48,11 @@ def load_proto(path: Path, *, by_reference: bool = False) -> onnx.ModelProto:
     `by_reference`: large inline initializers become external-data references to the
     model file itself (wire.py), so their bytes are neither parsed nor copied.
     """
+    return load_checked(path, by_reference=by_reference)[0]
+
+
+def load_checked(path: Path, *, by_reference: bool = False) -> tuple[onnx.ModelProto, list[onnx.TensorProto]]:
+    """`load_proto`, and the model's tensors whose data lives outside its structure (found while validating)."""
     try:
         if not path.exists():
             raise InputError(f"{path}: no such file")
@@ -53,9 +69,11 @@ def load_proto(path: Path, *, by_reference: bool = False) -> onnx.ModelProto:
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as error:  # protobuf raises several types for garbage
             raise InputError(f"{path}: not an ONNX model ({first_line(error)})") from error
-    validate_proto(proto, str(path))
-    check_external_data(proto, path.parent, model_file=path)
-    return proto
+    from bnfold.external_data import check_external_data
+
+    externals = validate_proto(proto, str(path))
+    check_external_data(proto, path.parent, model_file=path, externals=externals)
+    return proto, externals
 
 
 def _by_reference(path: Path) -> onnx.ModelProto | None:
@@ -67,8 +85,13 @@ def _by_reference(path: Path) -> onnx.ModelProto | None:
         return None  # onnx.load then parses it, or says what is wrong with it
 
 
-def validate_proto(proto: onnx.ModelProto, label: str) -> None:
-    """Refuse a ModelProto that parses but cannot be a model."""
+def validate_proto(proto: onnx.ModelProto, label: str) -> list[onnx.TensorProto]:
+    """Refuse a ModelProto that parses but cannot be a model; return its tensors whose data is external.
+
+    One walk over every graph, subgraph and function body checks the node order, every
+    text and every tensor (initializers and tensor attributes) at once: on graphs of a
+    hundred thousand nodes each walk costs as much as copying the model.
+    """
     if not proto.HasField("graph"):
         raise InputError(f"{label}: not an ONNX model (no graph)")
     default_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -88,61 +111,87 @@ def validate_proto(proto: onnx.ModelProto, label: str) -> None:
         label,
         "the model's",
     )
-    for tensor in proto_tensors(proto):
-        _check_tensor(tensor, label)
     for value in (*proto.graph.input, *proto.graph.output):
         if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type == 0:
             raise InputError(f"{label}: graph input or output '{value.name}' has no element type (elem_type 0)")
-    _check_graph_structure(proto.graph, set(), label)
+    tensors: list[onnx.TensorProto] = []
+    _check_graph_structure(proto.graph, set(), label, tensors)
     for function in proto.functions:
-        _check_node_order(function.node, set(function.input), function.output, f"{label}: function {function.name}")
+        where = f"{label}: function {function.name}"
+        _check_node_order(function.node, set(function.input), function.output, where, tensors)
+    for tensor in tensors:
+        _check_tensor(tensor, label)
+    return [tensor for tensor in tensors if tensor.data_location == onnx.TensorProto.EXTERNAL]
 
 
-def _check_graph_structure(graph: onnx.GraphProto, outer: set[str], label: str) -> None:
+def _check_graph_structure(graph: onnx.GraphProto, outer: set[str], label: str, tensors: list) -> None:
     _check_text(
         [graph.name, graph.doc_string, *(v.name for v in (*graph.input, *graph.output, *graph.value_info))],
         label,
         f"graph '{graph.name}'s",
     )
+    tensors.extend(graph.initializer)
+    tensors.extend(sparse.values for sparse in graph.sparse_initializer)
     defined = set(outer)
     defined.update(value.name for value in graph.input)
     defined.update(tensor.name for tensor in graph.initializer)
     defined.update(sparse.values.name for sparse in graph.sparse_initializer)
-    _check_node_order(graph.node, defined, [o.name for o in graph.output], label)
+    _check_node_order(graph.node, defined, [o.name for o in graph.output], label, tensors)
 
 
-def _check_node_order(nodes, defined: set[str], outputs: Iterable[str], label: str) -> None:
-    """Every input must be defined before use (or later, if the graph is merely unsorted)."""
+def _check_node_order(nodes, defined: set[str], outputs: Iterable[str], label: str, tensors: list) -> None:
+    """Every input must be defined before use (or later, if the graph is merely unsorted); every text UTF-8.
+
+    Also collects the tensors held in attributes into `tensors`.
+    """
     defined = set(defined)
-    produced = {name for node in nodes for name in node.output if name}
+    produced: set[str] | None = None  # every node's outputs: only needed once an input comes before its node
     unsorted = False
     for node in nodes:
-        _check_text(
-            [
-                node.name,
-                node.op_type,
-                node.domain,
-                node.doc_string,
-                *node.input,
-                *node.output,
-                *(attribute.name for attribute in node.attribute),
-            ],
-            label,
-            "a node's",
-        )
         for name in node.input:
             if name and name not in defined:
+                if not isinstance(name, str):
+                    _check_text([name], label, "a node's")
+                produced = produced if produced is not None else {n for other in nodes for n in other.output if n}
                 if name not in produced:
                     raise InputError(f"{label}: input '{name}' of node '{_node_label(node)}' is not defined anywhere")
                 unsorted = True
-        for subgraph in node_graphs(node):
-            _check_graph_structure(subgraph, defined | produced if unsorted else defined, label)
-        defined.update(name for name in node.output if name)
+        if node.attribute:
+            _check_attributes(
+                node, defined | produced if unsorted and produced is not None else defined, label, tensors
+            )
+        defined.update(node.output)
+    _check_node_texts(nodes, defined, label)
+    defined.discard("")
     for name in outputs:
         if name not in defined:
             raise InputError(f"{label}: graph output '{name}' is not produced by any node")
     if unsorted:
         _refuse_cycles(nodes, label)
+
+
+def _check_attributes(node: onnx.NodeProto, outer: set[str], label: str, tensors: list) -> None:
+    _check_text([attribute.name for attribute in node.attribute], label, "a node's")
+    for attribute in node.attribute:
+        if attribute.HasField("t"):
+            tensors.append(attribute.t)
+        tensors.extend(attribute.tensors)
+    for subgraph in node_graphs(node):
+        _check_graph_structure(subgraph, outer, label, tensors)
+
+
+def _check_node_texts(nodes, defined: set[str], label: str) -> None:
+    """Node names, op types, domains, doc strings and outputs are text; joining fails on the bytes protobuf
+    hands back for what is not UTF-8."""
+    try:
+        "".join(node.name for node in nodes)
+        "".join(node.op_type for node in nodes)
+        "".join(node.domain for node in nodes)
+        "".join(node.doc_string for node in nodes)
+        "".join(defined)
+    except TypeError:
+        for node in nodes:
+            _check_text([node.name, node.op_type, node.domain, node.doc_string, *node.output], label, "a node's")
 
 
 def _refuse_cycles(nodes, label: str) -> None:
@@ -187,23 +236,23 @@ def _metadata_text(proto: onnx.ModelProto) -> Iterator:
 
 
 def _check_tensor(tensor: onnx.TensorProto, label: str) -> None:
-    _check_text([tensor.name], label, "a tensor's")
-    if tensor.data_type == onnx.TensorProto.UNDEFINED:
-        raise InputError(f"{label}: tensor '{tensor.name}' has no element type (data_type 0)")
-    _check_inline_size(tensor, label)
+    name, data_type = tensor.name, tensor.data_type
+    if not isinstance(name, str):
+        _check_text([name], label, "a tensor's")
+    if data_type == onnx.TensorProto.UNDEFINED:
+        raise InputError(f"{label}: tensor '{name}' has no element type (data_type 0)")
+    if tensor.data_location != onnx.TensorProto.EXTERNAL and data_type not in _SUB_BYTE_TYPES:
+        _check_inline_size(tensor, label)
 
 
 def _check_inline_size(tensor: onnx.TensorProto, label: str) -> None:
     """An inline tensor must hold exactly as much data as its dims claim."""
-    if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.data_type in _SUB_BYTE_TYPES:
-        return
     elements = math.prod(tensor.dims)
     if tensor.HasField("raw_data"):
-        itemsize = itemsize_of(tensor.data_type)
-        if itemsize is not None and elements * itemsize != len(tensor.raw_data):
-            raise InputError(
-                f"{label}: tensor '{tensor.name}' claims {elements * itemsize} bytes but holds {len(tensor.raw_data)}"
-            )
+        itemsize = _ITEMSIZES.get(tensor.data_type) or itemsize_of(tensor.data_type)
+        held = len(tensor.raw_data)
+        if itemsize is not None and elements * itemsize != held:
+            raise InputError(f"{label}: tensor '{tensor.name}' claims {elements * itemsize} bytes but holds {held}")
         return
     held = sum(len(getattr(tensor, field)) for field in _TYPED_FIELDS)
     expected = elements * (2 if tensor.data_type in _COMPLEX_TYPES else 1)
@@ -219,83 +268,3 @@ def itemsize_of(data_type: int) -> int | None:
         return onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize
     except (KeyError, ValueError, TypeError):
         return None
-
-
-def uses_external_data(proto: onnx.ModelProto) -> bool:
-    """Whether any tensor of the model keeps its data in an external file."""
-    return any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in proto_tensors(proto))
-
-
-def check_external_data(proto: onnx.ModelProto, base_dir: Path, model_file: Path | None = None) -> None:
-    """Refuse external-data references that could leave the model's folder or overrun a file.
-
-    Covers the cases behind onnx's CVE-2022-25882, CVE-2024-27318 and CVE-2025-51480:
-    absolute locations, '..', symlinks out of the folder, and out-of-range offsets.
-    References to `model_file` itself (load_proto's by_reference) are checked for extent only.
-    """
-    base = base_dir.resolve()
-    own = model_file.resolve() if model_file is not None else None
-    file_sizes: dict[str, int] = {}  # checked once per location, however many tensors it holds
-    for tensor in proto_tensors(proto):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        info = {entry.key: entry.value for entry in tensor.external_data}
-        location = info.get("location", "")
-        if own is not None and model_file is not None and location == own.name and (base / location).resolve() == own:
-            _check_inline_extent(tensor, info, own, model_file)  # the model file's own bytes: as an inline tensor
-            continue
-        where = f"external data of tensor '{tensor.name}'"
-        if location not in file_sizes:
-            file_sizes[location] = _checked_file_size(base, location, where)
-        _check_extent(tensor, info, file_sizes[location], location, where)
-
-
-def _check_inline_extent(tensor: onnx.TensorProto, info: dict[str, str], path: Path, label: Path) -> None:
-    """A large inline tensor read by reference (wire.py): it must hold exactly as much data as its dims claim."""
-    itemsize = itemsize_of(tensor.data_type)
-    claimed = None if itemsize is None else math.prod(tensor.dims) * itemsize
-    held = int(info.get("length", "0"))
-    if claimed is not None and held != claimed:
-        raise InputError(f"{label}: tensor '{tensor.name}' claims {claimed} bytes but holds {held}")
-    if int(info.get("offset", "0")) + held > path.stat().st_size:
-        raise InputError(f"{label}: tensor '{tensor.name}' lies past the end of the file")
-
-
-def _checked_file_size(base: Path, location: str, where: str) -> int:
-    """The size of the data file at `location`, once it is known to be a file inside `base`."""
-    if not location:
-        raise InputError(f"{where} has no location")
-    if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location:
-        raise InputError(f"{where}: absolute location '{location}' is refused")
-    if ".." in location.replace("\\", "/").split("/"):
-        raise InputError(f"{where}: location '{location}' leaves the model's folder")
-    target = (base / location).resolve()
-    if base not in target.parents:
-        raise InputError(f"{where}: location '{location}' leads outside the model's folder")
-    if not target.is_file():
-        raise InputError(f"{where}: file '{location}' does not exist")
-    status = target.stat()
-    if status.st_nlink > 1:  # onnx-ir refuses these too: the other name could be any file on the disk
-        raise InputError(
-            f"{where}: file '{location}' has {status.st_nlink} hard links, so it could be "
-            "any file on the disk; fold a copy of it"
-        )
-    return status.st_size
-
-
-def _check_extent(tensor: onnx.TensorProto, info: dict[str, str], size: int, location: str, where: str) -> None:
-    try:
-        offset = int(info.get("offset", "0"))
-        length = int(info["length"]) if "length" in info else None
-    except ValueError:
-        raise InputError(f"{where}: offset/length are not integers") from None
-    itemsize = itemsize_of(tensor.data_type)
-    claimed = None if itemsize is None else math.prod(tensor.dims) * itemsize
-    if length is None:
-        length = claimed or 0
-    elif claimed is not None and length < claimed:
-        raise InputError(f"{where}: length {length} is less than the {claimed} bytes its dims claim")
-    if offset < 0 or length < 0 or offset + length > size:
-        raise InputError(
-            f"{where}: bytes {offset}..{offset + length} lie past the end of '{Path(location).name}' ({size} bytes)"
-        )

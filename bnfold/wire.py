@@ -68,14 +68,19 @@ def _strip_model(buffer: memoryview, location: str) -> tuple[bytes, int]:
 
 
 def _strip_graph(buffer: memoryview, begin: int, end: int, location: str) -> tuple[bytes, int]:
-    out, count = bytearray(), 0
+    """The graph's bytes with its large initializers as references; unchanged runs of fields copied at once."""
+    out, count, kept_from = bytearray(), 0, begin
     for number, wire, start, stop, payload in _fields(buffer, begin, end):
-        tensor = _reference(buffer, payload, stop, location) if number == INITIALIZER and wire == 2 else None
+        if number != INITIALIZER or wire != _LENGTH_DELIMITED or stop - payload < LARGE_TENSOR_BYTES:
+            continue  # cannot hold a large raw_data: kept with the run it is in
+        tensor = _reference(buffer, payload, stop, location)
         if tensor is None:
-            out += buffer[start:stop]
             continue
+        out += buffer[kept_from:start]
         out += _key(INITIALIZER) + _varint(len(tensor)) + tensor
+        kept_from = stop
         count += 1
+    out += buffer[kept_from:end]
     return bytes(out), count
 
 

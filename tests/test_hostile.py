@@ -259,8 +259,8 @@ def test_a_failing_write_leaves_nothing(tmp_path, monkeypatch):
     shutil.copy(SAMPLE, source)
     real_write = output.write_inline
 
-    def full_disk(model, path):
-        real_write(model, path)
+    def full_disk(model, path, *args):
+        real_write(model, path, *args)
         with open(path, "r+b") as handle:  # a partial file, then the disk is full
             handle.truncate(100)
         raise OSError(28, "No space left on device")

@@ -1,0 +1,23 @@
+"""The options of one run of the pass (light: no onnx-ir, so the CLI can decide before loading a model)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from bnfold.errors import InputError
+
+STANDALONE_FORMS = ("bn", "mul-add")
+
+
+def check_standalone(form: str) -> str:
+    if form not in STANDALONE_FORMS:
+        raise InputError(f"standalone must be one of {', '.join(STANDALONE_FORMS)}, not '{form}'")
+    return form
+
+
+@dataclass(frozen=True)
+class PassOptions:
+    standalone: str = "bn"  # what a BN with nothing to fold into becomes: "bn" or "mul-add"
+    bn_only: bool = False  # fold only BNs and the per-channel nodes of their chains
+    refused: Mapping[str, str] = field(default_factory=dict)  # Cast sandwiches not to fold: key -> reason

@@ -40,10 +40,10 @@ def read_params(bn: ir.Node, opset: int, resolver: ConstantResolver, types: Valu
     gamma, beta, mean, var = arrays
     epsilon = float_attr(bn, "epsilon", 1e-5)
     for name, array in zip(PARAMETER_NAMES, arrays, strict=True):
-        if not np.all(np.isfinite(array.astype(np.float64))):
+        if not np.isfinite(array.astype(np.float64)).all():
             raise Skip(f"parameter '{name}' contains NaN or Inf")
     denominator = var.astype(np.float64) + epsilon
-    if np.any(denominator <= 0):
+    if (denominator <= 0).any():
         channel = int(np.flatnonzero(denominator.reshape(-1) <= 0)[0])
         raise Skip(f"input_var + epsilon <= 0 (at flat index {channel})")
     scale, shift = fold_math.bn_scale_shift(gamma, beta, mean, var, epsilon)

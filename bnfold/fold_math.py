@@ -65,6 +65,8 @@ def scaled(weight, factors, dtype=None) -> np.ndarray:
         # The float64 factors promote each product inside the ufunc: no float64 copy of the weight.
         return np.multiply(weight, factors, dtype=np.float64)
     weight = np.asarray(weight)
+    if weight.size <= _BLOCK_ELEMENTS and factors.ndim <= weight.ndim:  # one block: no loop, no slicing
+        return round_to(np.multiply(weight, factors, dtype=np.float64), dtype)
     out = np.empty(np.broadcast_shapes(weight.shape, factors.shape), dtype=dtype)
     if out.size == 0:
         return out

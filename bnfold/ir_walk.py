@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 
+import onnx
+import onnx.defs
 import onnx_ir as ir
 
 
@@ -26,13 +29,30 @@ def attributes_of(node: ir.Node) -> Iterable[ir.Attr]:
     return getattr(node.attributes, "data", node.attributes).values()
 
 
+@functools.cache
+def _standard_graph_ops() -> frozenset[str]:
+    """The standard ops with a graph attribute in any opset (If, Loop, Scan, SequenceMap in onnx 1.x).
+
+    Read from onnx's schemas rather than listed, so that an op a later opset adds is still walked.
+    """
+    graph_types = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+    return frozenset(
+        schema.name
+        for schema in onnx.defs.get_all_schemas_with_history()
+        if schema.domain == "" and any(a.type in graph_types for a in schema.attributes.values())
+    )
+
+
 def subgraphs(graph: ir.Graph) -> Iterator[ir.Graph]:
     """The graphs nested in `graph`'s nodes, at any depth, in the order onnx-ir's `subgraphs()` gives.
 
     Looks only at attributes; onnx-ir's walk visits every node through a generic
     iterator, which dominated the time on graphs of many thousand nodes.
     """
+    graph_ops = _standard_graph_ops()
     for node in graph:
+        if node.domain in ("", "ai.onnx") and node.op_type not in graph_ops:
+            continue  # no other standard op's schema has a graph attribute
         for attribute in attributes_of(node):
             if attribute.is_ref():
                 continue

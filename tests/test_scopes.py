@@ -209,3 +209,21 @@ def test_a_bn_in_a_function_whose_input_rank_is_not_fixed_stays_bn_under_mul_add
         "weight of Conv (unnamed) is not constant (computed at run time); its output is a graph output; "
         "cannot rewrite it as Mul+Add: rank of the input is unknown, so the channel axis cannot be broadcast",
     )
+
+
+def test_graphs_under_custom_domain_nodes_are_walked_too():
+    """The walk skips standard ops whose schemas hold no graph; any other domain's node may hold one."""
+    import onnx_ir as ir
+
+    from bnfold.ir_walk import subgraphs
+
+    body = helper.make_graph([helper.make_node("Relu", ["a"], ["b"])], "body", [], [])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="plain"),
+        helper.make_node("Wrap", ["r"], ["y"], domain="com.example", name="wrap", body=body),
+        helper.make_node("If", ["c"], ["z"], name="branch", then_branch=body, else_branch=body),
+    ]
+    graph = helper.make_graph(nodes, "g", [], [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    names = [g.name for g in subgraphs(ir.serde.deserialize_model(model).graph)]
+    assert names == ["body", "body", "body"]

@@ -73,6 +73,10 @@ def terminate_on_sigterm() -> None:
 
 
 def calm_garbage_collector() -> None:
-    """Collect the youngest generation every 10,000 allocations instead of 700 (CLI process only)."""
+    """Collect the youngest generation every 10,000 allocations instead of 700, and freeze each loaded
+    model (CLI process only)."""
     first, second, third = gc.get_threshold()
     gc.set_threshold(max(first, GC_FIRST_GENERATION_THRESHOLD), second, third)
+    from bnfold import heap
+
+    heap.own_the_collector()  # and leave each loaded model out of the full collections (see heap.py)

@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from bnfold import heap
 from bnfold.errors import InputError, first_line
 from bnfold.external_data import check_external_data, uses_external_data
 from bnfold.ir_walk import initializer_values, subgraphs, tensor_slots
@@ -59,6 +60,7 @@ class ModelFile:
         base_dir: Path | None,
         path: Path | None = None,
         given: ir.Model | None = None,
+        external: bool | None = None,
     ) -> None:
         self.label = label
         self.proto = proto  # the structure (large tensors by reference); None for an onnx_ir.Model
@@ -68,7 +70,9 @@ class ModelFile:
         self.data_files: set[Path] = set()  # resolved data files its tensors read, once loaded
         # whether any tensor refers to a file (external data, or large inline ones read by reference): without,
         # the walks that look for such tensors are skipped (they cost as much as a fold on many-layer graphs)
-        self.external = proto is not None and uses_external_data(proto)
+        if external is None:
+            external = proto is not None and uses_external_data(proto)
+        self.external = external
         self.layout: int | None = None  # the output's external-data threshold (None: inline), once loaded
 
     @classmethod
@@ -87,10 +91,7 @@ class ModelFile:
         if proto is None:
             proto, externals = load_checked(path, by_reference=by_reference)
             external = bool(externals)
-        opened = cls(str(path), proto, path.resolve().parent, path)
-        if external is not None:
-            opened.external = external
-        return opened
+        return cls(str(path), proto, path.resolve().parent, path, external=external)
 
     @classmethod
     def from_proto(
@@ -99,11 +100,11 @@ class ModelFile:
         """A ModelProto; one whose tensors live in external data needs `base_dir`, checked as a file's would be."""
         validate_proto(proto, label)
         if not uses_external_data(proto):
-            return cls(label, proto, None)
+            return cls(label, proto, None, external=False)
         if base_dir is None:
             raise InputError(f"{label}: its tensors live in external data; pass base_dir=, the folder they are in")
         check_external_data(proto, Path(base_dir))
-        return cls(label, proto, Path(base_dir).resolve())
+        return cls(label, proto, Path(base_dir).resolve(), external=True)
 
     @classmethod
     def from_ir(cls, model: ir.Model) -> ModelFile:
@@ -127,6 +128,11 @@ class ModelFile:
             model = self._given.clone()
             unlist_initializer_inputs(model)
             return model
+        with heap.loading():
+            model = self._build(external_data)
+        return model
+
+    def _build(self, external_data: str | None) -> ir.Model:
         model = to_ir(self.structure, self.label)
         if self.base_dir is not None and self.external:
             ir.external_data.set_base_dir(model.graph, os.fspath(self.base_dir))

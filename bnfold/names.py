@@ -11,15 +11,13 @@ class NameAuthority:
     """Hands out names no value or node of the model uses yet."""
 
     def __init__(self, model: ir.Model) -> None:
-        self._taken: set[str] = set()
+        self._taken: set[str | None] = set()
         self._next: dict[str, int] = {}  # hint -> the first counter not tried yet
         for graph, _ in ir_graphs(model):
-            self._taken.update(v.name for v in graph.inputs if v.name)
-            self._taken.update(v.name for v in graph.initializers.values() if v.name)
-            for node in graph:
-                if node.name:
-                    self._taken.add(node.name)
-                self._taken.update(v.name for v in node.outputs if v.name)
+            self._taken.update(graph.initializers)  # keyed by name
+            self._taken.update(v.name for v in graph.inputs)
+            self._taken.update(node.name for node in graph)
+            self._taken.update(v.name for node in graph for v in node.outputs)
 
     def fresh(self, hint: str) -> str:
         """`hint`, or `hint_1`, `hint_2`, … whichever is free first; each hint's count goes on from where it

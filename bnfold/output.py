@@ -21,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 _ALIGNED_TENSOR_BYTES = 1 << 20
 _PAGE = 4096
 _HAND_OVER_BYTES = 8 << 20
+# In-memory tensors up to this size are written as bytes, larger ones straight from their array.
+_SMALL_TENSOR_BYTES = 1 << 20
 
 
 def write_model(
@@ -217,11 +220,24 @@ def _write_initializer(handle: BinaryIO, name: str, tensor: ir.TensorProtocol) -
         handle.write(length_delimited(_GRAPH_FIELD, len(initializer) + len(serialized)) + initializer + serialized)
         return
     header = _tensor_header(name, tensor)
-    raw = length_delimited(_RAW_DATA_FIELD, tensor.nbytes)
-    tensor_bytes = len(header) + len(raw) + tensor.nbytes
+    data = _small_tensor_bytes(tensor)
+    nbytes = len(data) if data is not None else tensor.nbytes
+    raw = length_delimited(_RAW_DATA_FIELD, nbytes)
+    tensor_bytes = len(header) + len(raw) + nbytes
     initializer = length_delimited(_INITIALIZER_FIELD, tensor_bytes)
     handle.write(length_delimited(_GRAPH_FIELD, len(initializer) + tensor_bytes) + initializer + header + raw)
-    _tofile(tensor, handle)
+    if data is not None:
+        handle.write(data)
+    else:
+        _tofile(tensor, handle)
+
+
+def _small_tensor_bytes(tensor: ir.TensorProtocol) -> bytes | None:
+    """The bytes of a small in-memory array (one buffered write; `tofile` flushes and writes per tensor)."""
+    array = tensor.raw if isinstance(tensor, ir.Tensor) else None
+    if isinstance(array, np.ndarray) and array.nbytes <= _SMALL_TENSOR_BYTES:
+        return tensor.tobytes()
+    return None
 
 
 def _tofile(tensor: ir.TensorProtocol, handle: BinaryIO) -> None:

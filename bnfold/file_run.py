@@ -151,7 +151,8 @@ class FileRun:
         with Stage(destination, token) as stage:
             self._step("writing")
             written = source.save(outcome.model, stage)
-            del outcome  # its memory-mapped weights go before onnxruntime loads a model
+            source.release(outcome.model)  # its memory-mapped weights go before onnxruntime loads a model
+            del outcome
             if checker is not None:
                 self._step("checking")
             refusals = _check_staged(checker, stage, result, sandwiches, self.checks.strict)

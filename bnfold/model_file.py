@@ -20,6 +20,7 @@ initializer, IR < 4's input lists); `to_proto` restores what it cannot carry.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterator
@@ -166,6 +167,18 @@ class ModelFile:
 
         write_model(model, stage.model, stage.data, self.layout, self.external)
         return sum(path.stat().st_size for path in (stage.model, stage.data) if path.exists())
+
+    def release(self, model: ir.Model) -> None:
+        """Drop the tensors of `model`, written by now, so that the memory maps they hold of the input's files
+        close at once: a graph is cyclic, and dropping it frees nothing until the collector runs."""
+        if not self.external:
+            return
+        for value in initializer_values(model):
+            value.const_value = None
+        for slot in tensor_slots(model):  # tensors in attributes (Constant nodes)
+            if isinstance(slot.tensor, ir.ExternalTensor):
+                with contextlib.suppress(BufferError):  # still viewed elsewhere: it closes when that goes
+                    slot.tensor.release()
 
     def size(self) -> int:
         """Bytes of the model file and its data files."""

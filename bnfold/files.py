@@ -23,6 +23,16 @@ def check_folder_creatable(folder: Path, what: str) -> Path:
     return existing
 
 
+def probe_writable(folder: Path, what: str) -> None:
+    """Create and remove a file in `folder`: permission bits alone do not tell (root, read-only mounts, /proc)."""
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".bnfold-probe-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise InputError(f"{what} cannot be written in '{folder}' ({error.strerror or error})") from None
+
+
 def make_folders(folder: Path) -> list[Path]:
     """Create `folder` and any missing parents; the ones created, outermost first."""
     missing = []
@@ -59,7 +69,10 @@ def write_atomically(path: Path, text: str) -> None:
     """Write `text` to a temporary file beside `path` (its folder created if need be), then rename it into place."""
     if str(path.parent):
         make_folders(path.parent)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent if str(path.parent) else ".")
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent if str(path.parent) else ".")
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write it ({error.strerror or error})") from error
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)

@@ -41,6 +41,7 @@ from bnfold.files import (
     folder_lock,
     fsync_folder,
     make_folders,
+    probe_writable,
     remove_created_folders,
     same_file,
     signals_deferred,
@@ -119,8 +120,9 @@ def check_report_path(report: Path) -> None:
     existing = check_folder_creatable(folder, f"--report {report}:")
     if os.path.lexists(report) and not report.is_file():
         raise InputError(f"--report {report}: is not a regular file")
-    if not os.access(existing, os.W_OK) or (report.exists() and not os.access(report, os.W_OK)):
+    if report.exists() and not os.access(report, os.W_OK):
         raise InputError(f"--report {report}: cannot be written (permission denied)")
+    probe_writable(existing, f"--report {report}:")
 
 
 class Stage:

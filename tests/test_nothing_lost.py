@@ -79,6 +79,18 @@ def test_an_unwritable_report_is_refused_before_folding(tmp_path, report):
     assert_refused(result, "--report", tmp_path, before)
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("report", ["/proc/bnfold-report.json", "/proc/no/such/folder/r.json"])
+def test_a_report_folder_that_takes_no_file_is_refused_before_folding(tmp_path, report):
+    """Permission bits say /proc is writable for root; only creating a file there tells the truth."""
+    source = tmp_path / "in.onnx"
+    shutil.copy(SAMPLE, source)
+    before = snapshot(tmp_path)
+    result = invoke(source, tmp_path / "out.onnx", "--report", report)
+    assert_refused(result, f"--report {report}: cannot be written in '/proc'", tmp_path, before)
+    assert "internal error" not in result.stderr
+
+
 def test_the_report_is_written_atomically_and_keeps_its_permissions(tmp_path):
     report = tmp_path / "r.json"
     report.write_text("old")

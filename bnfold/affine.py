@@ -87,8 +87,6 @@ def read_elementwise(node: ir.Node, constant_of, rank_of, dim_of) -> Elementwise
     """
     if node.op_type not in ELEMENTWISE_OPS or not in_default_domain(node) or len(node.inputs) != 2:
         raise Skip(f"{node.op_type} is not an elementwise affine op")
-    if "broadcast" in node.attributes:
-        raise Skip("legacy broadcast (opset < 7)")
     arrays = [constant_of(value) for value in node.inputs]
     if (arrays[0] is None) == (arrays[1] is None):
         raise Skip(f"{node.op_type} does not combine a tensor with a constant")
@@ -97,10 +95,28 @@ def read_elementwise(node: ir.Node, constant_of, rank_of, dim_of) -> Elementwise
     if constant.dtype.kind != "f":
         raise Skip("the constant is not floating point")
     data = node.inputs[data_index]
+    if "broadcast" in node.attributes:  # opset < 7: B aligns with A from `axis` (or from the right)
+        if data_index != 0:
+            raise Skip("legacy broadcast (opset < 7) of the data input")
+        constant = _legacy_aligned(node, constant, rank_of(data))
     vector, axis = _one_axis_vector(constant, rank_of(data))
     if axis is not None and dim_of(data, axis) != vector.shape[0]:
         raise Skip("the constant would change the input's shape, or that shape is unknown")
     return ElementwiseAffine(data_index, _params(node.op_type, data_index, vector), axis)
+
+
+def _legacy_aligned(node: ir.Node, constant: np.ndarray, rank: int | None) -> np.ndarray:
+    """B of a Mul/Add/Sub/Div before opset 7, reshaped to numpy broadcasting against A of rank `rank`."""
+    attr = node.attributes.get("broadcast")
+    if attr is None or attr.value != 1 or constant.size == 1:
+        return constant
+    if rank is None:
+        raise Skip("rank of the input is unknown, so the broadcast axis is too")
+    axis_attr = node.attributes.get("axis")
+    start = rank - constant.ndim if axis_attr is None else int(axis_attr.value) % rank
+    if start < 0 or start + constant.ndim > rank:
+        raise Skip(f"legacy broadcast of a rank-{constant.ndim} constant from axis {start} of a rank-{rank} input")
+    return constant.reshape(constant.shape + (1,) * (rank - start - constant.ndim))
 
 
 def _one_axis_vector(constant: np.ndarray, rank: int | None) -> tuple[np.ndarray, int | None]:

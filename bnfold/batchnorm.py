@@ -33,7 +33,7 @@ def training_reason(bn: ir.Node, opset: int) -> str | None:
 def read_params(bn: ir.Node, opset: int, resolver: ConstantResolver, types: ValueTypes) -> AffineParams:
     """The constant parameters of `bn` as the affine map (s, t); raises Skip with the reason otherwise."""
     arrays = read_raw_params(bn, resolver)
-    per_element = opset < 9 and int_attr(bn, "spatial", 1) == 0
+    per_element = opset < 9 and int_attr(bn, "spatial", 1) == 0 and not _one_element_per_channel(bn, arrays, types)
     # Only what the model states: inference costs a pass over the graph, and every
     # move (and the rewrite) checks the channel count against what it changes anyway.
     check_parameter_shapes(types.stated_shape(bn.inputs[0]), arrays, per_element)
@@ -48,6 +48,11 @@ def read_params(bn: ir.Node, opset: int, resolver: ConstantResolver, types: Valu
         raise Skip(f"input_var + epsilon <= 0 (at flat index {channel})")
     scale, shift = fold_math.bn_scale_shift(gamma, beta, mean, var, epsilon)
     return AffineParams(scale=scale, shift=shift, per_element=per_element)
+
+
+def _one_element_per_channel(bn: ir.Node, arrays: list[np.ndarray], types: ValueTypes) -> bool:
+    """An [N, C] input (MXNet's fc → BN exports spatial=0): its per-element statistics are per-channel ones."""
+    return all(array.ndim == 1 for array in arrays) and types.rank(bn.inputs[0]) == 2
 
 
 def read_raw_params(bn: ir.Node, resolver: ConstantResolver) -> list[np.ndarray]:

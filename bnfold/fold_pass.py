@@ -11,8 +11,9 @@ model-local function body (folded in place, never inlined).
    producer (or the producers behind a channel Concat), then forward into its
    consumers. Sweeps repeat until nothing changes, so chains such as
    Conv → Mul → BN, BN → BN, or BN → Mul → Conv fold completely.
-3. Reparameterize: Conv, BN and identity branches on one input that an Add/Sum
-   tree sums become one Conv (reparam.py), and the fixpoint runs again.
+3. Reparameterize: Conv, BN and identity branches on one input that an Add/Sum/Sub
+   tree sums become one Conv (reparam.py), and the fixpoint runs again; repeated
+   while merges happen (a merged Conv may take a Mul, then join an outer sum).
 4. Collapse: a BN that no move could take absorbs the affine nodes joined to it by
    single-use edges on either side (collapse.py).
 5. Convert: when the consumers take a pure scale (a Conv that pads with zeros
@@ -128,7 +129,7 @@ class _Run:
         for bn, state in self.ledger.bns.items():
             self._screen(bn, state)
         self._fixpoint()
-        if self._reparameterize():
+        while self._reparameterize():  # a merged Conv may take a Mul, then join an outer sum
             self._fixpoint()
         if collapse_leftovers(self.ledger, self.contexts):
             self._fixpoint()
@@ -202,22 +203,23 @@ class _Run:
     # --- reparameterize ----------------------------------------------------------------------------
 
     def _reparameterize(self) -> bool:
-        """Merge Conv/BN/identity branches on one input that an Add/Sum tree sums into one Conv (reparam.py)."""
+        """Merge Conv/BN/identity branches on one input that an Add/Sum/Sub tree sums into one Conv (reparam.py)."""
         merged = False
         for scope in self.scopes:
             for node in list(scope.graph):
                 if node.graph is scope.graph and reparam.is_root(node):
-                    for root, leaves, sums in reparam.find_trees(node):
-                        merged |= self._merge(self.contexts[scope.graph], scope, root, leaves, sums)
+                    for tree in reparam.find_trees(node, self.contexts[scope.graph].resolver.value_of):
+                        merged |= self._merge(self.contexts[scope.graph], tree)
         return merged
 
-    def _merge(self, context: FoldContext, scope: Scope, root: ir.Node, leaves, sums) -> bool:
+    def _merge(self, context: FoldContext, tree: reparam.Tree) -> bool:
         try:
-            merged = reparam.merge(context, root, leaves, sums, self._pending_params)
+            merged = reparam.merge(context, tree, self._pending_params)
         except Skip as skip:
-            logger.info("%s keeps its branches: %s", describe(root), skip.reason)
-            for leaf in leaves:
-                state = self.ledger.bns.get(leaf.producer())
+            logger.info("%s keeps its branches: %s", describe(tree.root), skip.reason)
+            for leaf in tree.leaves:
+                producer = leaf.producer()
+                state = self.ledger.bns.get(producer) if producer is not None else None
                 if state is not None and state.pending:
                     state.reason = f"{state.reason}; its branch cannot merge with the others: {skip.reason}"
             return False

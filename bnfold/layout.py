@@ -13,7 +13,8 @@ back towards its producer, that axis moves through:
   element of the channel in place), proven from known shapes.
 
 A mapping that cannot be proven refuses the move, with the reason. Transparent
-nodes, and Transposes that cancel, are removed when a fold passes through them.
+nodes, and Transposes that cancel, are removed when a fold passes through them, and
+so is a Transpose pair that the folded node sat between.
 """
 
 from __future__ import annotations
@@ -184,6 +185,29 @@ def remove_passed(trace: Trace) -> None:
             if not inner.is_graph_input() and not inner.is_graph_output():
                 retire_node(node, between)
                 retire_node(source, inner)
+
+
+def remove_cancelling_pair(trace: Trace, value: ir.Value) -> ir.Value:
+    """Once the affine node between them is gone, a Transpose of the walk and the Transpose after it that
+    cancel go too (flax's and Keras's `Transpose → BN → Transpose` on a rank-3 Dense output). Returns the
+    value that now carries what `value` led to: the second Transpose's output, or `value` itself."""
+    from bnfold.rewire import retire_node
+
+    first = value.producer()
+    uses = list(value.uses())
+    if first is None or first not in trace.passed or first.graph is None or first.op_type != "Transpose":
+        return value
+    if value.is_graph_output() or len(uses) != 1 or uses[0].idx != 0:
+        return value
+    second = uses[0].node
+    if second.op_type != "Transpose" or not in_default_domain(second) or not _cancel(first, second):
+        return value
+    inner = data_input(first)
+    if inner.is_graph_input() or inner.is_graph_output() or use_count(inner) != 1:
+        return value
+    retire_node(second, value)
+    retire_node(first, inner)
+    return inner
 
 
 def _retire_safely(node: ir.Node) -> None:

@@ -21,7 +21,7 @@ import onnx_ir as ir
 from bnfold.affine import AffineParams
 from bnfold.casts import find_sandwich, remove_narrowing, remove_widening, set_path_dtype
 from bnfold.constants import QUANTIZATION_OPS
-from bnfold.layout import is_transparent, remove_passed, trace_back
+from bnfold.layout import is_transparent, remove_cancelling_pair, remove_passed, trace_back
 from bnfold.node_attrs import in_default_domain, int_attr
 from bnfold.rewire import bypass_node, retire_node, use_count
 from bnfold.rules import CONSUMER_NAMES, CONSUMER_RULES, PRODUCER_NAMES, PRODUCER_RULES, matmul
@@ -101,7 +101,8 @@ def fold_backward(ctx: FoldContext, affine: AffineNode) -> Folded:
         key, description = sandwich.key, sandwich.describe()
         data = remove_narrowing(sandwich)
         return Folded(f"{target} ({description})", "cast-sandwich", (data,), _changed(on_the_way, data), key)
-    return Folded(target, "backward", (data,), _changed(on_the_way, data))
+    site = remove_cancelling_pair(trace, data)
+    return Folded(target, "backward", (site,), _changed(on_the_way, site))
 
 
 def _changed(on_the_way: Sequence[ir.Value], site: ir.Value) -> tuple[ir.Value, ...]:

@@ -2,11 +2,13 @@
 
 RepVGG, MobileOne, ACNet and RepConv blocks are trained as
 
-    Y = Conv_a(X) + Conv_b(X) + … + BN(X)  [+ X]          (Add/Sum nodes, in any tree)
+    Y = Conv_a(X) + Conv_b(X) + … + BN(X)  [+ X]          (Add/Sum/Sub nodes, in any tree)
 
-and, with every Conv → BN already folded, compute one Conv of X. Preconditions:
+and, with every Conv → BN already folded, compute one Conv of X. A Sub subtracts its
+second operand's branches (FastViT's RepMixer: X + γ·(mixer(X) − BN(X)), where the
+per-channel γ folds into the merged mixer and the outer sum merges next). Preconditions:
 
-* every leaf of the Add/Sum tree is a branch on the same value X: a Conv reading X
+* every leaf of the Add/Sum/Sub tree is a branch on the same value X: a Conv reading X
   (constant weights and bias), a BN of X that no other move took (its frozen map, one
   scale per channel), or X itself; every branch output and inner sum feeds only its
   parent in the tree; at least one Conv and at least two branches;
@@ -19,11 +21,14 @@ and, with every Conv → BN already folded, compute one Conv of X. Preconditions
   and pad_begin + pad_end − dilation·(size − 1) must be the same for every branch (the
   same output size for every input size);
 * an identity branch (BN(X) or X) is a 1×…×1 kernel without padding: it needs stride
-  1 and Cout = Cin, and puts s[c] (1 for X) at tap (c, c mod Cin/group).
+  1 and Cout = Cin, and puts s[c] (1 for X) at tap (c, c mod Cin/group);
+* a constant leaf (timm's `0 + BN(X)` when a block has no scale branch) is one number,
+  or one per channel on axis 1: it adds to the bias.
 
-The merged Conv: kernel Σ of the placed kernels and identity taps, bias Σ of the biases
-and BN shifts, computed in float64 and rounded once to the weights' dtype; pads (P,
-P_end); it takes over the tree's output. It costs what its largest branch costs.
+The merged Conv: kernel Σ ± of the placed kernels and identity taps, bias Σ ± of the
+biases, BN shifts and constants (− for a branch a Sub subtracts: negation is exact),
+computed in float64 and rounded once to the weights' dtype; pads (P, P_end); it takes
+over the tree's output. It costs what its largest branch costs.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from bnfold.rewire import remove_if_dead, take_over_output, use_count
 from bnfold.rules.base import FoldContext, describe, rounded
 from bnfold.skip import Skip
 
-SUM_OPS = frozenset({"Add", "Sum"})
+SUM_OPS = frozenset({"Add", "Sum", "Sub"})
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ class _Geometry:
 
 
 def is_root(node: ir.Node) -> bool:
-    """An Add/Sum whose output does not feed only another Add/Sum (which would be the tree's root)."""
+    """An Add/Sum/Sub whose output does not feed only another of them (which would be the tree's root)."""
     if node.op_type not in SUM_OPS or not in_default_domain(node):
         return False
     output = node.outputs[0]
@@ -68,74 +73,144 @@ def is_root(node: ir.Node) -> bool:
     return output.is_graph_output() or len(uses) != 1 or not _is_sum(uses[0].node, node.graph)
 
 
-def find_trees(root: ir.Node) -> list[tuple[ir.Node, list[ir.Value], list[ir.Node]]]:
-    """(root, leaves, sums) of the tree at `root`, or, when its leaves read different inputs, of its subtrees."""
-    leaves, sums = _tree(root)
-    if len({_source(leaf) for leaf in leaves}) == 1:
-        return [(root, leaves, sums)]
-    return [tree for node in sums if node is not root and node in _children(root) for tree in find_trees(node)]
+@dataclass(frozen=True)
+class Tree:
+    root: ir.Node
+    leaves: list[ir.Value]
+    signs: list[float]  # +1, or −1 for a branch that a Sub subtracts
+    sums: list[ir.Node]
 
 
-def merge(
-    ctx: FoldContext,
-    root: ir.Node,
-    leaves: list[ir.Value],
-    sums: list[ir.Node],
-    bn_params: Callable[[ir.Node], AffineParams | None],
-) -> Merged | None:
+def find_trees(root: ir.Node, constant_of: Callable[[ir.Value], np.ndarray | None]) -> list[Tree]:
+    """The tree at `root`, or, when its branches read different inputs, its subtrees (constants read none)."""
+    tree = _tree(root)
+    if len({_source(leaf) for leaf in tree.leaves if constant_of(leaf) is None}) == 1:
+        return [tree]
+    return [
+        found
+        for node in tree.sums
+        if node is not root and node in _children(root)
+        for found in find_trees(node, constant_of)
+    ]
+
+
+@dataclass(frozen=True)
+class _Branches:
+    """A tree's leaves by kind, each with its sign."""
+
+    convs: list[tuple[ir.Node, float]]
+    identities: list[tuple[ir.Node | None, float]]  # a BN of X, or None for X itself
+    constants: list[tuple[ir.Value, float]]
+
+
+def merge(ctx: FoldContext, tree: Tree, bn_params: Callable[[ir.Node], AffineParams | None]) -> Merged | None:
     """Merge the branches; None when the tree is no reparameterizable block, Skip when it is one that cannot be."""
-    source = _source(leaves[0])
-    convs = [conv for leaf in leaves if (conv := _conv_of(leaf)) is not None]
-    if not convs or len(leaves) < 2:
+    branches = _branches(ctx, tree, bn_params)
+    if branches is None:
         return None
-    identities = [leaf for leaf in leaves if _conv_of(leaf) is None]
-    bns = [(bn, bn_params(bn)) for leaf in identities if leaf is not source and (bn := leaf.producer()) is not None]
-    if any(bn.op_type != "BatchNormalization" or params is None for bn, params in bns):
-        return None
-    _check_single_uses(leaves, sums, root)
+    _check_single_uses(tree)
+    convs = [conv for conv, _ in branches.convs]
     kernels = [ctx.kernel(conv) for conv in convs]
-    _check_alike(convs, kernels, has_identity=bool(identities))
+    _check_alike(convs, kernels, has_identity=bool(branches.identities))
     size = tuple(max(kernel.shape[2 + axis] for kernel in kernels) for axis in range(kernels[0].ndim - 2))
     if all(kernel.shape[2:] != size for kernel in kernels):
         sizes = " and ".join(dict.fromkeys("x".join(map(str, kernel.shape[2:])) for kernel in kernels))
         raise Skip(f"no branch's kernel covers the others ({sizes}): the merged kernel would cost more than they do")
     geometries = [_geometry(conv, kernel) for conv, kernel in zip(convs, kernels, strict=True)]
-    if identities:
+    if branches.identities:
         geometries.append(_Geometry((1,) * len(size), (0,) * len(size), (0,) * len(size)))
     begin, end, offsets = _placement(geometries, _ints(convs[0], "dilations", 1, len(size)), size)
     shape = (*kernels[0].shape[:2], *size)
-    ones = np.ones(shape[0])
-    scales = [(ones, 0 * ones)] * sum(leaf is source for leaf in identities) + [
-        params.for_channels(shape[0], f"output of {describe(bn)}") for bn, params in bns if params is not None
+    scales = _identity_maps(branches, bn_params, shape[0])
+    placed = [
+        (sign * kernel, offset)
+        for (_, sign), kernel, offset in zip(branches.convs, kernels, offsets[: len(kernels)], strict=True)
     ]
-    kernel = fold_math.merged_kernel(
-        shape, list(zip(kernels, offsets[: len(kernels)], strict=True)), [(scale, offsets[-1]) for scale, _ in scales]
-    )
-    bias = sum((_bias(ctx, conv, shape[0]) for conv in convs), np.zeros(shape[0])) + sum(
-        (shift for _, shift in scales), np.zeros(shape[0])
-    )
+    kernel = fold_math.merged_kernel(shape, placed, [(scale, offsets[-1]) for scale, _ in scales])
+    bias = sum((sign * _bias(ctx, conv, shape[0]) for conv, sign in branches.convs), np.zeros(shape[0]))
+    bias = bias + sum((shift for _, shift in scales), np.zeros(shape[0]))
+    for leaf, sign in branches.constants:
+        bias = bias + sign * _constant_bias(ctx, leaf, shape)
     target = next(conv for conv, kernel in zip(convs, kernels, strict=True) if kernel.shape[2:] == size)
-    new_kernel, new_bias = rounded(kernel, kernels[0]), rounded(bias, kernels[0])
-    ctx.write_input(target, 2, new_bias, "bias")
-    ctx.write_input(target, 1, new_kernel, "weight")
+    ctx.write_input(target, 2, rounded(bias, kernels[0]), "bias")
+    ctx.write_input(target, 1, rounded(kernel, kernels[0]), "weight")
     _set_geometry(target, size, begin, end)
-    removed = _rewire(root, sums, [leaf for leaf in leaves if leaf is not target.outputs[0]], target)
-    return Merged(target, target.outputs[0], tuple(bn for bn, _ in bns), removed)
+    dropped = [conv for conv in convs if conv is not target] + [bn for bn, _ in branches.identities if bn is not None]
+    removed = _rewire(tree, dropped, target)
+    return Merged(target, target.outputs[0], tuple(bn for bn, _ in branches.identities if bn is not None), removed)
 
 
-def _tree(root: ir.Node) -> tuple[list[ir.Value], list[ir.Node]]:
+def _branches(ctx: FoldContext, tree: Tree, bn_params: Callable[[ir.Node], AffineParams | None]) -> _Branches | None:
+    """The leaves by kind; None when one is neither a Conv of X, a BN of X no move took, X, nor a constant."""
+    branches = _Branches([], [], [])
+    source = next(_source(leaf) for leaf in tree.leaves if ctx.resolver.value_of(leaf) is None)
+    for leaf, sign in zip(tree.leaves, tree.signs, strict=True):
+        producer = leaf.producer()
+        if ctx.resolver.value_of(leaf) is not None:
+            branches.constants.append((leaf, sign))
+        elif (conv := _conv_of(leaf)) is not None:
+            branches.convs.append((conv, sign))
+        elif leaf is source:
+            branches.identities.append((None, sign))
+        elif producer is not None and producer.op_type == "BatchNormalization" and bn_params(producer) is not None:
+            branches.identities.append((producer, sign))
+        else:
+            return None
+    if not branches.convs or len(tree.leaves) < 2:
+        return None
+    return branches
+
+
+def _identity_maps(
+    branches: _Branches, bn_params: Callable[[ir.Node], AffineParams | None], channels: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(± s, ± t) of each identity branch: X itself is s = 1, t = 0."""
+    maps = []
+    for bn, sign in branches.identities:
+        params = None if bn is None else bn_params(bn)
+        if bn is None or params is None:
+            scale, shift = np.ones(channels), np.zeros(channels)
+        else:
+            scale, shift = params.for_channels(channels, f"output of {describe(bn)}")
+        maps.append((sign * scale, sign * shift))
+    return maps
+
+
+def _constant_bias(ctx: FoldContext, leaf: ir.Value, shape: tuple[int, ...]) -> np.ndarray:
+    """A constant added to the sum, as a per-channel bias: one number, or one per channel on axis 1."""
+    constant = ctx.resolver.value_of(leaf)
+    assert constant is not None  # sorted as a constant leaf
+    channels, rank = shape[0], len(shape)
+    aligned = (1,) * (rank - constant.ndim) + constant.shape
+    if constant.ndim > rank or any(size != 1 for axis, size in enumerate(aligned) if axis != 1):
+        raise Skip(f"the constant '{leaf.name}' added to the sum varies along more than the channel axis")
+    if aligned[1] not in (1, channels):
+        raise Skip(f"the constant '{leaf.name}' added to the sum has {aligned[1]} channels, the sum {channels}")
+    return np.broadcast_to(constant.astype(np.float64).reshape(-1), (channels,))
+
+
+def _tree(root: ir.Node) -> Tree:
     leaves: list[ir.Value] = []
+    signs: list[float] = []
     sums = [root]
-    stack = list(reversed(root.inputs))
+    stack = list(reversed(_signed_inputs(root, 1.0)))
     while stack:
-        value = stack.pop()
+        value, sign = stack.pop()
         producer = value.producer() if value is not None else None
         if value is not None and producer is not None and _is_sum(producer, root.graph) and _only_use(value):
             sums.append(producer)
-            stack.extend(reversed(producer.inputs))
+            stack.extend(reversed(_signed_inputs(producer, sign)))
         elif value is not None:
             leaves.append(value)
-    return leaves, sums
+            signs.append(sign)
+    return Tree(root, leaves, signs, sums)
+
+
+def _signed_inputs(node: ir.Node, sign: float) -> list[tuple[ir.Value | None, float]]:
+    """A sum's operands with the sign each enters the total with (a Sub negates its second)."""
+    if node.op_type == "Sub":
+        return [(node.inputs[0], sign), (node.inputs[1], -sign)]
+    return [(value, sign) for value in node.inputs]
 
 
 def _children(node: ir.Node) -> list[ir.Node]:
@@ -165,13 +240,13 @@ def _source(leaf: ir.Value) -> ir.Value | None:
     return leaf
 
 
-def _check_single_uses(leaves: list[ir.Value], sums: list[ir.Node], root: ir.Node) -> None:
-    for leaf in leaves:
+def _check_single_uses(tree: Tree) -> None:
+    for leaf in tree.leaves:
         producer = leaf.producer()
         if producer is not None and _source(leaf) is not leaf and not _only_use(leaf):
             raise Skip(f"output of {describe(producer)} is used outside the sum")
-    if len({id(leaf) for leaf in leaves}) != len(leaves):
-        raise Skip(f"{describe(root)} adds one branch twice")
+    if len({id(leaf) for leaf in tree.leaves}) != len(tree.leaves):
+        raise Skip(f"{describe(tree.root)} adds one branch twice")
 
 
 def _check_alike(convs: list[ir.Node], kernels: list[np.ndarray], has_identity: bool) -> None:
@@ -252,15 +327,15 @@ def _set_geometry(conv: ir.Node, size: tuple[int, ...], begin: tuple[int, ...], 
         conv.attributes["kernel_shape"] = ir.AttrInt64s("kernel_shape", list(size))
 
 
-def _rewire(root: ir.Node, sums: list[ir.Node], others: list[ir.Value], target: ir.Node) -> tuple[ir.Value, ...]:
-    """The target's output takes over the root's; the sums and the other branches go."""
-    graph = root.graph
+def _rewire(tree: Tree, dropped: list[ir.Node], target: ir.Node) -> tuple[ir.Value, ...]:
+    """The target's output takes over the root's; the sums and the other branches go (constants stay, if used)."""
+    graph = tree.root.graph
     assert graph is not None  # a root found in a graph
-    branch_nodes = [node for leaf in others if leaf is not _source(leaf) and (node := leaf.producer()) is not None]
-    removed = tuple([*(node.outputs[0] for node in branch_nodes), *(node.outputs[0] for node in sums[1:])])
-    inputs = [value for node in branch_nodes for value in node.inputs]
-    take_over_output(root.outputs[0], target.outputs[0])
-    graph.remove([*sums, *branch_nodes], safe=True)
+    removed = tuple([*(node.outputs[0] for node in dropped), *(node.outputs[0] for node in tree.sums[1:])])
+    inputs = [value for node in [*dropped, *tree.sums] for value in node.inputs]
+    take_over_output(tree.root.outputs[0], target.outputs[0])
+    graph.remove([*tree.sums, *dropped], safe=True)
     for value in inputs:
-        remove_if_dead(graph, value)
+        if value is not None:
+            remove_if_dead(graph, value)
     return removed

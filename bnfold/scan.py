@@ -1,7 +1,7 @@
 """Whether a model can have anything to fold, from one cheap pass over its ModelProto (no onnx-ir).
 
 A model without BatchNormalization, without a Mul/Add/Sub/Div by a possibly constant
-value next to a node that holds a constant weight, and without an Add/Sum of such
+value next to a node that holds a constant weight, and without an Add/Sum/Sub of such
 nodes' branches, leaves the pass with nothing to do: bnfold then copies it through
 (see file_run.py) instead of loading it into onnx-ir. The scan only ever errs
 towards "maybe": it knows no rule, only which shapes of graph a rule could act on.
@@ -26,7 +26,7 @@ import onnx
 from bnfold.proto_walk import node_graphs, proto_graphs
 
 AFFINE_OPS = frozenset({"Mul", "Add", "Sub", "Div"})
-SUM_OPS = frozenset({"Add", "Sum"})
+SUM_OPS = frozenset({"Add", "Sum", "Sub"})
 PASS_THROUGH = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Dropout", "Cast"})
 _NOT_CONSTANT = frozenset(
     {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
@@ -152,7 +152,7 @@ def _feeds_weights(value: str, consumers, weighted) -> bool:
 
 
 def _sums_weighted_branches(node: _Node, producer, weighted) -> bool:
-    """An Add/Sum of at least one weighted branch and another weighted branch or that branch's own input."""
+    """An Add/Sum/Sub of at least one weighted branch and another weighted branch or that branch's own input."""
     sources = [producer.get(name) for name in node.inputs if name]
     branches = [source for source in sources if source is not None and id(source) in weighted]
     if not branches:

@@ -243,7 +243,38 @@ def test_flax_gemm_reshape_transpose_bn_folds_and_the_transposes_go(bias):
     assert record.into == "Gemm 'node_Gemm_1' (through Reshape 'node_Reshape_5', Transpose 'node_Transpose_6')"
     counts = op_counts(folded)
     assert counts["BatchNormalization"] == 0 and counts["Gemm"] == 1
-    assert counts["Transpose"] == 2  # the pair around the BN does not cancel: Reshape → T → T' ≠ Reshape … T
+    # with the BN gone, the Transposes around it cancel: the Reshape now makes the graph output
+    assert counts["Transpose"] == 0 and counts["Reshape"] == 2
+    assert next(n for n in folded.graph.node if n.name == "node_Reshape_5").output[0] == "BatchNormOut_0"
+    assert record.site == "BatchNormOut_0"
+
+
+def keras_dense_rank3(second_perm=(0, 2, 1), also_output=False):
+    """tf2onnx: Keras Dense on [B, T, F], then BatchNormalization(axis=-1) between two Transposes."""
+    rng = np.random.default_rng(31)
+    inits = {"kernel": rng.normal(0, 0.3, (6, 8)).astype(F32), "bias": rng.normal(0, 0.1, 8).astype(F32)}
+    inits.update(bn_arrays(rng, 8))
+    nodes = [
+        helper.make_node("MatMul", ["input", "kernel"], ["mm"], name="dense/MatMul"),
+        helper.make_node("Add", ["mm", "bias"], ["dense"], name="dense/BiasAdd"),
+        helper.make_node("Transpose", ["dense"], ["nct"], name="bn/transpose_in", perm=[0, 2, 1]),
+        bn_node("nct", "normed", name="bn/FusedBatchNormV3"),
+        helper.make_node("Transpose", ["normed"], ["out"], name="bn/transpose_out", perm=list(second_perm)),
+    ]
+    outputs = [("out", F32, None)] + ([("normed", F32, None)] if also_output else [])
+    return make_model(nodes, [("input", F32, ["B", 5, 6])], outputs, inits, opset=15)
+
+
+@pytest.mark.parametrize(
+    ("second_perm", "also_output", "transposes"),
+    [((0, 2, 1), False, 0), ((2, 0, 1), False, 2), ((0, 2, 1), True, 2)],
+    ids=["cancelling", "not cancelling", "BN output also a graph output"],
+)
+def test_transposes_around_a_folded_bn_go_only_when_they_cancel(second_perm, also_output, transposes):
+    folded, records = fold_and_check(keras_dense_rank3(second_perm, also_output))
+    assert op_counts(folded)["Transpose"] == transposes
+    (record,) = (r for r in records if r.op == "BatchNormalization")
+    assert record.action == "folded" and record.site == ("out" if transposes == 0 else "normed")
 
 
 # --- tf2onnx with optimizers off: NHWC↔NCHW Transposes around every op ------------------------------

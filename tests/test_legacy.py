@@ -91,6 +91,78 @@ def test_standalone_bn_before_opset_7_uses_legacy_broadcast():
     np.testing.assert_allclose(folded, g * (x - m) / np.sqrt(v + 1e-5) + b, rtol=1e-6, atol=1e-6)
 
 
+def caffe2_scale_layers(first_op="Conv", scale_axis=1):
+    """Caffe2 at opset 6: BN then a Scale layer as Mul/Add with `broadcast=1, axis=1`."""
+    rng = np.random.default_rng(61)
+    params = {**bn_arrays(rng, 4), "s": rng.uniform(0.5, 1.5, 4).astype(F32), "t": rng.normal(size=4).astype(F32)}
+    if scale_axis != 1:
+        params["s"] = rng.uniform(0.5, 1.5, 3).astype(F32)  # [W]: suffix matching, along the width
+    attrs = {"broadcast": 1} if scale_axis != 1 else {"broadcast": 1, "axis": 1}
+    first = (
+        helper.make_node("Conv", ["x", "w"], ["y"], name="conv", kernel_shape=[3, 3])
+        if first_op == "Conv"
+        else helper.make_node("Relu", ["x"], ["y"], name="relu")
+    )
+    nodes = [
+        first,
+        helper.make_node("BatchNormalization", ["y", *BN_INPUTS], ["b"], name="bn", is_test=1),
+        helper.make_node("Mul", ["b", "s"], ["m"], name="scale_mul", **attrs),
+        helper.make_node("Add", ["m", "t"], ["z"], name="scale_add", broadcast=1, axis=1),
+    ]
+    x_shape = (2, 3, 5, 5) if first_op == "Conv" else (2, 4, 3, 3)
+    return legacy_model(
+        nodes, params, 6, (2, 4, 3, 3), x_shape=x_shape, with_conv_weight=rng.normal(size=(4, 3, 3, 3)).astype(F32)
+    )
+
+
+def at_opset_7(model):
+    """The model restated at opset 7 by hand (onnx's converter rejects these graphs): legacy attributes
+    dropped, a `broadcast=1, axis=1` constant [C] reshaped to [C, 1, 1] (numpy broadcasting)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model.opset_import[0].version = 7
+    initializers = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("axis") == 1 and attrs.get("broadcast") == 1 and node.input[1] in initializers:
+            array = numpy_helper.to_array(initializers[node.input[1]])
+            initializers[node.input[1]].CopyFrom(numpy_helper.from_array(array.reshape(-1, 1, 1), node.input[1]))
+        kept = [a for a in node.attribute if a.name not in ("broadcast", "axis", "is_test", "consumed_inputs")]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+    graph_inputs = [i for i in model.graph.input if i.name not in initializers]
+    model.graph.ClearField("input")
+    model.graph.input.extend(graph_inputs)
+    model.ir_version = 4  # initializers need not be listed as inputs
+    return model
+
+
+def assert_same_at_opset_7(model, folded_model):
+    """onnxruntime has no kernels before opset 7: compare both restated at opset 7."""
+    feeds = random_feeds(model)
+    expected = run(at_opset_7(model), feeds)[0]
+    actual = run(at_opset_7(folded_model), feeds)[0]
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize(("first_op", "left"), [("Conv", {"Conv": 1}), ("Relu", {"Relu": 1, "BatchNormalization": 1})])
+def test_opset_6_scale_layers_with_legacy_broadcast_fold_or_collapse(first_op, left):
+    model = caffe2_scale_layers(first_op)
+    result = bnfold.fold(model)
+    onnx.checker.check_model(result.model, full_check=True)
+    assert op_counts(result.model) == left
+    assert_same_at_opset_7(model, result.model)
+
+
+def test_legacy_broadcast_without_axis_matches_from_the_right_and_stays_off_the_channel():
+    """`broadcast=1` without `axis` aligns a [W] constant with the last axis: not the Conv's channels."""
+    model = caffe2_scale_layers(scale_axis=None)
+    result = bnfold.fold(model)
+    assert op_counts(result.model) == {"Conv": 1, "Mul": 1, "Add": 1}
+    mul = next(n for n in result.model.graph.node if n.op_type == "Mul")
+    assert mul.name == "scale_mul" and mul.input[1] == "s"
+    assert_same_at_opset_7(model, result.model)
+
+
 def test_spatial_0_standalone_keeps_the_full_parameter_shape():
     rng = np.random.default_rng(7)
     params = bn_arrays(rng, 3, shape=(3, 5, 5))
@@ -118,6 +190,23 @@ def test_spatial_0_never_folds_into_a_conv():
         "per-element statistics (spatial=0) cannot fold into a weight; its output is a graph output",
     )
     assert op_counts(folded) == {"Conv": 1, "BatchNormalization": 1}
+
+
+@pytest.mark.parametrize("opset", [7, 8])
+def test_spatial_0_on_an_n_by_c_input_is_per_channel_and_folds_into_the_gemm(opset):
+    """MXNet exports `fc1 → BatchNorm` with spatial=0: on [N, C] each channel is one element."""
+    rng = np.random.default_rng(opset)
+    nodes = [
+        helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc1", transB=1),
+        helper.make_node("BatchNormalization", ["y", *BN_INPUTS], ["z"], name="fc1_bn", spatial=0, epsilon=2e-5),
+    ]
+    params = {**bn_arrays(rng, 6), "b": rng.normal(size=6).astype(F32)}
+    model = legacy_model(
+        nodes, params, opset, (2, 6), x_shape=(2, 5), with_conv_weight=rng.normal(size=(6, 5)).astype(F32)
+    )
+    folded, records = fold_and_check(model)
+    assert (only_record(records).action, only_record(records).into) == ("folded", "Gemm 'fc1'")
+    assert op_counts(folded) == {"Gemm": 1}
 
 
 def test_spatial_1_at_opset_7_folds_as_usual():

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from bnfold.node_attrs import in_default_domain, int_attr
+from bnfold.node_attrs import float_attr, in_default_domain, int_attr, str_attr
 from bnfold.rewire import data_input, use_count
 from bnfold.skip import Skip
 
@@ -114,6 +114,47 @@ def _axis_before(ctx, node: ir.Node, axis: int) -> int:
     if op in ("Squeeze", "Unsqueeze"):
         return _axis_through_axes(ctx, node, axis)
     return _axis_through_reshape(ctx, node, axis)
+
+
+FORWARD_OPS = frozenset({"Transpose", "Pad"})
+
+
+def axis_after(ctx, node: ir.Node, axis: int | None, params) -> int | None:
+    """Folding forward: the output axis of a Transpose or Pad that input axis `axis` lands on (None: a
+    one-number map). A Pad that copies values (edge, reflect, wrap) commutes with any per-channel map; one
+    that fills with v, only with a map that keeps v (s·v + t = v: for v = 0, a pure scale). Neither may pad
+    the channel axis."""
+    if node.op_type == "Transpose":
+        if axis is None:
+            return None
+        perm = node.attributes.get("perm")
+        rank = ctx.types.rank(node.inputs[0])
+        order = list(perm.value) if perm is not None else (list(reversed(range(rank))) if rank else None)
+        if order is None or axis not in order:
+            raise Skip(f"the permutation of {_describe(node)} is unknown")
+        return order.index(axis)
+    mode, pads, fill = _pad_kind(ctx, node)
+    if axis is not None and (pads[axis] != 0 or pads[axis + len(pads) // 2] != 0):
+        raise Skip(f"{_describe(node)} pads the channel axis {axis}")
+    if mode == "constant" and not np.all(params.scale * fill + params.shift == fill):
+        raise Skip(f"padding: {_describe(node)} fills with {fill:g}, which the map would not keep")
+    return axis
+
+
+def _pad_kind(ctx, node: ir.Node) -> tuple[str, list[int], float]:
+    """A Pad's mode, its pads for every axis, and its fill value; Skip when they are not constant."""
+    mode_attr = node.attributes.get("mode")
+    mode = "constant" if mode_attr is None else str_attr(node, "mode", "constant")
+    if mode not in ("constant", "edge", "reflect", "wrap"):
+        raise Skip(f"{_describe(node)} pads in mode {mode!r}")
+    if "pads" in node.attributes:  # opset < 11
+        return mode, [int(p) for p in node.attributes["pads"].value], float_attr(node, "value", 0.0)
+    pads = ctx.resolver.value_of(node.inputs[1]) if len(node.inputs) > 1 else None
+    has_fill = len(node.inputs) > 2 and node.inputs[2] is not None
+    fill = ctx.resolver.value_of(node.inputs[2]) if has_fill else np.zeros(1)
+    if pads is None or fill is None or (len(node.inputs) > 3 and node.inputs[3] is not None):
+        raise Skip(f"the pads of {_describe(node)} are not constant")
+    return mode, [int(p) for p in np.asarray(pads).reshape(-1)], float(np.asarray(fill).reshape(-1)[0])
 
 
 def _axis_through_axes(ctx, node: ir.Node, axis: int) -> int:

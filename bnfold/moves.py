@@ -21,7 +21,7 @@ import onnx_ir as ir
 from bnfold.affine import AffineParams
 from bnfold.casts import find_sandwich, remove_narrowing, remove_widening, set_path_dtype
 from bnfold.constants import QUANTIZATION_OPS
-from bnfold.layout import is_transparent, remove_cancelling_pair, remove_passed, trace_back
+from bnfold.layout import FORWARD_OPS, axis_after, is_transparent, remove_cancelling_pair, remove_passed, trace_back
 from bnfold.node_attrs import in_default_domain, int_attr
 from bnfold.rewire import bypass_node, retire_node, use_count
 from bnfold.rules import CONSUMER_NAMES, CONSUMER_RULES, PRODUCER_NAMES, PRODUCER_RULES, matmul
@@ -207,8 +207,6 @@ def prepare_forward(ctx: FoldContext, affine: AffineNode) -> tuple[Commit, str, 
 
     Also returns what they take it into, and their outputs (the values the fold changes).
     """
-    if affine.axis not in (1, None):
-        raise Skip(f"it runs along axis {affine.axis}; a consumer can take a map along axis 1 only")
     output = affine.output
     if output.is_graph_output():
         raise Skip("its output is a graph output")
@@ -232,13 +230,19 @@ def prepare_forward(ctx: FoldContext, affine: AffineNode) -> tuple[Commit, str, 
 
 
 def _prepare_consumer(ctx: FoldContext, affine: AffineNode, consumer: ir.Node, index: int):
-    params = affine.params
-    through = ""
+    params, axis, passed = affine.params, affine.axis, []
     consumer, index = _past_transparent(ctx, consumer, index)
-    if consumer.op_type in FLATTENING_OPS and index == 0 and in_default_domain(consumer):
-        params = params.repeated(_features_per_channel(ctx, affine, consumer))
-        through = f" (through {describe(consumer)})"
+    while index == 0 and consumer.op_type in FORWARD_OPS and in_default_domain(consumer):
+        axis = axis_after(ctx, consumer, axis, params)
+        passed.append(describe(consumer))
         consumer, index = _past_transparent(ctx, *_only_consumer(consumer))
+    if axis not in (1, None):
+        raise Skip(f"it runs along axis {axis}; a consumer can take a map along axis 1 only")
+    if consumer.op_type in FLATTENING_OPS and index == 0 and in_default_domain(consumer) and not passed:
+        params = params.repeated(_features_per_channel(ctx, affine, consumer))
+        passed.append(describe(consumer))
+        consumer, index = _past_transparent(ctx, *_only_consumer(consumer))
+    through = f" (through {', '.join(passed)})" if passed else ""
     rule = CONSUMER_RULES.get(consumer.op_type) if in_default_domain(consumer) else None
     if rule is None:
         raise Skip(f"its output feeds {describe(consumer)}, not a {CONSUMER_NAMES}")

@@ -11,7 +11,7 @@ towards "maybe": it knows no rule, only which shapes of graph a rule could act o
 * a weighted node: an op a rule folds into (the registry, rules/__init__.py: Conv,
   ConvTranspose, DeformConv, Gemm, MatMul) with a possibly constant input other
   than its first;
-* next to: reached through Reshape, Flatten, Squeeze, Unsqueeze, Transpose,
+* next to: reached through Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Pad,
   Identity, Dropout or Cast, towards the producer (a weighted node, or a Concat of
   them) or towards the consumers. A chain of such maps is seen at the end that
   touches the weighted node.
@@ -27,7 +27,9 @@ from bnfold.proto_walk import node_graphs, proto_graphs
 
 AFFINE_OPS = frozenset({"Mul", "Add", "Sub", "Div"})
 SUM_OPS = frozenset({"Add", "Sum", "Sub"})
-PASS_THROUGH = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Dropout", "Cast"})
+PASS_THROUGH = frozenset(
+    {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Dropout", "Cast", "Pad"}
+)
 _NOT_CONSTANT = frozenset(
     {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 )

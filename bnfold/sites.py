@@ -131,7 +131,11 @@ def find_sites(
     return found
 
 
-_COMPUTE_NOTHING = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Cast", "Dropout"})
+# Nodes that only move or copy values (and Pad, which adds zeros): when only their data input was renamed, they
+# sit on a fold's path (a scale folded forward through them), and the value is compared where it is computed.
+_COMPUTE_NOTHING = frozenset(
+    {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Cast", "Dropout", "Pad"}
+)
 
 
 def _only_inputs_renamed(node: onnx.NodeProto, twin: onnx.NodeProto, constants: _Constants) -> bool:

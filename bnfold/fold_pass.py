@@ -214,7 +214,7 @@ class _Run:
 
     def _merge(self, context: FoldContext, tree: reparam.Tree) -> bool:
         try:
-            merged = reparam.merge(context, tree, self._pending_params)
+            merged = reparam.merge(context, tree, self._pending_params, self.options.bn_only)
         except Skip as skip:
             logger.info("%s keeps its branches: %s", describe(tree.root), skip.reason)
             for leaf in tree.leaves:

@@ -103,10 +103,15 @@ class _Branches:
     constants: list[tuple[ir.Value, float]]
 
 
-def merge(ctx: FoldContext, tree: Tree, bn_params: Callable[[ir.Node], AffineParams | None]) -> Merged | None:
-    """Merge the branches; None when the tree is no reparameterizable block, Skip when it is one that cannot be."""
+def merge(
+    ctx: FoldContext, tree: Tree, bn_params: Callable[[ir.Node], AffineParams | None], bn_only: bool = False
+) -> Merged | None:
+    """Merge the branches; None when the tree is no reparameterizable block, Skip when it is one that cannot be.
+
+    With `bn_only`, a constant in the sum is taken only beside a BN branch: Conv(X) + c alone is a plain
+    per-channel Add next to a Conv, which `--bn-only` leaves."""
     branches = _branches(ctx, tree, bn_params)
-    if branches is None:
+    if branches is None or (bn_only and branches.constants and not any(bn for bn, _ in branches.identities)):
         return None
     _check_single_uses(tree)
     convs = [conv for conv, _ in branches.convs]

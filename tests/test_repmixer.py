@@ -102,3 +102,18 @@ def test_a_constant_that_varies_along_space_keeps_the_branches_apart_and_says_wh
         "the channel axis"
     )
     assert op_counts(folded)["Sub"] == 1
+
+
+def test_bn_only_takes_a_constant_beside_a_bn_branch_but_leaves_a_lone_conv_plus_constant():
+    folded, records = fold_and_check(repmixer(), bn_only=True)
+    assert all(r.action == "folded" for r in records if r.op == "BatchNormalization")
+    assert op_counts(folded) == {"Conv": 1, "Mul": 1, "Add": 1}  # the layer scale is no BN's: it stays
+    rng = np.random.default_rng(22)
+    inits = {"w": rng.normal(0, 0.3, (4, 1, 3, 3)).astype(F32), "c": rng.normal(0, 0.3, (4, 1, 1)).astype(F32)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["conv"], name="conv", group=4, pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["conv", "c"], ["y"], name="bias_add"),
+    ]
+    model = make_model(nodes, [("x", F32, ["N", 4, 6, 6])], [("y", F32, None)], inits)
+    assert op_counts(fold_and_check(model, bn_only=True)[0]) == {"Conv": 1, "Add": 1}
+    assert op_counts(fold_and_check(model)[0]) == {"Conv": 1}

@@ -19,6 +19,7 @@ so is a Transpose pair that the folded node sat between.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -249,6 +250,23 @@ def remove_cancelling_pair(trace: Trace, value: ir.Value) -> ir.Value:
     retire_node(second, value)
     retire_node(first, inner)
     return inner
+
+
+def remove_cancelling_transposes(path: list[ir.Node]) -> None:
+    """After a fold forward along `path` (its nodes in order): neighbouring Transposes on it that cancel go
+    (tf2onnx without its optimizer puts an NHWC↔NCHW pair between a BN and the next Conv)."""
+    from bnfold.rewire import retire_node
+
+    for first, second in itertools.pairwise(path):
+        if first.graph is None or second.graph is None or first.op_type != "Transpose":
+            continue
+        between, inner = first.outputs[0], data_input(first)
+        if second.op_type != "Transpose" or second.inputs[0] is not between or not _cancel(first, second):
+            continue
+        if between.is_graph_output() or use_count(between) != 1 or inner.is_graph_input() or inner.is_graph_output():
+            continue
+        retire_node(second, between)
+        retire_node(first, inner)
 
 
 def _retire_safely(node: ir.Node) -> None:

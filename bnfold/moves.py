@@ -21,7 +21,15 @@ import onnx_ir as ir
 from bnfold.affine import AffineParams
 from bnfold.casts import find_sandwich, remove_narrowing, remove_widening, set_path_dtype
 from bnfold.constants import QUANTIZATION_OPS
-from bnfold.layout import FORWARD_OPS, axis_after, is_transparent, remove_cancelling_pair, remove_passed, trace_back
+from bnfold.layout import (
+    FORWARD_OPS,
+    axis_after,
+    is_transparent,
+    remove_cancelling_pair,
+    remove_cancelling_transposes,
+    remove_passed,
+    trace_back,
+)
 from bnfold.node_attrs import in_default_domain, int_attr
 from bnfold.rewire import bypass_node, retire_node, use_count
 from bnfold.rules import CONSUMER_NAMES, CONSUMER_RULES, PRODUCER_NAMES, PRODUCER_RULES, matmul
@@ -216,25 +224,30 @@ def prepare_forward(ctx: FoldContext, affine: AffineNode) -> tuple[Commit, str, 
     commits: list[Commit] = []
     targets: list[str] = []
     sites: list[ir.Value] = []
+    paths: list[list[ir.Node]] = []
     for use in uses:
-        commit, target, site = _prepare_consumer(ctx, affine, use.node, use.idx)
+        commit, target, site, path = _prepare_consumer(ctx, affine, use.node, use.idx)
         commits.append(commit)
         targets.append(target)
         sites.append(site)
+        paths.append(path)
 
     def commit_all() -> None:
         for commit in commits:
             commit()
+        for path in paths:
+            remove_cancelling_transposes(path)
 
     return commit_all, ", ".join(targets), tuple(sites)
 
 
 def _prepare_consumer(ctx: FoldContext, affine: AffineNode, consumer: ir.Node, index: int):
-    params, axis, passed = affine.params, affine.axis, []
+    params, axis, passed, path = affine.params, affine.axis, [], []
     consumer, index = _past_transparent(ctx, consumer, index)
     while index == 0 and consumer.op_type in FORWARD_OPS and in_default_domain(consumer):
         axis = axis_after(ctx, consumer, axis, params)
         passed.append(describe(consumer))
+        path.append(consumer)
         consumer, index = _past_transparent(ctx, *_only_consumer(consumer))
     if axis not in (1, None):
         raise Skip(f"it runs along axis {axis}; a consumer can take a map along axis 1 only")
@@ -249,7 +262,7 @@ def _prepare_consumer(ctx: FoldContext, affine: AffineNode, consumer: ir.Node, i
     if index != 0:
         raise Skip(f"its output is input {index} of {describe(consumer)}, not the data input")
     target = describe(consumer)
-    return rule.prepare(ctx, consumer, params), target + through, consumer.outputs[0]
+    return rule.prepare(ctx, consumer, params), target + through, consumer.outputs[0], path
 
 
 def _features_per_channel(ctx: FoldContext, affine: AffineNode, flatten: ir.Node) -> int:

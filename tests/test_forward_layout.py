@@ -145,3 +145,30 @@ def test_a_bn_before_a_zero_pad_and_a_conv_is_converted_with_its_scale_folded():
     added = next(n for n in folded.graph.node if n.op_type == "Add")
     shift = numpy_helper.to_array(next(i for i in folded.graph.initializer if i.name == added.input[1]))
     assert shift.shape == (3, 1, 1)
+
+
+def test_tf2onnx_without_its_optimizer_bn_before_a_conv_folds_forward_and_the_transpose_pair_goes():
+    """NHWC input → T(0,3,1,2) → BN → T(0,2,3,1) → T(0,3,1,2) → Conv → T(0,2,3,1)."""
+    rng = np.random.default_rng(43)
+    inits = {
+        **bn_arrays(rng, 3),
+        "w": rng.normal(0, 0.3, (4, 3, 3, 3)).astype(F32),
+        "b": rng.normal(size=4).astype(F32),
+    }
+    nodes = [
+        helper.make_node("Transpose", ["input"], ["nchw"], name="bn__2", perm=[0, 3, 1, 2]),
+        bn_node("nchw", "normed", name="batch_normalization/FusedBatchNormV3"),
+        helper.make_node("Transpose", ["normed"], ["nhwc"], name="bn__4", perm=[0, 2, 3, 1]),
+        helper.make_node("Transpose", ["nhwc"], ["nchw2"], name="conv2d__6", perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw2", "w", "b"], ["conv"], name="conv2d/Conv2D", kernel_shape=[3, 3]),
+        helper.make_node("Transpose", ["conv"], ["output"], name="conv2d__8", perm=[0, 2, 3, 1]),
+    ]
+    model = make_model(nodes, [("input", F32, ["N", 8, 8, 3])], [("output", F32, None)], inits)
+    folded, records = fold_and_check(model)
+    assert [n.name for n in folded.graph.node] == ["bn__2", "conv2d/Conv2D", "conv2d__8"]
+    (record,) = records
+    assert (record.action, record.into, record.pattern) == (
+        "folded",
+        "Conv 'conv2d/Conv2D' (through Transpose 'bn__4', Transpose 'conv2d__6')",
+        "forward",
+    )

@@ -9,6 +9,9 @@ function.
 Given only two models, `find_sites` compares them: every value name present in
 both whose producing node, its attributes (subgraphs included) or its constant
 inputs differ, and every output of a node calling a function whose body differs.
+Not compared: a value that only reaches, through layout nodes, an affine node the
+folded model lost (its map now sits in that value's producer, so the value holds
+something else; the map's own output is compared instead).
 """
 
 from __future__ import annotations
@@ -117,6 +120,7 @@ def find_sites(
     constants = _Constants(original, folded, tensor_of)
     changed_functions = _changed_functions(original, folded)
     nearest = _NearestBatchNorm(original)
+    consumers = _consumers(original)
     found: list[Site] = []
     for node in original.graph.node:
         twin = _twin(node, producers)
@@ -125,6 +129,8 @@ def find_sites(
         branch = _branch_changed(node, twin)
         if node.op_type in _COMPUTE_NOTHING and _only_inputs_renamed(node, twin, constants):
             continue  # a layout node on a fold's path: the value after the fold is compared where it is computed
+        if any(_took_a_map(name, consumers, producers) for name in node.output if name):
+            continue  # a map folded back into it through layout nodes: compared where the map was
         if branch is not None or _differs(node, twin, constants) or (node.domain, node.op_type) in changed_functions:
             inside = None if branch is None else ("then_branch" if branch[1] else "else_branch")
             found += [Site(name, nearest(node, inside), branch) for name in node.output if name and name in producers]
@@ -136,6 +142,35 @@ def find_sites(
 _COMPUTE_NOTHING = frozenset(
     {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Cast", "Dropout", "Pad"}
 )
+
+
+_AFFINE = frozenset({"BatchNormalization", "Mul", "Add", "Sub", "Div"})
+
+
+def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    found: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in model.graph.node:
+        for name in node.input:
+            found[name].append(node)
+    return found
+
+
+def _took_a_map(name: str, consumers: dict[str, list[onnx.NodeProto]], folded: dict[str, onnx.NodeProto]) -> bool:
+    """Whether `name` reaches, through layout nodes only and single uses, an affine node of the original that the
+    folded model no longer has: a fold moved that map into `name`'s producer (Gemm → Reshape → Transpose → BN),
+    so `name` holds other values now, and what the map computed is compared at its output."""
+    for _ in range(64):
+        users = consumers.get(name, [])
+        if len(users) != 1 or not users[0].output:
+            return False
+        user = users[0]
+        if user.op_type in _AFFINE:
+            twin = folded.get(user.output[0])
+            return twin is None or twin.op_type != user.op_type
+        if user.op_type not in _COMPUTE_NOTHING:
+            return False
+        name = user.output[0]
+    return False
 
 
 def _only_inputs_renamed(node: onnx.NodeProto, twin: onnx.NodeProto, constants: _Constants) -> bool:

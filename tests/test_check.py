@@ -237,6 +237,25 @@ def test_verify_finds_the_sites_the_pass_reports():
     assert all(isinstance(site, Site) for site in sites)
 
 
+@pytest.mark.parametrize("spoiled", [False, True])
+def test_verify_alone_compares_a_fold_through_layout_nodes_where_the_bn_was(spoiled):
+    """jax2onnx's Gemm → Reshape → Transpose → BN → Transpose: the BN's map moves into the Gemm, whose output
+    now holds other values; verify without the pass's sites compares at the BN's place, and still catches a
+    wrong weight there."""
+    from test_exporters import flax_linear_rank3
+
+    model = flax_linear_rank3()
+    folded = bnfold.fold(model).model
+    if spoiled:
+        gemm = next(n for n in folded.graph.node if n.op_type == "Gemm")
+        folded = spoil(folded, gemm.input[1], 0, 1.01)  # row 0 of B: input feature 0, in every channel
+    check = bnfold.verify(model, folded)
+    assert "gemm_output_0" not in {site.name for site in check.sites}
+    assert check.verdict == ("failed" if spoiled else "passed")
+    if spoiled:
+        assert check.first_failure().name == "BatchNormOut_0"
+
+
 def test_free_dimensions_are_retried_larger_when_onnxruntime_rejects_them(tmp_path):
     """Five valid stride-2 convolutions need H, W ≥ 63: 16 and 32 fail, 64 works."""
     rng = np.random.default_rng(4)

@@ -255,7 +255,7 @@ def remove_cancelling_pair(trace: Trace, value: ir.Value) -> ir.Value:
 def remove_cancelling_transposes(path: list[ir.Node]) -> None:
     """After a fold forward along `path` (its nodes in order): neighbouring Transposes on it that cancel go
     (tf2onnx without its optimizer puts an NHWC↔NCHW pair between a BN and the next Conv)."""
-    from bnfold.rewire import retire_node
+    from bnfold.rewire import bypass_node
 
     for first, second in itertools.pairwise(path):
         if first.graph is None or second.graph is None or first.op_type != "Transpose":
@@ -263,10 +263,12 @@ def remove_cancelling_transposes(path: list[ir.Node]) -> None:
         between, inner = first.outputs[0], data_input(first)
         if second.op_type != "Transpose" or second.inputs[0] is not between or not _cancel(first, second):
             continue
-        if between.is_graph_output() or use_count(between) != 1 or inner.is_graph_input() or inner.is_graph_output():
+        if between.is_graph_output() or use_count(between) != 1 or second.outputs[0].is_graph_output():
             continue
-        retire_node(second, between)
-        retire_node(first, inner)
+        # Bypassed, not renamed: the value before the pair holds the map's input, not its output (the map
+        # went downstream), so it keeps its own name rather than taking that of the pair's output.
+        bypass_node(second, between)
+        bypass_node(first, inner)
 
 
 def _retire_safely(node: ir.Node) -> None:

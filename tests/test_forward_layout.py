@@ -13,6 +13,8 @@ import pytest
 from helpers import bn_arrays, bn_node, fold_and_check, make_model, op_counts
 from onnx import helper, numpy_helper
 
+import bnfold
+
 F32 = np.float32
 
 
@@ -166,6 +168,9 @@ def test_tf2onnx_without_its_optimizer_bn_before_a_conv_folds_forward_and_the_tr
     model = make_model(nodes, [("input", F32, ["N", 8, 8, 3])], [("output", F32, None)], inits)
     folded, records = fold_and_check(model)
     assert [n.name for n in folded.graph.node] == ["bn__2", "conv2d/Conv2D", "conv2d__8"]
+    # the pair is bypassed, not renamed over: 'nchw2' held the BN's output, which no value holds now
+    assert folded.graph.node[1].input[0] == "nchw"
+    assert bnfold.verify(model, folded).verdict == "passed"  # with the sites it finds by itself
     (record,) = records
     assert (record.action, record.into, record.pattern) == (
         "folded",

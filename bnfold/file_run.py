@@ -95,6 +95,10 @@ class FileRun:
         del model
         if self.dry_run:
             return
+        if result.unchanged and self.external_data != "always" and self_contained(externals, self.source):
+            self.outcome = None  # the pass kept every BN as it was: the same bytes, not a re-serialization
+            self._copy_through(result, proto)
+            return
         destination = self._destination()
         before = source.size()
         while (written := self._save_checked(result, source, destination, token)) is None:

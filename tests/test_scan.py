@@ -218,6 +218,20 @@ def test_a_model_with_nothing_to_fold_is_copied_through_byte_for_byte_without_on
     assert data["size"] == {"before": source.stat().st_size, "after": source.stat().st_size}
 
 
+def test_a_model_whose_bns_all_stay_as_they_were_is_written_byte_for_byte(tmp_path):
+    """The scan sees BNs, the pass keeps them (training mode, nothing to fold into): no re-serialization."""
+    rng = np.random.default_rng(5)
+    nodes = [bn_node("x", "t", prefix="train", name="train", training_mode=1), bn_node("t", "z", name="kept")]
+    inits = {**bn_arrays(rng, 3, prefix="train"), **bn_arrays(rng, 3)}
+    model = make_model(nodes, [("x", np.float32, ["N", 3, 4, 4])], [("z", np.float32, None)], inits)
+    source, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(model, source)
+    report = bnfold.fold_file(source, out)
+    assert [(r.name, r.action) for r in report.records] == [("train", "skipped"), ("kept", "kept")]
+    assert report.unchanged and report.check is None
+    assert out.read_bytes() == source.read_bytes()
+
+
 def test_copy_through_still_refuses_writing_over_its_input_and_plans_a_dry_run(tmp_path):
     model = _model([helper.make_node("Relu", ["x"], ["z"])], {})
     source = tmp_path / "in.onnx"

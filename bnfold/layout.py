@@ -106,12 +106,10 @@ def _axis_before(ctx, node: ir.Node, axis: int) -> int:
     if op not in LAYOUT_OPS:
         return axis
     if op == "Transpose":
-        perm = node.attributes.get("perm")
-        rank = ctx.types.rank(node.inputs[0])
-        order = list(perm.value) if perm is not None else (list(reversed(range(rank))) if rank else None)
-        if order is None or axis >= len(order):
+        order = _permutation(ctx, node)
+        if axis >= len(order):
             raise Skip(f"the permutation of {_describe(node)} is unknown")
-        return int(order[axis])
+        return order[axis]
     if op in ("Squeeze", "Unsqueeze"):
         return _axis_through_axes(ctx, node, axis)
     return _axis_through_reshape(ctx, node, axis)
@@ -128,10 +126,8 @@ def axis_after(ctx, node: ir.Node, axis: int | None, params) -> int | None:
     if node.op_type == "Transpose":
         if axis is None:
             return None
-        perm = node.attributes.get("perm")
-        rank = ctx.types.rank(node.inputs[0])
-        order = list(perm.value) if perm is not None else (list(reversed(range(rank))) if rank else None)
-        if order is None or axis not in order:
+        order = _permutation(ctx, node)
+        if axis not in order:
             raise Skip(f"the permutation of {_describe(node)} is unknown")
         return order.index(axis)
     mode, pads, fill = _pad_kind(ctx, node)
@@ -142,10 +138,20 @@ def axis_after(ctx, node: ir.Node, axis: int | None, params) -> int | None:
     return axis
 
 
+def _permutation(ctx, node: ir.Node) -> list[int]:
+    """A Transpose's perm; without one, the reversal of its input's axes (the rank is asked for only then)."""
+    perm = node.attributes.get("perm")
+    if perm is not None:
+        return [int(axis) for axis in perm.value]
+    rank = ctx.types.rank(node.inputs[0])
+    if not rank:
+        raise Skip(f"the permutation of {_describe(node)} is unknown")
+    return list(reversed(range(rank)))
+
+
 def _pad_kind(ctx, node: ir.Node) -> tuple[str, list[int], float]:
     """A Pad's mode, its pads for every axis, and its fill value; Skip when they are not constant."""
-    mode_attr = node.attributes.get("mode")
-    mode = "constant" if mode_attr is None else str_attr(node, "mode", "constant")
+    mode = str_attr(node, "mode", "constant")
     if mode not in ("constant", "edge", "reflect", "wrap"):
         raise Skip(f"{_describe(node)} pads in mode {mode!r}")
     if "pads" in node.attributes:  # opset < 11
@@ -213,19 +219,11 @@ def remove_passed(trace: Trace) -> None:
         if node.op_type not in LAYOUT_OPS:
             _retire_safely(node)
             continue
-        between = data_input(node)
-        source = between.producer()
-        if (
-            node.op_type == "Transpose"
-            and source is not None
-            and source.op_type == "Transpose"
-            and source in trace.passed
-            and _cancel(source, node)
-            and use_count(between) == 1
-        ):
+        source = data_input(node).producer()
+        if source is not None and source in trace.passed and _pair_cancels(source, node):
             inner = data_input(source)
             if not inner.is_graph_input() and not inner.is_graph_output():
-                retire_node(node, between)
+                retire_node(node, source.outputs[0])
                 retire_node(source, inner)
 
 
@@ -237,13 +235,9 @@ def remove_cancelling_pair(trace: Trace, value: ir.Value) -> ir.Value:
 
     first = value.producer()
     uses = list(value.uses())
-    if first is None or first not in trace.passed or first.graph is None or first.op_type != "Transpose":
-        return value
-    if value.is_graph_output() or len(uses) != 1 or uses[0].idx != 0:
+    if first is None or first not in trace.passed or len(uses) != 1 or not _pair_cancels(first, uses[0].node):
         return value
     second = uses[0].node
-    if second.op_type != "Transpose" or not in_default_domain(second) or not _cancel(first, second):
-        return value
     inner = data_input(first)
     if inner.is_graph_input() or inner.is_graph_output() or use_count(inner) != 1:
         return value
@@ -258,17 +252,12 @@ def remove_cancelling_transposes(path: list[ir.Node]) -> None:
     from bnfold.rewire import bypass_node
 
     for first, second in itertools.pairwise(path):
-        if first.graph is None or second.graph is None or first.op_type != "Transpose":
-            continue
-        between, inner = first.outputs[0], data_input(first)
-        if second.op_type != "Transpose" or second.inputs[0] is not between or not _cancel(first, second):
-            continue
-        if between.is_graph_output() or use_count(between) != 1 or second.outputs[0].is_graph_output():
+        if not _pair_cancels(first, second) or second.outputs[0].is_graph_output():
             continue
         # Bypassed, not renamed: the value before the pair holds the map's input, not its output (the map
         # went downstream), so it keeps its own name rather than taking that of the pair's output.
-        bypass_node(second, between)
-        bypass_node(first, inner)
+        bypass_node(second, first.outputs[0])
+        bypass_node(first, data_input(first))
 
 
 def _retire_safely(node: ir.Node) -> None:
@@ -277,6 +266,23 @@ def _retire_safely(node: ir.Node) -> None:
     data = node.inputs[0]
     if data is not None and not data.is_graph_input() and not data.is_graph_output():
         retire_node(node, data)
+
+
+def _pair_cancels(first: ir.Node, second: ir.Node) -> bool:
+    """`first` → `second`: two Transposes of one graph that undo each other, joined by an edge nothing else
+    reads (and no graph output)."""
+    between = first.outputs[0]
+    return (
+        first.graph is not None
+        and second.graph is first.graph
+        and first.op_type == second.op_type == "Transpose"
+        and in_default_domain(first)
+        and in_default_domain(second)
+        and second.inputs[0] is between
+        and not between.is_graph_output()
+        and use_count(between) == 1
+        and _cancel(first, second)
+    )
 
 
 def _cancel(first: ir.Node, second: ir.Node) -> bool:

@@ -242,20 +242,19 @@ def prepare_forward(ctx: FoldContext, affine: AffineNode) -> tuple[Commit, str, 
 
 
 def _prepare_consumer(ctx: FoldContext, affine: AffineNode, consumer: ir.Node, index: int):
-    params, axis, passed, path = affine.params, affine.axis, [], []
+    params, axis, path = affine.params, affine.axis, []
     consumer, index = _past_transparent(ctx, consumer, index)
     while index == 0 and consumer.op_type in FORWARD_OPS and in_default_domain(consumer):
         axis = axis_after(ctx, consumer, axis, params)
-        passed.append(describe(consumer))
         path.append(consumer)
         consumer, index = _past_transparent(ctx, *_only_consumer(consumer))
     if axis not in (1, None):
         raise Skip(f"it runs along axis {axis}; a consumer can take a map along axis 1 only")
-    if consumer.op_type in FLATTENING_OPS and index == 0 and in_default_domain(consumer) and not passed:
+    if consumer.op_type in FLATTENING_OPS and index == 0 and in_default_domain(consumer) and not path:
         params = params.repeated(_features_per_channel(ctx, affine, consumer))
-        passed.append(describe(consumer))
+        path.append(consumer)
         consumer, index = _past_transparent(ctx, *_only_consumer(consumer))
-    through = f" (through {', '.join(passed)})" if passed else ""
+    through = f" (through {', '.join(describe(node) for node in path)})" if path else ""
     rule = CONSUMER_RULES.get(consumer.op_type) if in_default_domain(consumer) else None
     if rule is None:
         raise Skip(f"its output feeds {describe(consumer)}, not a {CONSUMER_NAMES}")

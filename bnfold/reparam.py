@@ -99,7 +99,7 @@ class _Branches:
     """A tree's leaves by kind, each with its sign."""
 
     convs: list[tuple[ir.Node, float]]
-    identities: list[tuple[ir.Node | None, float]]  # a BN of X, or None for X itself
+    identities: list[tuple[ir.Node | None, AffineParams | None, float]]  # a BN of X and its map, or X itself
     constants: list[tuple[ir.Value, float]]
 
 
@@ -111,7 +111,7 @@ def merge(
     With `bn_only`, a constant in the sum is taken only beside a BN branch: Conv(X) + c alone is a plain
     per-channel Add next to a Conv, which `--bn-only` leaves."""
     branches = _branches(ctx, tree, bn_params)
-    if branches is None or (bn_only and branches.constants and not any(bn for bn, _ in branches.identities)):
+    if branches is None or (bn_only and branches.constants and not any(bn for bn, _, _ in branches.identities)):
         return None
     _check_single_uses(tree)
     convs = [conv for conv, _ in branches.convs]
@@ -126,7 +126,7 @@ def merge(
         geometries.append(_Geometry((1,) * len(size), (0,) * len(size), (0,) * len(size)))
     begin, end, offsets = _placement(geometries, _ints(convs[0], "dilations", 1, len(size)), size)
     shape = (*kernels[0].shape[:2], *size)
-    scales = _identity_maps(branches, bn_params, shape[0])
+    scales = _identity_maps(branches, shape[0])
     placed = [
         (sign * kernel, offset)
         for (_, sign), kernel, offset in zip(branches.convs, kernels, offsets[: len(kernels)], strict=True)
@@ -140,9 +140,9 @@ def merge(
     ctx.write_input(target, 2, rounded(bias, kernels[0]), "bias")
     ctx.write_input(target, 1, rounded(kernel, kernels[0]), "weight")
     _set_geometry(target, size, begin, end)
-    dropped = [conv for conv in convs if conv is not target] + [bn for bn, _ in branches.identities if bn is not None]
-    removed = _rewire(tree, dropped, target)
-    return Merged(target, target.outputs[0], tuple(bn for bn, _ in branches.identities if bn is not None), removed)
+    bns = [bn for bn, _, _ in branches.identities if bn is not None]
+    removed = _rewire(tree, [conv for conv in convs if conv is not target] + bns, target)
+    return Merged(target, target.outputs[0], tuple(bns), removed)
 
 
 def _branches(ctx: FoldContext, tree: Tree, bn_params: Callable[[ir.Node], AffineParams | None]) -> _Branches | None:
@@ -156,9 +156,13 @@ def _branches(ctx: FoldContext, tree: Tree, bn_params: Callable[[ir.Node], Affin
         elif (conv := _conv_of(leaf)) is not None:
             branches.convs.append((conv, sign))
         elif leaf is source:
-            branches.identities.append((None, sign))
-        elif producer is not None and producer.op_type == "BatchNormalization" and bn_params(producer) is not None:
-            branches.identities.append((producer, sign))
+            branches.identities.append((None, None, sign))
+        elif (
+            producer is not None
+            and producer.op_type == "BatchNormalization"
+            and (params := bn_params(producer)) is not None
+        ):
+            branches.identities.append((producer, params, sign))
         else:
             return None
     if not branches.convs or len(tree.leaves) < 2:
@@ -166,13 +170,10 @@ def _branches(ctx: FoldContext, tree: Tree, bn_params: Callable[[ir.Node], Affin
     return branches
 
 
-def _identity_maps(
-    branches: _Branches, bn_params: Callable[[ir.Node], AffineParams | None], channels: int
-) -> list[tuple[np.ndarray, np.ndarray]]:
+def _identity_maps(branches: _Branches, channels: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(± s, ± t) of each identity branch: X itself is s = 1, t = 0."""
     maps = []
-    for bn, sign in branches.identities:
-        params = None if bn is None else bn_params(bn)
+    for bn, params, sign in branches.identities:
         if bn is None or params is None:
             scale, shift = np.ones(channels), np.zeros(channels)
         else:

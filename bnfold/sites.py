@@ -120,7 +120,6 @@ def find_sites(
     constants = _Constants(original, folded, tensor_of)
     changed_functions = _changed_functions(original, folded)
     nearest = _NearestBatchNorm(original)
-    consumers = _consumers(original)
     found: list[Site] = []
     for node in original.graph.node:
         twin = _twin(node, producers)
@@ -129,7 +128,7 @@ def find_sites(
         branch = _branch_changed(node, twin)
         if node.op_type in _COMPUTE_NOTHING and _only_inputs_renamed(node, twin, constants):
             continue  # a layout node on a fold's path: the value after the fold is compared where it is computed
-        if any(_took_a_map(name, consumers, producers) for name in node.output if name):
+        if any(_took_a_map(name, nearest.consumers, producers) for name in node.output if name):
             continue  # a map folded back into it through layout nodes: compared where the map was
         if branch is not None or _differs(node, twin, constants) or (node.domain, node.op_type) in changed_functions:
             inside = None if branch is None else ("then_branch" if branch[1] else "else_branch")
@@ -262,10 +261,7 @@ class _NearestBatchNorm:
     def __init__(self, model: onnx.ModelProto, depth: int = 4) -> None:
         self.depth = depth
         self.producers = {name: n for n in model.graph.node for name in n.output if name}
-        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-        for n in model.graph.node:
-            for name in n.input:
-                self.consumers[name].append(n)
+        self.consumers = _consumers(model)
 
     def __call__(self, node: onnx.NodeProto, inside: str | None = None) -> str | None:
         inner = next(_batch_norms_inside(node, inside), None)

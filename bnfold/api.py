@@ -10,6 +10,7 @@ broken file is refused in a fraction of the time the full import takes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -21,7 +22,7 @@ import numpy as np
 import onnx
 
 from bnfold.errors import BnfoldError, InputError, first_line
-from bnfold.report import FoldReport, NodeRecord, totals
+from bnfold.report import CheckResult, FoldReport, NodeRecord, totals
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -35,10 +36,13 @@ class FoldResult:
 
     model: onnx.ModelProto | ir.Model
     records: list[NodeRecord] = field(default_factory=list)
+    check: CheckResult | None = None  # None: not asked for, nothing changed, or not possible (`check_note` says)
+    check_note: str | None = None  # why there is no check, when one was asked for
+    backed_out: list[str] = field(default_factory=list)  # folds undone because they failed the check
 
     @property
     def report(self) -> FoldReport:
-        return FoldReport(records=list(self.records))
+        return FoldReport(records=list(self.records), check=self.check, backed_out=list(self.backed_out))
 
     def __repr__(self) -> str:
         report = self.report
@@ -53,6 +57,10 @@ def fold(
     standalone: str = "bn",
     bn_only: bool = False,
     base_dir: str | os.PathLike | None = None,
+    check: bool = True,
+    strict: bool = False,
+    inputs: Mapping[str, np.ndarray] | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> FoldResult:
     """Fold every BatchNormalization that can be folded.
 
@@ -65,16 +73,30 @@ def fold(
     constant next to a linear layer fold too, BN or not, unless `bn_only`. A ModelProto
     whose tensors live in external data needs `base_dir`, the folder they are in: its
     locations are checked there as a file's are (never read relative to the current
-    folder). Nothing is verified here: see `verify` and `fold_file`.
+    folder).
+
+    The result is checked against the original on onnxruntime, as `fold_file` checks
+    (`inputs`/`shapes` as there). Folds that fail the check are backed out, the model
+    folded again without them and checked again (`backed_out` names them, their
+    records say why); with `strict`, a failed check raises CheckFailedError instead.
+    `check=False` skips it. When the model cannot be checked (onnxruntime cannot run
+    it), `check` is None and `check_note` says why.
     """
     if _is_graphsurgeon_graph(model):
-        return _fold_graphsurgeon(model, standalone, bn_only)
+        return _fold_graphsurgeon(model, standalone, bn_only, check)
+    from bnfold.compare import Tolerance
     from bnfold.fold_pass import PassOptions, check_standalone, run_pass
+    from bnfold.in_memory_check import check_in_memory
 
     options = PassOptions(check_standalone(standalone), bn_only)
     source = _model_file(model, base_dir)
     outcome = run_pass(source.load(), options)
-    return FoldResult(source.finish(outcome.model), outcome.records)
+    if not check or not outcome.sites:
+        return FoldResult(source.finish(outcome.model), outcome.records)
+    checked = check_in_memory(source, outcome, options, Tolerance(), inputs or {}, shapes or {}, strict)
+    return FoldResult(
+        source.finish(checked.outcome.model), checked.outcome.records, checked.result, checked.note, checked.backed_out
+    )
 
 
 def _model_file(model, base_dir: str | os.PathLike | None):
@@ -95,12 +117,12 @@ def _is_graphsurgeon_graph(model) -> bool:
     return type(model).__module__.startswith("onnx_graphsurgeon") and type(model).__name__ == "Graph"
 
 
-def _fold_graphsurgeon(graph, standalone: str, bn_only: bool) -> FoldResult:
+def _fold_graphsurgeon(graph, standalone: str, bn_only: bool, check: bool) -> FoldResult:
     """onnx-graphsurgeon interop (extra `graphsurgeon`): a gs.Graph in, a gs.Graph back."""
     import onnx_graphsurgeon as gs
 
-    folded = fold(gs.export_onnx(graph), standalone=standalone, bn_only=bn_only)
-    return FoldResult(gs.import_onnx(folded.model), folded.records)
+    folded = fold(gs.export_onnx(graph), standalone=standalone, bn_only=bn_only, check=check)
+    return dataclasses.replace(folded, model=gs.import_onnx(folded.model))
 
 
 def fold_file(

@@ -235,6 +235,10 @@ def _single(paths: list[Path], dry_run: bool, options: dict, report_path, view) 
         view.show_plan(result)
     else:
         view.show_fold(result)
+        if result.backed_out:
+            from bnfold.report import backed_out_line
+
+            sys.stderr.write(f"bnfold: warning: {backed_out_line(result.backed_out)}\n")
 
 
 def _batch(paths: list[Path], output_dir: Path, jobs: int, options: dict, report_path, view) -> None:

@@ -16,6 +16,7 @@ import onnx_ir as ir
 
 from bnfold import fold_math
 from bnfold.affine import ELEMENTWISE_OPS, AffineParams, read_elementwise
+from bnfold.batchnorm import DEFAULT_EPSILON
 from bnfold.ledger import BnState, Ledger
 from bnfold.node_attrs import float_attr
 from bnfold.rewire import remove_if_dead, take_over_output, use_count
@@ -123,7 +124,7 @@ def _single_use_neighbour(value: ir.Value | None, backward: bool) -> ir.Node | N
 
 def _bn_arrays(context: FoldContext, bn: ir.Node, params: AffineParams) -> list[tuple[str, np.ndarray]]:
     """The BN's four parameters computing `params` exactly, each rounded once to its current dtype."""
-    values = fold_math.bn_parameters(params.scale, params.shift, float_attr(bn, "epsilon", 1e-5))
+    values = fold_math.bn_parameters(params.scale, params.shift, float_attr(bn, "epsilon", DEFAULT_EPSILON))
     roles = ("scale", "B", "input_mean", "input_var")
     return [
         (role, rounded(array, _parameter(context, bn, index)))

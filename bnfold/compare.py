@@ -4,14 +4,25 @@ A value is compared per channel (axis 1; a value of rank ≤ 1 is one channel), 
 a fold that is wrong only in a channel whose values are small cannot hide behind a
 channel whose values are large.
 
-* float32/float64: channel c passes when its error max|a − b| is within both
-  atol + rtol·G, with G the largest |a| of the whole value, and
-  atol + CHANNEL_FACTOR·rtol·max|a| over c (1% of the channel's own values in float32).
-  Why two bounds: the rounding of a correct fold grows with the magnitudes of the
-  whole computation, not with one channel's values. Measured over ten real and built
-  models (66,000 channels), correct folds stay within 2e-6·G, but reach 0.4% of a
-  near-dead channel's own values (one at 3e-7·G). A fold 50% wrong in a channel at
-  1e-6·G is 50 times over the channel bound.
+* float32/float64, calibrated (the default when the original's noise was measured):
+  the original runs a second time on the same session with every input and every
+  arithmetic constant (weights, biases, BN statistics) nudged by one rounding step,
+  ±ε relative, signs drawn at random (equivalence.py). That run's deviation n_c from
+  the original, per channel, is the rounding noise the computation itself shows at
+  that value: it grows with depth, with cancellation (a near-dead channel whose
+  terms are large) and with a Sigmoid's absolute precision, exactly as a correct
+  fold's rounding does. Channel c passes when
+      max|a − b| ≤ NOISE_FACTOR·n_c + ULPS·ε·max|a_c| + atol + rtol·G
+  with G the largest |a| of the whole value and rtol/atol the user's (0 by default).
+  A channel of fewer than POOL_BELOW values is a poor sample of its own noise: it
+  takes the median channel's noise when that is larger. A fold wrong by 0.1% in one
+  channel is ~1e-3·max|a_c|, far above 8·ε·max|a_c| ≈ 1e-6·max|a_c|, so it fails
+  unless the computation's own noise is that large there.
+  The smallest atol that would have passed is reported (`needed_atol`), with the
+  noise it was judged against.
+* float32/float64, fixed (no noise measured: the float32 stand-in, or the noise run
+  failed): channel c passes when its error is within both atol + rtol·G and
+  atol + CHANNEL_FACTOR·rtol·max|a_c| (1% of the channel's own values in float32).
 * float16/bfloat16 with r, a float32 run of the original: the folded model must be
   about as close to r as the original is: max|b − r| ≤ 2·max|a − r| + atol + rtol·max|r|.
   So is a float32 value computed from a half-precision value a fold changed: the fold
@@ -47,6 +58,9 @@ DIRECT_HALF_TOLERANCES: dict[str, tuple[float, float]] = {
     "bfloat16": (6e-2, 1e-3),
 }
 HALF_DTYPES = frozenset(DIRECT_HALF_TOLERANCES)
+NOISE_FACTOR = 8.0  # the folded model may deviate this many times the original's own noise
+ULPS = 8.0  # and this many rounding steps of the channel's own largest value
+POOL_BELOW = 32  # values per channel below which a channel also takes the median channel's noise
 CHANNEL_FACTOR = 1000.0  # the per-channel bound, in units of rtol of the channel's own largest value
 CHANNEL_RTOL_CAP = 0.1
 
@@ -76,8 +90,12 @@ def compare_value(
     reference=None,
     table: Mapping[str, tuple[float, float]] | None = None,
     inherits: str | None = None,
+    noise=None,
 ) -> OutputCheck:
     """Compare one value; `expected` comes from the original, `reference` from its float32 run.
+
+    `noise`: the original's run with inputs and constants nudged by one rounding step (the
+    calibrated rule); without it, the fixed rule.
 
     `table`: the tolerances to use instead of the defaults (the float32 stand-in check).
     `inherits`: the half-precision type a float32/float64 value is computed from, when a fold
@@ -99,6 +117,8 @@ def compare_value(
         judged_as: str | None = dtype_name if dtype_name in HALF_DTYPES else inherits
         if judged_as is not None:
             return _against_reference(name, judged_as, (a, b, np.asarray(reference)), tolerance, special_equal, note)
+    if noise is not None and table is None and dtype_name in CALIBRATED_DTYPES and np.shape(noise) == a.shape:
+        return _calibrated(name, (a, b, _comparable(np.asarray(noise))), tolerance, special_equal, note)
     table = table or (DIRECT_HALF_TOLERANCES if dtype_name in HALF_DTYPES else DEFAULT_TOLERANCES)
     rtol, atol = tolerance.pick(table, dtype_name)
     scale = _channel_magnitude(a)
@@ -107,6 +127,35 @@ def compare_value(
     channel_rtol = min(CHANNEL_FACTOR * rtol, max(CHANNEL_RTOL_CAP, rtol))
     allowed = atol + np.minimum(rtol * np.max(scale, initial=0.0), channel_rtol * scale)
     return _check(name, channel_error, scale, allowed, channel_error, special_equal, note)
+
+
+CALIBRATED_DTYPES = frozenset({"float32", "float64"})
+
+
+def _calibrated(
+    name: str,
+    values: tuple[np.ndarray, np.ndarray, np.ndarray],
+    tolerance: Tolerance,
+    special_equal: bool,
+    note: str | None,
+) -> OutputCheck:
+    """The calibrated rule: the folded b against the original a, given the original's nudged run n."""
+    a, b, nudged = values
+    _, nudged = _split_specials(a, nudged)[1:]
+    scale = _channel_magnitude(a)
+    error = _channel_max(np.abs(a - b))
+    noise = _channel_max(np.abs(a - nudged))
+    if a.ndim >= 2 and a.size and a.size // max(a.shape[1], 1) < POOL_BELOW and noise.size:
+        noise = np.maximum(noise, np.median(noise))
+    rtol, atol = tolerance.rtol or 0.0, tolerance.atol or 0.0
+    whole = float(np.max(scale, initial=0.0))
+    ulp = float(np.finfo(a.dtype if a.dtype.kind == "f" else np.float32).eps)
+    own = NOISE_FACTOR * noise + ULPS * ulp * scale
+    allowed = own + atol + rtol * whole
+    worst = _worst(error, allowed)
+    needed = float(np.max(np.maximum(error - own - rtol * whole, 0.0), initial=0.0))
+    checked = _check(name, error, scale, allowed, error, special_equal, note)
+    return checked.with_context(noise=float(noise[worst]) if noise.size else 0.0, needed_atol=needed)
 
 
 def _against_reference(

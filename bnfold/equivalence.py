@@ -2,15 +2,18 @@
 
 Both models run with every graph optimization off (ORT's own BASIC level already
 folds BN, which would hide a wrong fold), on the same two seeded draws of inputs
-(draws.py), one model after the other: never both in memory at once. Besides the
-graph outputs, every site (a value whose computation a fold changed, sites.py) is
-exposed as an extra output of both models and compared channel by channel
+(draws.py), one model after the other: never both in memory at once. The original
+also runs once more on its own session with its inputs and constants nudged by a
+rounding step (nudge.py): the noise each value shows. Besides the graph outputs,
+every site (a value whose computation a fold changed, sites.py) is exposed as an
+extra output of both models and compared channel by channel against that noise
 (compare.py). The verdict:
 
-* failed: an output or a site differs beyond its tolerance (or NaN/Inf moved);
-* inconclusive: nothing differs, but no site a fold touched held evidence: each was
+* failed: an output, or a site holding evidence, differs beyond its tolerance (or NaN/Inf moved);
+* inconclusive: nothing failed, but no site a fold touched held evidence: each was
   all NaN/Inf, the same for both draws, or never reached (an If branch not taken);
-* passed: nothing differs and at least one touched site held evidence.
+  such a site is never failed;
+* passed: nothing failed and at least one touched site held evidence.
 
 Half precision is judged against a float32 run of the original (compare.py). When
 onnxruntime has no kernels for the original's float type (bfloat16 or float64 Conv,
@@ -47,7 +50,9 @@ from bnfold.draws import (
     named_shapes,
 )
 from bnfold.errors import RuntimeUnavailableError, first_line
+from bnfold.nudge import nudgeable, nudged_constants, nudged_feeds
 from bnfold.precision import HALF_TYPES, convert_float_type, has_float_type, has_half_precision
+from bnfold.proto_walk import downstream
 from bnfold.report import CheckResult, OutputCheck, Site, Verdict
 from bnfold.sites import find_sites
 from bnfold.sources import Source, source_of, tensor_reader
@@ -110,6 +115,7 @@ class Check:
         self.draws: Draws | None = None
         self.expected: list[dict[str, np.ndarray]] = []
         self.reference: list[dict[str, np.ndarray]] | None = None
+        self.noise: list[dict[str, np.ndarray]] | None = None  # the original's nudged run (nudge.py)
         self.stand_in: tuple[frozenset[int], dict] | None = None  # float types converted to float32, tolerances
         self.half = "bfloat16" if has_float_type(original.proto, TensorProto.BFLOAT16) else "float16"
         self.half_downstream: set[str] = set()  # values computed from half-precision values a fold changed
@@ -121,8 +127,9 @@ class Check:
 
     def original(self) -> None:
         """Run the original on the draws (retrying larger free dimensions), and its float32 run if half precision."""
+        nudge = not has_half_precision(self.source.proto)
         try:
-            self.expected = self._run_with_retries(self.source.proto, self.source.base_dir)
+            self.expected = self._run_with_retries(self.source.proto, self.source.base_dir, nudge)
         except RuntimeUnavailableError:
             if not self._prepare_stand_in():
                 raise
@@ -143,10 +150,14 @@ class Check:
 
     # --- running -----------------------------------------------------------------------------------
 
-    def _run_with_retries(self, proto: onnx.ModelProto, base_dir: Path | None) -> list[dict[str, np.ndarray]]:
+    def _run_with_retries(
+        self, proto: onnx.ModelProto, base_dir: Path | None, nudge: bool = False
+    ) -> list[dict[str, np.ndarray]]:
+        """The original's runs on the draws; with `nudge`, also its nudged run (self.noise) on the same session."""
         source = Source(proto, base_dir)
+        constants = nudgeable(proto) if nudge else []
         try:
-            session = source.session(self.extra_outputs)
+            session = source.session(self.extra_outputs, constants)
         except Exception as error:  # onnxruntime raises many types
             raise RuntimeUnavailableError(_cannot_run(error)) from error
         try:
@@ -162,13 +173,26 @@ class Check:
                     single_run=not self._needs_two_runs(),
                 )
                 try:
-                    return [session.run(feeds) for feeds in self._draws().feeds]
+                    runs = [session.run(feeds) for feeds in self._draws().feeds]
                 except Exception as error:  # noqa: BLE001 - a shape it rejects, or a kernel it lacks
                     failure = error
                     logger.info("onnxruntime rejected free dimensions of %d: %s", free_dim, first_line(error))
+                    continue
+                if nudge:
+                    self.noise = self._nudged_runs(session, constants, base_dir)
+                return runs
             raise RuntimeUnavailableError(_cannot_run(failure)) from failure
         finally:
             session.close()
+
+    def _nudged_runs(self, session, constants: list[onnx.TensorProto], base_dir: Path | None):
+        """The original once more with its inputs and constants nudged by a rounding step; None if that fails."""
+        try:
+            overrides = nudged_constants(constants, base_dir, self.seed)
+            return [session.run({**nudged_feeds(feeds, self.seed), **overrides}) for feeds in self._draws().feeds]
+        except Exception as error:  # noqa: BLE001 - without it the fixed tolerances judge
+            logger.info("no noise run of the original (fixed tolerances instead): %s", first_line(error))
+            return None
 
     def _free_dims(self) -> tuple[int, ...]:
         retry = any(
@@ -244,6 +268,7 @@ class Check:
                 self.reference[index][name] if self.reference else None,
                 table,
                 inherits,
+                self.noise[index][name] if self.noise and self.stand_in is None else None,
             )
             for index, (expected, got) in enumerate(zip(self.expected, actual, strict=True))
         ]
@@ -251,6 +276,8 @@ class Check:
         exercised = True if site is None or site.branch is None else self._exercised(site.branch)
         evidence = exercised and self._informative(name)
         note = worst.note or (_STAND_IN_NOTE if self.stand_in is not None else None)
+        if site is not None and not evidence and not worst.passed:  # no evidence either way: inconclusive
+            worst, note = worst.with_context(passed=True), f"no evidence, not judged ({note or 'differs'})"
         return worst.with_context(informative=evidence, exercised=exercised, bn=site.bn if site else None, note=note)
 
     def _draws(self) -> Draws:
@@ -284,22 +311,6 @@ class Check:
         if not self.draws:
             return {}
         return {name: list(array.shape) for name, array in self._draws().feeds[0].items()}
-
-
-def downstream(graph: onnx.GraphProto, names: Iterable[str]) -> set[str]:
-    """Every value of `graph` computed (directly or not) from one of `names`."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in dict.fromkeys(node.input):
-            consumers.setdefault(name, []).append(node)
-    found: set[str] = set()
-    pending = list(names)
-    while pending:
-        for node in consumers.get(pending.pop(), ()):
-            fresh = [output for output in node.output if output and output not in found]
-            found.update(fresh)
-            pending.extend(fresh)
-    return found
 
 
 _STAND_IN_NOTE = "both models run converted to float32 (onnxruntime lacks kernels for the original's type)"

@@ -25,7 +25,7 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold import fold_math
-from bnfold.batchnorm import check_parameter_shapes, read_raw_params, training_reason
+from bnfold.batchnorm import DEFAULT_EPSILON, check_parameter_shapes, read_raw_params, training_reason
 from bnfold.constants import ConstantResolver
 from bnfold.errors import InputError
 from bnfold.node_attrs import float_attr, int_attr, opset_of
@@ -147,7 +147,7 @@ def _study(resolver: ConstantResolver, bn: ir.Node, scope) -> tuple[BnNumbers | 
     except Skip as skip:
         return None, Diagnosis(training=training, unreadable=skip.reason)
     gamma, beta, mean, var = (a.astype(np.float64) for a in arrays)
-    epsilon = float_attr(bn, "epsilon", 1e-5)
+    epsilon = float_attr(bn, "epsilon", DEFAULT_EPSILON)
     with np.errstate(divide="ignore", invalid="ignore"):
         scale, shift = fold_math.bn_scale_shift(gamma, beta, mean, var, epsilon)
     numbers = BnNumbers(gamma, beta, mean, var, epsilon, scale, shift)

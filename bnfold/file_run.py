@@ -28,9 +28,9 @@ from bnfold import __version__
 from bnfold.compare import Tolerance
 from bnfold.errors import BnfoldError, CheckFailedError, InputError
 from bnfold.files import same_file, write_atomically
-from bnfold.pass_options import PassOptions, check_standalone
+from bnfold.pass_options import PassOptions, check_standalone, refusal_key
 from bnfold.passthrough import copy_through, op_counts, self_contained
-from bnfold.report import CheckResult, FoldReport
+from bnfold.report import CheckResult, FoldReport, Site
 from bnfold.scan import may_fold
 from bnfold.staging import Stage, check_output_path, check_report_path, data_token, refuse_clobbering
 from bnfold.validation import load_checked, load_proto
@@ -102,7 +102,7 @@ class FileRun:
         destination = self._destination()
         before = source.size()
         while (written := self._save_checked(result, source, destination, token)) is None:
-            logger.info("folding again without the Cast sandwich fold(s) the check refused")
+            logger.info("folding again without the fold(s) the check refused")
             self._fold(source.load(self.external_data), result, source)
         result.output, result.size = os.fspath(destination), (before, written)
 
@@ -150,8 +150,9 @@ class FileRun:
         outcome, self.outcome = self.outcome, None
         if outcome is None:
             raise AssertionError("nothing was folded")
+        result.check = None  # a check of an earlier round (whose failing folds are now refused) says nothing
         checker = _checker(outcome, self.checks if self.check else None, source)
-        sandwiches = {} if self.options.refused else outcome.sandwiches  # a second run commits or fails
+        sandwiches = {} if _sandwiches_refused(self.options.refused) else outcome.sandwiches  # refused once
         with Stage(destination, token) as stage:
             self._step("writing")
             written = source.save(outcome.model, stage)
@@ -159,9 +160,10 @@ class FileRun:
             del outcome
             if checker is not None:
                 self._step("checking")
-            refusals = _check_staged(checker, stage, result, sandwiches, self.checks.strict)
+            refusals = _check_staged(checker, stage, result, sandwiches, self.checks.strict, self.options.refused)
             if refusals:
-                self.options = dataclasses.replace(self.options, refused=refusals)
+                self.options = dataclasses.replace(self.options, refused={**self.options.refused, **refusals})
+                result.backed_out += [key.split(":", 1)[1] for key in refusals if key.startswith("node:")]
                 return None
             stage.commit()
         return written
@@ -189,20 +191,54 @@ def _checker(outcome: FoldOutcome, checks: CheckRequest | None, source: ModelFil
 
 
 def _check_staged(
-    checker, stage: Stage, result: FoldReport, sandwiches: Mapping[str, list[str]], strict: bool
+    checker,
+    stage: Stage,
+    result: FoldReport,
+    sandwiches: Mapping[str, list[str]],
+    strict: bool,
+    already: Mapping[str, str],
 ) -> dict[str, str]:
-    """Check the staged model: the Cast sandwich folds to refuse when they alone failed it, else {} (passed, or
-    raises CheckFailedError)."""
+    """Check the staged model: the folds to refuse (the Cast sandwich folds when they alone failed it, else,
+    unless `strict`, the folds feeding the failing sites), or {} (passed, or raises CheckFailedError)."""
     if checker is None:
         return {}
     from bnfold.sources import Source
 
     checker.original()
     result.check = checker.folded(Source(load_proto(stage.model, by_reference=True), stage.path))
+    return refusals_or_judge(result, checker.sites, sandwiches, strict, already)
+
+
+def refusals_or_judge(
+    result: FoldReport, sites: list[Site], sandwiches: Mapping[str, list[str]], strict: bool, already: Mapping[str, str]
+) -> dict[str, str]:
+    """The folds to refuse after `result.check`: the Cast sandwich folds when they alone failed it, else (unless
+    `strict`) the folds feeding the failing sites; {} when it passed (or raises CheckFailedError)."""
+    if result.check is None:
+        return {}
     refusals = _sandwich_refusals(result.check, sandwiches)
+    if not refusals and not strict:
+        refusals = failing_folds(result.check, sites, already)
     if not refusals:
-        _judge(result, strict)
+        judge(result, strict)
     return refusals
+
+
+def failing_folds(check: CheckResult, sites: list[Site], already: Mapping[str, str]) -> dict[str, str]:
+    """The folds that feed a failing site and have not been refused yet (refusal key -> reason); {} when the
+    failure cannot be pinned on such a fold (only graph outputs fail, or every fold there is refused already)."""
+    owners = {site.name: site.nodes for site in sites}
+    refusals: dict[str, str] = {}
+    for failing in (site for site in check.sites if not site.passed):
+        for node in owners.get(failing.name, ()):
+            key = refusal_key(node)
+            if key not in already:
+                refusals.setdefault(key, f"fails the check at '{failing.name}' ({failing.measured()}); left as it was")
+    return refusals
+
+
+def _sandwiches_refused(refused: Mapping[str, str]) -> bool:
+    return any(not key.startswith("node:") for key in refused)
 
 
 def _sandwich_refusals(check: CheckResult, sandwiches: Mapping[str, list[str]]) -> dict[str, str]:
@@ -246,7 +282,7 @@ def write_failure_report(report: Path | None, text: str, protected: Iterable[Pat
         logger.info("no report written: %s", error)
 
 
-def _judge(report: FoldReport, strict: bool) -> None:
+def judge(report: FoldReport, strict: bool) -> None:
     """Raise CheckFailedError for a failed check (or, with `strict`, an inconclusive one)."""
     check = report.check
     if check is None:

@@ -49,7 +49,7 @@ from bnfold.ledger import BnState, Ledger, Scope
 from bnfold.moves import AffineNode, Folded, fold_backward, fold_forward, prepare_forward
 from bnfold.names import NameAuthority
 from bnfold.node_attrs import in_default_domain, opset_of
-from bnfold.pass_options import PassOptions, check_standalone
+from bnfold.pass_options import PassOptions, check_standalone, refusal_key
 from bnfold.report import NodeRecord, Site
 from bnfold.rules import standalone
 from bnfold.rules.base import FoldContext, describe
@@ -143,7 +143,7 @@ class _Run:
     def _screen(self, bn: ir.Node, state: BnState) -> None:
         context = self.contexts[state.scope.graph]
         opset = opset_of(bn, state.scope.opsets)
-        reason = training_reason(bn, opset)
+        reason = training_reason(bn, opset) or self.options.refused.get(refusal_key(state.name))
         try:
             if reason is not None:
                 raise Skip(reason)
@@ -176,6 +176,10 @@ class _Run:
         return True
 
     def _fold_elementwise(self, context: FoldContext, node: ir.Node, scope: Scope) -> bool:
+        refusal = self.options.refused.get(refusal_key(node.name or ""))
+        if refusal is not None:
+            self.ledger.left[node] = (scope, refusal)
+            return False
         try:
             found = read_elementwise(node, context.resolver.value_of, context.types.rank, context.types.dim)
         except Skip as skip:

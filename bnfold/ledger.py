@@ -222,7 +222,7 @@ def _attributed(claims: list[tuple[Site, str, bool]]) -> list[Site]:
         if name not in names.setdefault(site.name, []):
             names[site.name].append(name)
     order = list(dict.fromkeys(site.name for site, _, _ in claims))
-    return [dataclasses.replace(first[n], bn=", ".join(names[n])) for n in order]
+    return [dataclasses.replace(first[n], bn=", ".join(names[n]), nodes=tuple(names[n])) for n in order]
 
 
 def record(

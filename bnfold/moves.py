@@ -87,7 +87,8 @@ def fold_backward(ctx: FoldContext, affine: AffineNode) -> Folded:
         return _fold_into_concat(ctx, affine, producer)
     user = trace.passed[-1] if trace.passed else affine.node
     bias_add = _bias_add(ctx, producer, user, trace)
-    if bias_add is not None:
+    if bias_add is not None:  # its output changes too: nothing but the path to the map may read it
+        _read_only_by_path(bias_add, _output_read_by(user, bias_add))
         user, producer = bias_add, bias_add_producer(bias_add)
     output, producer = _foldable_producer(user, _output_read_by(user, producer), producer)
     _check_feature_axis(ctx, producer, trace.axis)
@@ -163,12 +164,19 @@ def _foldable_producer(user: ir.Node, value: ir.Value | None, producer: ir.Node 
         raise Skip(f"no {PRODUCER_NAMES} before it")
     if producer.graph is not user.graph:
         raise Skip(f"{describe(producer)} is in an outer graph")
+    _read_only_by_path(producer, value)
+    return value, producer
+
+
+def _read_only_by_path(node: ir.Node, value: ir.Value | None) -> None:
+    """A value a fold changes must feed the fold's path alone: no other consumer and no graph output."""
+    if value is None:
+        raise Skip(f"no output of {describe(node)} on the path")
     if value.is_graph_output():
-        raise Skip(f"output of {describe(producer)} is also a graph output")
+        raise Skip(f"output of {describe(node)} is also a graph output")
     consumers = use_count(value)
     if consumers > 1:
-        raise Skip(f"output of {describe(producer)} has {consumers} consumers")
-    return value, producer
+        raise Skip(f"output of {describe(node)} has {consumers} consumers")
 
 
 def _fold_into_concat(ctx: FoldContext, affine: AffineNode, concat: ir.Node) -> Folded:

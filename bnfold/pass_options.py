@@ -20,4 +20,10 @@ def check_standalone(form: str) -> str:
 class PassOptions:
     standalone: str = "bn"  # what a BN with nothing to fold into becomes: "bn" or "mul-add"
     bn_only: bool = False  # fold only BNs and the per-channel nodes of their chains
-    refused: Mapping[str, str] = field(default_factory=dict)  # Cast sandwiches not to fold: key -> reason
+    # folds a check refused, key -> reason: a Cast sandwich's key, or refusal_key(node name)
+    refused: Mapping[str, str] = field(default_factory=dict)
+
+
+def refusal_key(node_name: str) -> str:
+    """The `refused` key of a node whose fold failed the check."""
+    return f"node:{node_name}"

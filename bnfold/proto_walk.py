@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import onnx
 
@@ -54,4 +54,20 @@ def node_graphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
         if attribute.HasField("g"):
             found.append(attribute.g)
         found.extend(attribute.graphs)
+    return found
+
+
+def downstream(graph: onnx.GraphProto, names: Iterable[str]) -> set[str]:
+    """Every value of `graph` computed (directly or not) from one of `names`."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in dict.fromkeys(node.input):
+            consumers.setdefault(name, []).append(node)
+    found: set[str] = set()
+    pending = list(names)
+    while pending:
+        for node in consumers.get(pending.pop(), ()):
+            fresh = [output for output in node.output if output and output not in found]
+            found.update(fresh)
+            pending.extend(fresh)
     return found

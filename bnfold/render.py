@@ -312,10 +312,7 @@ def _failure_line(kind: str, value: OutputCheck) -> str:
     where = f" (BatchNormalization {value.bn})" if value.bn else ""
     channel = f" channel {value.channel}" if value.channel is not None else ""
     note = f" ({value.note})" if value.note else ""
-    return (
-        f"{kind} {value.name}{where}{channel}: max abs err {value.max_abs_err:.3e}, max rel err "
-        f"{value.max_rel_err:.3e}, allowed {value.tolerance:.3e}{note}"
-    )
+    return f"{kind} {value.name}{where}{channel}: {value.measured()}, max rel err {value.max_rel_err:.3e}{note}"
 
 
 def _diagnostics_line(diagnostics: dict) -> str:

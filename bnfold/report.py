@@ -44,6 +44,7 @@ class Site:
     name: str
     bn: str | None = None
     branch: tuple[str, bool] | None = None
+    nodes: tuple[str, ...] = ()  # the nodes whose folds changed it (the pass knows them; `bn` names them)
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,19 @@ class OutputCheck:
     bn: str | None = None  # for a site: the BatchNormalizations whose folds changed it
     exercised: bool = True  # False for a site the inputs never reached (an If branch not taken)
     value_rel_err: float = 0.0  # max_abs_err relative to the largest |value| of the whole value
+    # the original's own rounding noise in the worst channel (compare.py), when it was measured
+    noise: float | None = None
+    # the smallest --atol that would have passed it (0 when it passed as it is)
+    needed_atol: float | None = None
 
     def with_context(self, **changes) -> OutputCheck:
         return replace(self, **changes)
+
+    def measured(self) -> str:
+        """What the comparison measured: the error, what was allowed, the noise it was judged against."""
+        noise = "" if self.noise is None else f", the original's own noise {self.noise:.3e}"
+        needed = "" if not self.needed_atol else f"; passes with --atol {self.needed_atol:.3e}"
+        return f"max abs err {self.max_abs_err:.3e}, allowed {self.tolerance:.3e}{noise}{needed}"
 
 
 Verdict = Literal["passed", "failed", "inconclusive"]
@@ -138,6 +149,7 @@ class FoldReport:
     seconds: float | None = None  # wall time of the run, in the library
     error: str | None = None  # why the run stopped (then nothing was written)
     exit_code: int = 0
+    backed_out: list[str] = field(default_factory=list)  # folds undone because they failed the check
 
     def counts(self) -> Counter:
         """Actions of the BatchNormalization records."""
@@ -166,6 +178,7 @@ class FoldReport:
             "seconds": self.seconds,
             "error": self.error,
             "exit_code": self.exit_code,
+            "backed_out": self.backed_out,
             **(
                 {}
                 if self.diagnostics is None
@@ -189,3 +202,10 @@ def totals(count: int, counts: Counter, targets: str = "") -> str:
     folded = f"{counts.get('folded', 0)} folded" + (f" ({targets})" if targets else "")
     rest = ", ".join(f"{counts.get(action, 0)} {action}" for action in ACTIONS[1:])
     return f"{count} BatchNormalization: {folded}, {rest}"
+
+
+def backed_out_line(names: list[str]) -> str:
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return (
+        f"{len(names)} fold(s) failed the check and were backed out ({shown}); the rest was written (--strict refuses)"
+    )

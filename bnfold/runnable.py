@@ -75,11 +75,20 @@ def session_options():
     return options
 
 
-def open_session(model: onnx.ModelProto, base_dir: Path | None, extra_outputs: Iterable[str] = ()) -> Session:
-    """A session of `model` (as loaded, external data not read) that also returns `extra_outputs`."""
+def open_session(
+    model: onnx.ModelProto,
+    base_dir: Path | None,
+    extra_outputs: Iterable[str] = (),
+    overridable: Iterable[onnx.TensorProto] = (),
+) -> Session:
+    """A session of `model` (as loaded, external data not read) that also returns `extra_outputs`.
+
+    The `overridable` initializers are also listed as graph inputs: a run may feed other values for them.
+    """
     import onnxruntime as ort
 
     skeleton, names, arrays = _skeleton(model, list(extra_outputs))
+    _make_overridable(skeleton.graph, list(overridable))
     options = session_options()
     values = [ort.OrtValue.ortvalue_from_numpy(array) for array in arrays]
     if names:
@@ -88,6 +97,24 @@ def open_session(model: onnx.ModelProto, base_dir: Path | None, extra_outputs: I
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", os.fspath(base_dir))
     session = ort.InferenceSession(skeleton.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return Session(session, [model, arrays, values])
+
+
+def _make_overridable(graph: onnx.GraphProto, tensors: list[onnx.TensorProto]) -> None:
+    """List `tensors` as graph inputs too; a Constant node producing one becomes an initializer first."""
+    if not tensors:
+        return
+    names = {tensor.name for tensor in tensors}
+    initializers = {tensor.name for tensor in graph.initializer}
+    hoisted = [t for t in tensors if t.name not in initializers]
+    if hoisted:
+        kept = [n for n in graph.node if not (n.op_type == "Constant" and n.output and n.output[0] in names)]
+        del graph.node[:]
+        graph.node.extend(kept)
+        graph.initializer.extend(hoisted)
+    listed = {value.name for value in graph.input}
+    graph.input.extend(
+        onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in tensors if t.name not in listed
+    )
 
 
 def _skeleton(model: onnx.ModelProto, extra_outputs: list[str]) -> tuple[onnx.ModelProto, list[str], list]:

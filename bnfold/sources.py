@@ -26,8 +26,8 @@ class Source:
     proto: onnx.ModelProto
     base_dir: Path | None
 
-    def session(self, extra_outputs: Iterable[str] = ()) -> Session:
-        return open_session(self.proto, self.base_dir, extra_outputs)
+    def session(self, extra_outputs: Iterable[str] = (), overridable: Iterable[onnx.TensorProto] = ()) -> Session:
+        return open_session(self.proto, self.base_dir, extra_outputs, overridable)
 
     def with_data(self) -> onnx.ModelProto:
         """A copy with every tensor's data inline (for the float32 conversions)."""

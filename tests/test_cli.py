@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import op_counts
+from helpers import assert_same_outputs, op_counts
 from typer.testing import CliRunner
 
 from bnfold import fold_math
@@ -82,7 +82,7 @@ def test_no_check_skips_verification(sample, tmp_path):
     assert "check: not run" in result.stderr
 
 
-def test_a_wrong_fold_fails_the_check_and_writes_nothing(sample, tmp_path, monkeypatch):
+def _spoil_conv_folds(monkeypatch):
     original = fold_math.fold_output_channels
 
     def wrong(weight, bias, scale, shift, **kwargs):
@@ -90,9 +90,29 @@ def test_a_wrong_fold_fails_the_check_and_writes_nothing(sample, tmp_path, monke
         return new_weight, new_bias + 0.5
 
     monkeypatch.setattr(fold_math, "fold_output_channels", wrong)
-    before = sample.read_bytes()
+
+
+def test_wrong_folds_are_backed_out_and_the_rest_written(sample, tmp_path, monkeypatch):
+    _spoil_conv_folds(monkeypatch)
     out, report = tmp_path / "out.onnx", tmp_path / "r.json"
     result = invoke(sample, out, "--report", report)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("bnfold: warning:")]
+    assert len(warnings) == 1 and "failed the check and were backed out" in warnings[0], result.stderr
+    data = json.loads(report.read_text())
+    assert data["check"] is None or data["check"]["verdict"] in ("passed", "inconclusive")
+    assert "bn1" in data["backed_out"]
+    bn1 = next(record for record in data["nodes"] if record["name"] == "bn1")
+    assert bn1["action"] == "skipped" and bn1["reason"].startswith("fails the check at 'bn1' (max abs err ")
+    assert "the original's own noise" in bn1["reason"]
+    assert_same_outputs(onnx.load(sample), onnx.load(out))  # what was written computes what the input does
+
+
+def test_a_wrong_fold_fails_the_check_and_writes_nothing_under_strict(sample, tmp_path, monkeypatch):
+    _spoil_conv_folds(monkeypatch)
+    before = sample.read_bytes()
+    out, report = tmp_path / "out.onnx", tmp_path / "r.json"
+    result = invoke(sample, out, "--report", report, "--strict")
     # The first value that diverges is conv1's output, where bn1 folded (and input_norm's scale went forward).
     assert_error(result, 1, "check failed at BatchNormalization bn1, input_norm, site 'bn1' channel")
     assert not out.exists()

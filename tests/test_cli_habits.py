@@ -73,7 +73,7 @@ def test_a_created_output_folder_goes_again_when_the_check_fails(sample, tmp_pat
         "fold_output_channels",
         lambda w, b, s, t, **k: (original(w, b, s, t, **k)[0] * 1.1, original(w, b, s, t, **k)[1]),
     )
-    result = invoke(sample, tmp_path / "new" / "deeper" / "out.onnx")
+    result = invoke(sample, tmp_path / "new" / "deeper" / "out.onnx", "--strict")
     assert result.exit_code == 1
     assert not (tmp_path / "new").exists()
 

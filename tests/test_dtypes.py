@@ -58,8 +58,14 @@ def test_a_wrong_fold_is_caught_in_every_float_type(dtype_name, tmp_path, monkey
     monkeypatch.setattr(fold_math, "fold_output_channels", wrong)
     out = tmp_path / "out.onnx"
     with pytest.raises(bnfold.CheckFailedError, match="check failed at BatchNormalization bn"):
-        bnfold.fold_file(sample_as(dtype_name, tmp_path), out)
+        bnfold.fold_file(sample_as(dtype_name, tmp_path), out, strict=True)
     assert not out.exists()
+    report = bnfold.fold_file(sample_as(dtype_name, tmp_path), out)  # by default the wrong folds are backed out
+    assert report.backed_out and all(
+        r.action == "skipped" and r.reason.startswith("fails the check at ")
+        for r in report.records
+        if r.name in report.backed_out
+    )
 
 
 def test_mixed_precision_standalone_bn15_gets_constants_in_the_data_type():

@@ -481,8 +481,11 @@ def test_a_cast_sandwich_whose_fold_fails_the_half_precision_check_is_left_as_it
     assert second.reason.startswith("folding it across its Casts fails the check at 'narrow2' (max abs err ")
     assert report.check.verdict == "passed"
     assert op_counts(folded)["Cast"] == 4 and op_counts(folded)["BatchNormalization"] == 1
-    without_check = bnfold.fold(model)  # nothing to judge by: the fold stands (see README)
+    without_check = bnfold.fold(model, check=False)  # nothing to judge by: the fold stands (see README)
     assert [r.pattern for r in without_check.records if r.op == "BatchNormalization"] == ["cast-sandwich"] * 2
+    in_memory = bnfold.fold(model)  # the API checks by default: the failing fold is backed out there too
+    assert [r.action for r in in_memory.records if r.op == "BatchNormalization"] == ["folded", "kept"]
+    assert in_memory.check is not None and in_memory.check.verdict == "passed"
 
 
 def test_float32_to_float64_sandwich_folds_into_float32_weights():

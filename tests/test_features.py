@@ -181,7 +181,7 @@ def test_batch_exit_code_is_the_worst_check_failure(tmp_path, monkeypatch):
     )
     shutil.copy(SAMPLE, tmp_path / "a.onnx")
     (tmp_path / "out").mkdir()
-    result = invoke(tmp_path / "a.onnx", "-o", tmp_path / "out")
+    result = invoke(tmp_path / "a.onnx", "-o", tmp_path / "out", "--strict")
     assert result.exit_code == 1 and not (tmp_path / "out" / "a.onnx").exists()
 
 

@@ -1,0 +1,143 @@
+"""Both error rates of bnfold's check: tampered folds caught, correct folds passed.
+
+For every model: fold it without the check, then
+* false alarms: `bnfold.verify(original, folded)` must pass (a failure is a false alarm);
+* sensitivity: scale one output channel of one folded weight by 1 + δ (δ = 1% and 0.1%),
+  or move one channel of one folded bias by δ·max|bias|, and count how often
+  `verify(original, tampered)` fails.
+
+    python scripts/check_sensitivity.py [MODEL.onnx | FOLDER ...] [--trials 20] [--seed 0]
+
+With no paths: the sample models in models/, the benchmark's whole nets (scripts/bench_models.py)
+and the exporter-style transformer encoder of the tests. Paths may add any model (for example
+../shared/realmodels). Prints a Markdown table: per model, the false alarms and the fraction caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+import bnfold
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def default_models(work: Path) -> list[Path]:
+    import bench_models
+    from builders.transformer import transformer_encoder
+
+    built = {
+        "resnet18": bench_models.resnet18(),
+        "preact_resnet": bench_models.preact_resnet(),
+        "densenet121": bench_models.densenet121(),
+        "mlp": bench_models.mlp(),
+        "transformer_encoder": transformer_encoder(layers=4),
+    }
+    paths = sorted((ROOT / "models").glob("*.onnx"))
+    for name, model in built.items():
+        onnx.save(model, work / f"{name}.onnx")
+        paths.append(work / f"{name}.onnx")
+    return paths
+
+
+def folded_tensors(original: onnx.ModelProto, folded: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    """The folded model's float initializers a fold wrote: (weights of rank ≥ 2, biases of rank 1)."""
+    before = {t.name: t for t in original.graph.initializer}
+    weights, biases = [], []
+    for tensor in folded.graph.initializer:
+        if tensor.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+            continue
+        old = before.get(tensor.name)
+        if old is not None and old.SerializeToString() == tensor.SerializeToString():
+            continue
+        (weights if len(tensor.dims) >= 2 else biases if len(tensor.dims) == 1 else []).append(tensor.name)
+    return weights, biases
+
+
+def tampered(folded: onnx.ModelProto, name: str, delta: float, rng: np.random.Generator) -> onnx.ModelProto:
+    model = onnx.ModelProto.FromString(folded.SerializeToString())
+    tensor = next(t for t in model.graph.initializer if t.name == name)
+    array = numpy_helper.to_array(tensor).copy()
+    channel = int(rng.integers(array.shape[0]))
+    if array.ndim >= 2:
+        array[channel] *= 1 + delta
+    else:
+        array[channel] += delta * max(float(np.max(np.abs(array))), 1e-12)
+    tensor.CopyFrom(numpy_helper.from_array(array, name))
+    return model
+
+
+def measure(path: Path, work: Path, trials: int, seed: int) -> dict:
+    out = work / f"folded_{path.stem}.onnx"
+    bnfold.fold_file(path, out, check=False)
+    original, folded = onnx.load(path), onnx.load(out)
+    row: dict = {"model": path.stem, "false_alarm": None}
+    if not folded.graph.initializer or original.SerializeToString() == folded.SerializeToString():
+        return row
+    verdict = bnfold.verify(original, folded, base_dir=path.parent).verdict
+    row["false_alarm"] = verdict == "failed"
+    row["verdict"] = verdict
+    weights, biases = folded_tensors(original, folded)
+    rng = np.random.default_rng(seed)
+    for kind, names in (("weight", weights), ("bias", biases)):
+        for delta in (1e-2, 1e-3):
+            if not names:
+                continue
+            caught = 0
+            for _ in range(trials):
+                name = names[int(rng.integers(len(names)))]
+                bad = tampered(folded, name, delta, rng)
+                caught += bnfold.verify(original, bad, base_dir=path.parent).verdict == "failed"
+            row[f"{kind} {delta:.1%}"] = (caught, trials)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="*", type=Path)
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    columns = ["weight 1.0%", "weight 0.1%", "bias 1.0%", "bias 0.1%"]
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        paths = [p for given in args.paths for p in (sorted(given.rglob("*.onnx")) if given.is_dir() else [given])]
+        paths = paths or default_models(work)
+        print("| model | verify(original, folded) | " + " | ".join(f"caught, {c}" for c in columns) + " |")
+        print("|---" * (len(columns) + 2) + "|")
+        totals = {c: [0, 0] for c in columns}
+        alarms = checked = 0
+        for path in paths:
+            try:
+                row = measure(path, work, args.trials, args.seed)
+            except bnfold.BnfoldError as error:
+                print(f"| {path.stem} | not folded: {error} |" + " |" * len(columns))
+                continue
+            if row["false_alarm"] is None:
+                continue
+            checked += 1
+            alarms += bool(row["false_alarm"])
+            cells = []
+            for column in columns:
+                caught, trials = row.get(column, (0, 0))
+                totals[column][0] += caught
+                totals[column][1] += trials
+                cells.append(f"{caught}/{trials}" if trials else "–")
+            print(f"| {row['model']} | {row['verdict']} | " + " | ".join(cells) + " |")
+        cells = [f"{c}/{t} ({c / t:.0%})" if t else "–" for c, t in totals.values()]
+        print(f"| **all {checked} models** | {alarms} false alarms | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

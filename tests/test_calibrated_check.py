@@ -1,0 +1,139 @@
+"""No wrong fold, and a check calibrated to the computation (issue 19).
+
+Every fold here is judged by an independent onnxruntime comparison (helpers.assert_same_outputs),
+never by bnfold's own check alone; the check is tested both ways: correct folds pass, tampered
+folds fail.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from builders.transformer import transformer_encoder
+from helpers import assert_same_outputs, bn_arrays, bn_node, make_model, op_counts
+from onnx import helper, numpy_helper
+
+import bnfold
+
+F32 = np.float32
+SAMPLE = "models/sample_cnn.onnx"
+
+
+def test_a_bias_add_read_by_others_is_not_folded_through():
+    # GELU after a rank-3 Linear: the bias Add's output feeds both Div(√2) and the Mul(x, ·).
+    rng = np.random.default_rng(0)
+    inits = {
+        "w": rng.normal(0, 0.5, (8, 8)).astype(F32),
+        "b": rng.normal(0, 0.5, 8).astype(F32),
+        "sqrt2": np.array(np.sqrt(2), F32),
+        "one": np.array(1, F32),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+        helper.make_node("Add", ["m", "b"], ["h"], name="bias"),
+        helper.make_node("Div", ["h", "sqrt2"], ["d"], name="div"),
+        helper.make_node("Erf", ["d"], ["e"], name="erf"),
+        helper.make_node("Add", ["e", "one"], ["p"], name="plus"),
+        helper.make_node("Mul", ["h", "p"], ["y"], name="mul"),
+    ]
+    model = make_model(nodes, [("x", F32, [2, 3, 8])], [("y", F32, [2, 3, 8])], inits)
+    result = bnfold.fold(model, check=False)
+    assert op_counts(result.model)["Div"] == 1
+    assert_same_outputs(model, result.model)
+    assert not any(r.name == "div" and r.action == "folded" for r in result.records)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_transformer_encoders_fold_right(seed):
+    rng = np.random.default_rng(seed)
+    model = transformer_encoder(
+        layers=int(rng.integers(1, 4)),
+        width=int(rng.choice([16, 32])),
+        heads=int(rng.choice([1, 2, 4])),
+        seed=seed,
+        in_bias=str(rng.choice(["zero", "random"])),
+        scaled_ffn=bool(rng.integers(2)),
+    )
+    onnx.checker.check_model(model, full_check=True)
+    unchecked = bnfold.fold(model, check=False)
+    assert_same_outputs(model, unchecked.model)
+    checked = bnfold.fold(model)
+    assert not checked.backed_out
+    assert checked.check is None or checked.check.verdict == "passed"
+
+
+def test_the_api_checks_by_default_and_says_when_it_cannot():
+    model = onnx.load(SAMPLE)
+    assert bnfold.fold(model).check.verdict == "passed"
+    assert bnfold.fold(model, check=False).check is None
+    rng = np.random.default_rng(1)
+    inits = {"w": rng.normal(size=(4, 3, 1, 1)).astype(F32), **bn_arrays(rng, 4)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        bn_node("c", "b"),
+        helper.make_node("Unknown", ["b"], ["y"], name="custom", domain="com.example"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", 1, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", 1, None)],
+        [numpy_helper.from_array(a, n) for n, a in inits.items()],
+    )
+    custom = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]
+    )
+    result = bnfold.fold(custom)
+    assert result.check is None and result.check_note.startswith("not checked: onnxruntime cannot run the original")
+
+
+def _folded_sample(tmp_path):
+    out = tmp_path / "folded.onnx"
+    bnfold.fold_file(SAMPLE, out, check=False)
+    return onnx.load(SAMPLE), onnx.load(out)
+
+
+def _tampered(model, name, channel, factor):
+    copy = onnx.ModelProto.FromString(model.SerializeToString())
+    tensor = next(t for t in copy.graph.initializer if t.name == name)
+    array = numpy_helper.to_array(tensor).copy()
+    array[channel] *= factor
+    tensor.CopyFrom(numpy_helper.from_array(array, name))
+    return copy
+
+
+@pytest.mark.parametrize("factor", [1.01, 1.001, 0.999])
+def test_a_tamper_of_one_channel_of_one_folded_weight_fails(tmp_path, factor):
+    original, folded = _folded_sample(tmp_path)
+    assert bnfold.verify(original, folded).verdict == "passed"
+    before = {t.name: t.SerializeToString() for t in original.graph.initializer}
+    changed = [
+        t.name for t in folded.graph.initializer if len(t.dims) == 4 and before.get(t.name) != t.SerializeToString()
+    ]
+    assert changed
+    for name in changed:
+        for channel in (0, 1):
+            result = bnfold.verify(original, _tampered(folded, name, channel, factor))
+            assert result.verdict == "failed", (name, channel)
+            failure = result.first_failure()
+            assert failure.noise is not None and failure.needed_atol > 0
+
+
+def test_a_site_without_evidence_is_inconclusive_not_failed(tmp_path):
+    original, folded = _folded_sample(tmp_path)
+    nan = np.full((2, 3, 16, 16), np.nan, F32)
+    result = bnfold.verify(original, folded, inputs={"image": nan})
+    assert result.verdict == "inconclusive"
+    assert all(site.passed and not site.informative for site in result.sites)
+
+
+def test_the_default_epsilon_is_the_float32_attribute_value():
+    # ONNX's default ε is the float attribute 1e-5, i.e. 9.99999974738e-06: a float64 fold must use that.
+    rng = np.random.default_rng(2)
+    inits = {"w": rng.normal(size=(4, 5)), **bn_arrays(rng, 5, dtype=np.float64)}
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"), bn_node("m", "y")]
+    model = make_model(nodes, [("x", np.float64, [3, 4])], [("y", np.float64, None)], inits)
+    result = bnfold.fold(model)
+    assert not result.backed_out and result.check.verdict == "passed"
+    assert_same_outputs(model, result.model, rtol=1e-14)

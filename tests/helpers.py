@@ -184,3 +184,13 @@ def assert_never_costlier(original: onnx.ModelProto, folded: onnx.ModelProto) ->
 def only_record(records):
     assert len(records) == 1, records
     return records[0]
+
+
+def spoil(model, name, channel, factor):
+    """Multiply output channel `channel` of initializer `name` by `factor`."""
+    spoiled = onnx.ModelProto.FromString(model.SerializeToString())
+    tensor = next(t for t in spoiled.graph.initializer if t.name == name)
+    array = numpy_helper.to_array(tensor).copy()
+    array[channel] *= factor
+    tensor.CopyFrom(numpy_helper.from_array(array, name))
+    return spoiled

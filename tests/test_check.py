@@ -8,7 +8,7 @@ assert that `verify` fails and names the site (and the BN) where the damage is.
 import numpy as np
 import onnx
 import pytest
-from helpers import bn_arrays, bn_node, make_model
+from helpers import bn_arrays, bn_node, make_model, spoil
 from onnx import TensorProto, helper, numpy_helper
 
 import bnfold
@@ -30,16 +30,6 @@ def conv_bn_relu(channel_scales=(1.0, 1.0, 1.0, 1.0)):
     ]
     inits = {"w": rng.normal(size=(4, 3, 3, 3)).astype(F32), "b": rng.normal(size=4).astype(F32), **params}
     return make_model(nodes, [("x", F32, ["N", 3, 8, 8])], [("z", F32, None)], inits)
-
-
-def spoil(model, name, channel, factor):
-    """Multiply output channel `channel` of initializer `name` by `factor`."""
-    spoiled = onnx.ModelProto.FromString(model.SerializeToString())
-    tensor = next(t for t in spoiled.graph.initializer if t.name == name)
-    array = numpy_helper.to_array(tensor).copy()
-    array[channel] *= factor
-    tensor.CopyFrom(numpy_helper.from_array(array, name))
-    return spoiled
 
 
 def test_a_correct_fold_passes_with_every_site_compared():

@@ -268,7 +268,7 @@ class Check:
                 self.reference[index][name] if self.reference else None,
                 table,
                 inherits,
-                self.noise[index][name] if self.noise and self.stand_in is None else None,
+                self.noise[index][name] if self.noise else None,
             )
             for index, (expected, got) in enumerate(zip(self.expected, actual, strict=True))
         ]

@@ -28,7 +28,7 @@ from bnfold import __version__
 from bnfold.compare import Tolerance
 from bnfold.errors import BnfoldError, CheckFailedError, InputError
 from bnfold.files import same_file, write_atomically
-from bnfold.pass_options import PassOptions, check_standalone, refusal_key
+from bnfold.pass_options import PassOptions, check_standalone, refusal_key, refused_nodes, sandwiches_refused
 from bnfold.passthrough import copy_through, op_counts, self_contained
 from bnfold.report import CheckResult, FoldReport, Site
 from bnfold.scan import may_fold
@@ -152,7 +152,7 @@ class FileRun:
             raise AssertionError("nothing was folded")
         result.check = None  # a check of an earlier round (whose failing folds are now refused) says nothing
         checker = _checker(outcome, self.checks if self.check else None, source)
-        sandwiches = {} if _sandwiches_refused(self.options.refused) else outcome.sandwiches  # refused once
+        sandwiches = {} if sandwiches_refused(self.options.refused) else outcome.sandwiches
         with Stage(destination, token) as stage:
             self._step("writing")
             written = source.save(outcome.model, stage)
@@ -163,7 +163,7 @@ class FileRun:
             refusals = _check_staged(checker, stage, result, sandwiches, self.checks.strict, self.options.refused)
             if refusals:
                 self.options = dataclasses.replace(self.options, refused={**self.options.refused, **refusals})
-                result.backed_out += [key.split(":", 1)[1] for key in refusals if key.startswith("node:")]
+                result.backed_out += refused_nodes(refusals)
                 return None
             stage.commit()
         return written
@@ -235,10 +235,6 @@ def failing_folds(check: CheckResult, sites: list[Site], already: Mapping[str, s
             if key not in already:
                 refusals.setdefault(key, f"fails the check at '{failing.name}' ({failing.measured()}); left as it was")
     return refusals
-
-
-def _sandwiches_refused(refused: Mapping[str, str]) -> bool:
-    return any(not key.startswith("node:") for key in refused)
 
 
 def _sandwich_refusals(check: CheckResult, sandwiches: Mapping[str, list[str]]) -> dict[str, str]:

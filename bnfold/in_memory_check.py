@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bnfold.compare import Tolerance
-from bnfold.errors import CheckFailedError, RuntimeUnavailableError, first_line
-from bnfold.pass_options import PassOptions
+from bnfold.errors import RuntimeUnavailableError, first_line
+from bnfold.pass_options import PassOptions, refused_nodes, sandwiches_refused
 from bnfold.report import CheckResult, FoldReport
 
 if TYPE_CHECKING:
@@ -60,15 +60,12 @@ def check_in_memory(
         except RuntimeUnavailableError as error:
             return Checked(outcome, None, f"not checked: {first_line(error)}", backed_out)
         result = check.folded(source_of(outcome.model, source.base_dir, "folded"))
-        sandwiches = {} if any(not key.startswith("node:") for key in options.refused) else outcome.sandwiches
+        sandwiches = {} if sandwiches_refused(options.refused) else outcome.sandwiches
         report = FoldReport(records=outcome.records, check=result)
         refusals = refusals_or_judge(report, check.sites, sandwiches, strict, options.refused)
         if not refusals:
             return Checked(outcome, result, None, backed_out)
         logger.info("folding again without %d fold(s) that failed the check", len(refusals))
-        backed_out += [key.split(":", 1)[1] for key in refusals if key.startswith("node:")]
+        backed_out += refused_nodes(refusals)
         options = dataclasses.replace(options, refused={**options.refused, **refusals})
         outcome = run_pass(source.load(), options)
-
-
-__all__ = ["CheckFailedError", "Checked", "check_in_memory"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from bnfold.errors import InputError
@@ -24,6 +24,19 @@ class PassOptions:
     refused: Mapping[str, str] = field(default_factory=dict)
 
 
+_NODE = "node:"
+
+
 def refusal_key(node_name: str) -> str:
     """The `refused` key of a node whose fold failed the check."""
-    return f"node:{node_name}"
+    return _NODE + node_name
+
+
+def refused_nodes(refused: Iterable[str]) -> list[str]:
+    """The node names among `refused` keys (the rest are Cast sandwiches)."""
+    return [key[len(_NODE) :] for key in refused if key.startswith(_NODE)]
+
+
+def sandwiches_refused(refused: Iterable[str]) -> bool:
+    """Whether a check already refused Cast sandwich folds (they are judged once, then commit or fail)."""
+    return any(not key.startswith(_NODE) for key in refused)

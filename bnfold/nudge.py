@@ -136,7 +136,8 @@ def _nudge(array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if array.dtype not in (np.float32, np.float64):
         return array
     signs = rng.integers(0, 2, size=array.shape, dtype=np.int8).astype(array.dtype) * 2 - 1
-    return (array * (1 + np.finfo(array.dtype).eps * signs)).astype(array.dtype)
+    # np.asarray: numpy gives a 0-d product back as a scalar, which onnxruntime does not take as a feed
+    return np.asarray(array * (1 + np.finfo(array.dtype).eps * signs), dtype=array.dtype)
 
 
 def _nbytes(tensor: onnx.TensorProto) -> int:

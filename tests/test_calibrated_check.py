@@ -130,3 +130,20 @@ def test_the_default_epsilon_is_the_float32_attribute_value():
     result = bnfold.fold(model)
     assert not result.backed_out and result.check.verdict == "passed"
     assert_same_outputs(model, result.model, rtol=1e-14)
+
+
+def test_a_scalar_constant_is_nudged_too():
+    # A 0-d constant (PP-OCR's DB head scales by one) came back from numpy as a scalar, the noise run failed
+    # and the fixed tolerances judged: a correct fold before a Sigmoid failed them (PP-OCRv4 detector).
+    rng = np.random.default_rng(3)
+    inits = {"w": rng.normal(size=(4, 3, 3, 3)).astype(F32), "k": np.array(3.0, F32), **bn_arrays(rng, 4)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        bn_node("c", "b"),
+        helper.make_node("Mul", ["b", "k"], ["m"], name="gain"),
+        helper.make_node("Sigmoid", ["m"], ["y"], name="sigmoid"),
+    ]
+    model = make_model(nodes, [("x", F32, [1, 3, 8, 8])], [("y", F32, [1, 4, 6, 6])], inits)
+    result = bnfold.fold(model)
+    assert result.check.verdict == "passed" and not result.backed_out
+    assert all(check.noise is not None for check in [*result.check.sites, *result.check.outputs])

@@ -14,8 +14,11 @@ channel whose values are large.
   fold's rounding does. Channel c passes when
       max|a − b| ≤ NOISE_FACTOR·n_c + ULPS·ε·max|a_c| + atol + rtol·G
   with G the largest |a| of the whole value and rtol/atol the user's (0 by default).
-  A channel of fewer than POOL_BELOW values is a poor sample of its own noise: it
-  takes the median channel's noise when that is larger. A fold wrong by 0.1% in one
+  A channel that is a poor sample of its own noise takes the median channel's noise
+  when that is larger: one of fewer than POOL_BELOW values, and a dead channel (one
+  value throughout), where the nudges of its few constants can cancel exactly (four
+  BN parameters, each moving the result by one ulp of the same intermediate, sum to
+  zero with probability 3/8: mnasnet's dynamo export had such a false alarm). A fold wrong by 0.1% in one
   channel is ~1e-3·max|a_c|, far above 8·ε·max|a_c| ≈ 1e-6·max|a_c|, so it fails
   unless the computation's own noise is that large there.
   The smallest atol that would have passed is reported (`needed_atol`), with the
@@ -145,8 +148,7 @@ def _calibrated(
     scale = _channel_magnitude(a)
     error = _channel_max(np.abs(a - b))
     noise = _channel_max(np.abs(a - nudged))
-    if a.ndim >= 2 and a.size and a.size // max(a.shape[1], 1) < POOL_BELOW and noise.size:
-        noise = np.maximum(noise, np.median(noise))
+    noise = _pooled(a, noise)
     rtol, atol = tolerance.rtol or 0.0, tolerance.atol or 0.0
     whole = float(np.max(scale, initial=0.0))
     ulp = float(np.finfo(a.dtype).eps)
@@ -156,6 +158,17 @@ def _calibrated(
     needed = float(np.max(np.maximum(error - own - rtol * whole, 0.0), initial=0.0))
     checked = _check(name, error, scale, allowed, error, special_equal, note)
     return checked.with_context(noise=float(noise[worst]) if noise.size else 0.0, needed_atol=needed)
+
+
+def _pooled(a: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Each channel's noise; a channel that is a poor sample of its own (fewer than POOL_BELOW values, or one
+    value throughout: a dead channel, where a few nudges of its constants can cancel exactly) takes the median
+    channel's noise when that is larger."""
+    if not noise.size:
+        return noise
+    few = a.ndim >= 2 and a.size // max(a.shape[1], 1) < POOL_BELOW
+    poor = np.ones_like(noise, dtype=bool) if few else _channel_max(a) == _channel_min(a)
+    return np.where(poor, np.maximum(noise, np.median(noise)), noise)
 
 
 def _against_reference(

@@ -147,3 +147,20 @@ def test_a_scalar_constant_is_nudged_too():
     result = bnfold.fold(model)
     assert result.check.verdict == "passed" and not result.backed_out
     assert all(check.noise is not None for check in [*result.check.sites, *result.check.outputs])
+
+
+def test_dead_channels_whose_constants_cancel_pass():
+    # A channel the Conv never feeds (zero weights) is BN's constant β − μ·s; with β ≈ μ·s it is tiny, and the
+    # four nudged parameters, each moving it by one ulp of β, can cancel exactly: no measured noise there.
+    rng = np.random.default_rng(4)
+    channels = 64
+    weight = rng.normal(size=(channels, 3, 3, 3)).astype(F32)
+    weight[16:] = 0
+    params = bn_arrays(rng, channels)
+    scale = params["bn.scale"] / np.sqrt(params["bn.var"] + np.float32(1e-5))
+    params["bn.bias"] = (params["bn.mean"] * scale * (1 + 1e-3)).astype(F32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), bn_node("c", "y")]
+    model = make_model(nodes, [("x", F32, [1, 3, 8, 8])], [("y", F32, [1, channels, 6, 6])], {"w": weight, **params})
+    result = bnfold.fold(model)
+    assert result.check.verdict == "passed" and not result.backed_out
+    assert_same_outputs(model, result.model)

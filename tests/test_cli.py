@@ -94,9 +94,12 @@ def _spoil_conv_folds(monkeypatch):
 
 def test_wrong_folds_are_backed_out_and_the_rest_written(sample, tmp_path, monkeypatch):
     _spoil_conv_folds(monkeypatch)
+    before = sample.read_bytes()
     out, report = tmp_path / "out.onnx", tmp_path / "r.json"
     result = invoke(sample, out, "--report", report)
     assert result.exit_code == 0, result.output
+    assert sample.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".bnfold")] == []  # no staged round left
     warnings = [line for line in result.stderr.splitlines() if line.startswith("bnfold: warning:")]
     assert len(warnings) == 1 and "failed the check and were backed out" in warnings[0], result.stderr
     data = json.loads(report.read_text())

@@ -207,7 +207,10 @@ def _fold_into_concat(ctx: FoldContext, affine: AffineNode, concat: ir.Node) -> 
     for commit in commits:
         commit()
     retire_node(affine.node, data)
-    return Folded(", ".join(targets), "concat", (data,))
+    # each slice's producer output now holds its slice of the map's output: an earlier fold seen there is seen at
+    # the Concat's output now
+    joined = tuple(value for value in concat.inputs if value is not None and value is not data)
+    return Folded(", ".join(targets), "concat", (data,), joined)
 
 
 def fold_forward(ctx: FoldContext, affine: AffineNode) -> Folded:

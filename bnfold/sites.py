@@ -9,8 +9,8 @@ function.
 Given only two models, `find_sites` compares them: every value name present in
 both whose producing node, its attributes (subgraphs included) or its constant
 inputs differ, and every output of a node calling a function whose body differs.
-Not compared: a value that only reaches, through layout nodes, an affine node the
-folded model lost (its map now sits in that value's producer, so the value holds
+Not compared: a value that only reaches, through layout nodes and Concats, an affine
+node the folded model lost (its map now sits in that value's producer, so the value holds
 something else; the map's own output is compared instead).
 """
 
@@ -155,7 +155,7 @@ def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
 
 
 def _took_a_map(name: str, consumers: dict[str, list[onnx.NodeProto]], folded: dict[str, onnx.NodeProto]) -> bool:
-    """Whether `name` reaches, through layout nodes only and single uses, an affine node of the original that the
+    """Whether `name` reaches, through layout nodes and Concats only and single uses, an affine node of the original that the
     folded model no longer has: a fold moved that map into `name`'s producer (Gemm → Reshape → Transpose → BN),
     so `name` holds other values now, and what the map computed is compared at its output."""
     for _ in range(64):
@@ -166,9 +166,9 @@ def _took_a_map(name: str, consumers: dict[str, list[onnx.NodeProto]], folded: d
         if user.op_type in _AFFINE:
             twin = folded.get(user.output[0])
             return twin is None or twin.op_type != user.op_type
-        if user.op_type not in _COMPUTE_NOTHING:
+        if user.op_type not in _COMPUTE_NOTHING and user.op_type != "Concat":
             return False
-        name = user.output[0]
+        name = user.output[0]  # a Concat's input took its slice of a map folded back behind the Concat
     return False
 
 

@@ -164,3 +164,38 @@ def test_dead_channels_whose_constants_cancel_pass():
     result = bnfold.fold(model)
     assert result.check.verdict == "passed" and not result.backed_out
     assert_same_outputs(model, result.model)
+
+
+def _concat_of_forward_folds() -> onnx.ModelProto:
+    """Xception's pattern (tf2onnx): BNs fold forward into two Convs whose outputs a Concat joins, and the BN after
+    the Concat folds back per slice into the same Convs: their outputs then hold the later BN's values."""
+    rng = np.random.default_rng(3)
+    inits = {**bn_arrays(rng, 8, "f1"), **bn_arrays(rng, 8, "f2"), **bn_arrays(rng, 16, "cat")}
+    inits.update({f"w{k}": rng.normal(0, 0.3, (8, 8, k, k)).astype(F32) for k in (1, 3)})
+    inits.update({f"b{k}": rng.normal(0, 1, 8).astype(F32) for k in (1, 3)})
+    nodes = [
+        bn_node("x", "x1", "f1", name="bn_f1"),
+        bn_node("x", "x2", "f2", name="bn_f2"),
+        helper.make_node("Conv", ["x1", "w1", "b1"], ["conv1"], name="conv1"),
+        helper.make_node("Conv", ["x2", "w3", "b3"], ["conv2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Concat", ["conv1", "conv2"], ["cat"], axis=1),
+        bn_node("cat", "bn_cat", "cat", name="bn_cat"),
+        helper.make_node("Relu", ["bn_cat"], ["y"]),
+    ]
+    return make_model(nodes, [("x", F32, ["N", 8, 10, 10])], [("y", F32, ["N", 16, 10, 10])], inits)
+
+
+def test_a_concat_of_forward_folds_is_compared_where_the_map_went(tmp_path):
+    original = _concat_of_forward_folds()
+    source, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(original, source)
+    result = bnfold.fold_file(source, out)
+    assert result.check is not None and result.check.verdict == "passed"
+    assert not result.backed_out
+    assert {r.name: r.action for r in result.records if r.op == "BatchNormalization"}["bn_cat"] == "folded"
+    assert "conv1" not in {site.name for site in result.check.sites}
+    folded = onnx.load(out)
+    assert_same_outputs(original, folded)
+    verified = bnfold.verify(original, folded)
+    assert verified.verdict == "passed"
+    assert {site.name for site in verified.sites} == {site.name for site in result.check.sites}

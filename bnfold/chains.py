@@ -53,6 +53,7 @@ def affine_run(context: FoldContext, node: ir.Node, bns) -> tuple[set[ir.Node], 
 def _is_elementwise_candidate(context: FoldContext, node: ir.Node) -> bool:
     return (
         node.op_type in ELEMENTWISE_OPS
+        and node not in context.runtime_fused
         and in_default_domain(node)
         and len(node.inputs) == 2
         and _data_input(context, node) is not None

@@ -106,7 +106,7 @@ def _leftover_affine(ledger: Ledger, context: FoldContext, node: ir.Node) -> tup
     state = ledger.bns.get(node)
     if state is not None:
         return (0, state.map) if state.pending and not state.map.per_element else None
-    if node.op_type not in ELEMENTWISE_OPS or node in ledger.created_by:
+    if node.op_type not in ELEMENTWISE_OPS or node in ledger.created_by or node in context.runtime_fused:
         return None
     try:
         found = read_elementwise(node, context.resolver.value_of, context.types.rank, context.types.dim)

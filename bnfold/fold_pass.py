@@ -42,6 +42,7 @@ from bnfold import reparam
 from bnfold.affine import ELEMENTWISE_OPS, AffineParams, read_elementwise
 from bnfold.batchnorm import read_params, training_reason
 from bnfold.chains import affine_run
+from bnfold.fusions import runtime_fused
 from bnfold.collapse import collapse_leftovers
 from bnfold.constants import ConstantResolver
 from bnfold.ir_walk import ir_graphs
@@ -121,6 +122,10 @@ class _Run:
             function_graphs=frozenset(s.graph for s in self.scopes if s.in_function),
             refused=options.refused,
         )
+        shared = dataclasses.replace(
+            shared,
+            runtime_fused=runtime_fused((s.graph for s in self.scopes), shared.resolver.value_of, shared.types.rank),
+        )
         self.contexts = {s.graph: dataclasses.replace(shared, opset=s.opsets.get("", 1)) for s in self.scopes}
         bns = {node: BnState(node.name or "(unnamed BatchNormalization)", scope) for node, scope in batch_norms(model)}
         self.ledger = Ledger(bns, progress)
@@ -179,6 +184,10 @@ class _Run:
         refusal = self.options.refused.get(refusal_key(node.name or ""))
         if refusal is not None:
             self.ledger.left[node] = (scope, refusal)
+            return False
+        fused = context.runtime_fused.get(node)
+        if fused is not None:
+            self.ledger.kept_for_runtime[node] = (scope, fused)
             return False
         try:
             found = read_elementwise(node, context.resolver.value_of, context.types.rank, context.types.dim)

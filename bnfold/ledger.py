@@ -78,6 +78,7 @@ class Ledger:
         self.created_by: dict[ir.Node, BnState] = {}  # a conversion's Mul/Add -> its BN
         self.superseded: dict[ir.Value, ir.Value] = {}  # a value a later fold changed -> where that shows
         self.left: dict[ir.Node, tuple[Scope, str]] = {}  # elementwise nodes that did not fold, with the reason
+        self.kept_for_runtime: dict[ir.Node, tuple[Scope, str]] = {}  # left for a fusion of onnxruntime's
         self.folded_at: dict[ir.Value, list[BnState]] = {}  # a value a BN's fold changed -> those BNs
 
     # --- as the folds happen ----------------------------------------------------------------------
@@ -185,6 +186,10 @@ class Ledger:
             record(node.name or f"({node.op_type})", "skipped", reason=reason, scope=scope, op=node.op_type)
             for node, (scope, reason) in self.left.items()
             if node.graph is not None and node not in self.created_by and still_in_chain(scope, node)
+        ]
+        records += [
+            record(node.name or f"({node.op_type})", "kept", node.op_type, reason, scope, op=node.op_type)
+            for node, (scope, reason) in self.kept_for_runtime.items()
         ]
         return records, _attributed(claims), sandwiches
 

@@ -89,7 +89,7 @@ def fold_backward(ctx: FoldContext, affine: AffineNode) -> Folded:
     bias_add = _bias_add(ctx, producer, user, trace)
     if bias_add is not None:  # its output changes too: nothing but the path to the map may read it
         _read_only_by_path(bias_add, _output_read_by(user, bias_add))
-        user, producer = bias_add, bias_add_producer(bias_add)
+        user, producer = bias_add, bias_add_producer(ctx, bias_add)
     output, producer = _foldable_producer(user, _output_read_by(user, producer), producer)
     _check_feature_axis(ctx, producer, trace.axis)
     if bias_add is not None:
@@ -132,7 +132,7 @@ def _bias_add(ctx: FoldContext, producer: ir.Node | None, user: ir.Node, trace) 
     constants = [ctx.resolver.value_of(value) for value in producer.inputs]
     if (constants[0] is None) == (constants[1] is None):
         return None
-    source = bias_add_producer(producer)
+    source = bias_add_producer(ctx, producer)
     if source is None or source.op_type != "MatMul" or not in_default_domain(source):
         return None
     if matmul.output_rank(ctx, source) in (None, 2):
@@ -140,8 +140,9 @@ def _bias_add(ctx: FoldContext, producer: ir.Node | None, user: ir.Node, trace) 
     return producer
 
 
-def bias_add_producer(add: ir.Node) -> ir.Node | None:
-    data = next((value for value in add.inputs if value is not None and value.producer() is not None), None)
+def bias_add_producer(ctx: FoldContext, add: ir.Node) -> ir.Node | None:
+    """The producer of the Add's computed input (its bias may come from a node too: an exporter's Identity)."""
+    data = next((v for v in add.inputs if v is not None and ctx.resolver.value_of(v) is None), None)
     return None if data is None else data.producer()
 
 

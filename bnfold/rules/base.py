@@ -39,6 +39,8 @@ class FoldContext:
     opset: int  # the default-domain opset of the graph or function being folded
     function_graphs: frozenset[ir.Graph] = frozenset()  # bodies that cannot hold initializers
     refused: Mapping[str, str] = field(default_factory=dict)  # Cast sandwiches a check refused: key -> reason
+    # Mul/Add/Sub/Div of a pattern onnxruntime fuses (fusions.py) -> why it stays
+    runtime_fused: Mapping[ir.Node, str] = field(default_factory=dict)
 
     def kernel(self, node: ir.Node, index: int = 1, role: str = "weight") -> np.ndarray:
         """A convolution kernel [C, C', k…] (rank ≥ 3) at input `index`; Skip otherwise."""

@@ -42,9 +42,9 @@ from bnfold import reparam
 from bnfold.affine import ELEMENTWISE_OPS, AffineParams, read_elementwise
 from bnfold.batchnorm import read_params, training_reason
 from bnfold.chains import affine_run
-from bnfold.fusions import runtime_fused
 from bnfold.collapse import collapse_leftovers
 from bnfold.constants import ConstantResolver
+from bnfold.fusions import runtime_fused
 from bnfold.ir_walk import ir_graphs
 from bnfold.ledger import BnState, Ledger, Scope
 from bnfold.moves import AffineNode, Folded, fold_backward, fold_forward, prepare_forward

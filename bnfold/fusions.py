@@ -87,10 +87,8 @@ def _constant_side(node: ir.Node, value_of: ValueOf) -> tuple[ir.Value, np.ndarr
     return node.inputs[index], constants[1 - index]  # type: ignore[return-value]
 
 
-def _near(node: ir.Node | None, value_of: ValueOf, *targets: float) -> bool:
+def _near(node: ir.Node, value_of: ValueOf, *targets: float) -> bool:
     """Whether `node` multiplies/adds/... by one number close to one of `targets`."""
-    if node is None:
-        return False
     side = _constant_side(node, value_of)
     if side is None or side[1].size != 1 or side[1].dtype.kind != "f":
         return False
@@ -98,42 +96,44 @@ def _near(node: ir.Node | None, value_of: ValueOf, *targets: float) -> bool:
     return any(abs(number - target) <= 1e-3 * abs(target) for target in targets)
 
 
-def _half_mul(join: ir.Node, x: ir.Value, value_of: ValueOf) -> ir.Node | None:
+def _half_mul(join: ir.Node, x: ir.Value | None, value_of: ValueOf) -> ir.Node | None:
     """GELU's 0.5: after the join (pattern 2), or on x before it (pattern 1)."""
     after = _only_user(join.outputs[0], "Mul")
-    if _near(after, value_of, 0.5):
+    if after is not None and _near(after, value_of, 0.5):
         return after
-    before = next((_op(v, "Mul") for v in join.inputs if _op(v, "Mul") is not None), None)
-    if before is not None and x in before.inputs and _near(before, value_of, 0.5):
+    before = next((node for node in (_op(v, "Mul") for v in join.inputs) if node is not None), None)
+    if before is not None and x is not None and x in before.inputs and _near(before, value_of, 0.5):
         return before
     return None
 
 
+def _gelu_tail(nonlinear: ir.Node, x: ir.Value | None, value_of: ValueOf) -> list[ir.Node]:
+    """After GELU's Erf or Tanh: its Add(1) and the 0.5 Mul, or [] when they are not there."""
+    add = _only_user(nonlinear.outputs[0], "Add")
+    join = _only_user(add.outputs[0], "Mul") if add is not None and _near(add, value_of, 1.0) else None
+    half = _half_mul(join, x, value_of) if join is not None else None
+    return [add, half] if add is not None and half is not None else []
+
+
 def _gelu_erf(erf: ir.Node, value_of: ValueOf, rank: RankOf) -> list[ir.Node]:
     div = _op(erf.inputs[0], "Div")
-    if not _near(div, value_of, float(np.sqrt(2.0)), 1.4142099618911743):
+    if div is None or not _near(div, value_of, float(np.sqrt(2.0)), 1.4142099618911743):
         return []
-    add = _only_user(erf.outputs[0], "Add")
-    join = _only_user(add.outputs[0], "Mul") if _near(add, value_of, 1.0) else None
-    half = _half_mul(join, div.inputs[0], value_of) if join is not None else None  # type: ignore[union-attr]
-    return [div, add, half] if half is not None else []  # type: ignore[list-item]
+    tail = _gelu_tail(erf, div.inputs[0], value_of)
+    return [div, *tail] if tail else []
 
 
 def _gelu_tanh(tanh: ir.Node, value_of: ValueOf, rank: RankOf) -> list[ir.Node]:
     scale = _op(tanh.inputs[0], "Mul")
-    if not _near(scale, value_of, float(np.sqrt(2 / np.pi))):
+    side = _constant_side(scale, value_of) if scale is not None else None
+    if scale is None or side is None or not _near(scale, value_of, float(np.sqrt(2 / np.pi))):
         return []
-    add = _only_user(tanh.outputs[0], "Add")
-    join = _only_user(add.outputs[0], "Mul") if _near(add, value_of, 1.0) else None
-    if join is None:
-        return []
-    inner = _op(_constant_side(scale, value_of)[0], "Add")  # type: ignore[index,arg-type]
-    cubic = [
-        node for node in (_op(v, "Mul") for v in (inner.inputs if inner else ())) if _near(node, value_of, 0.044715)
-    ]
-    x = next((v for v in (inner.inputs if inner else ()) if _op(v, "Mul") not in cubic), None)
-    half = _half_mul(join, x, value_of) if x is not None else None
-    return [scale, add, *cubic, half] if half is not None and cubic else []  # type: ignore[list-item]
+    inner = _op(side[0], "Add")  # x + 0.044715·x³
+    terms = list(inner.inputs) if inner is not None else []
+    cubic = [node for node in (_op(v, "Mul") for v in terms) if node is not None and _near(node, value_of, 0.044715)]
+    x = next((v for v in terms if v is not None and _op(v, "Mul") not in cubic), None)
+    tail = _gelu_tail(tanh, x, value_of)
+    return [scale, *cubic, *tail] if tail and cubic else []
 
 
 def _sigmoid_gate(sigmoid: ir.Node, value_of: ValueOf, rank: RankOf) -> list[ir.Node]:
@@ -142,13 +142,13 @@ def _sigmoid_gate(sigmoid: ir.Node, value_of: ValueOf, rank: RankOf) -> list[ir.
     if side is None or side[1].size != 1:
         return []
     join = _only_user(sigmoid.outputs[0], "Mul")
-    return [scale] if join is not None and side[0] in join.inputs else []  # type: ignore[list-item]
+    return [scale] if scale is not None and join is not None and side[0] in join.inputs else []
 
 
 def _normalization(sqrt: ir.Node, value_of: ValueOf, rank: RankOf) -> list[ir.Node]:
     epsilon = _op(sqrt.inputs[0], "Add")
     side = _constant_side(epsilon, value_of) if epsilon is not None else None
-    if side is None or side[1].size != 1 or _op(side[0], "ReduceMean") is None:
+    if epsilon is None or side is None or side[1].size != 1 or _op(side[0], "ReduceMean") is None:
         return []
     normalize = _only_user(sqrt.outputs[0], "Div")
     reciprocal = _only_user(sqrt.outputs[0], "Reciprocal") if normalize is None else None
@@ -158,7 +158,7 @@ def _normalization(sqrt: ir.Node, value_of: ValueOf, rank: RankOf) -> list[ir.No
         return []
     gamma = _only_user(normalize.outputs[0], "Mul")
     if gamma is None or _constant_side(gamma, value_of) is None:
-        return [epsilon]  # type: ignore[list-item]
+        return [epsilon]
     beta = _only_user(gamma.outputs[0], "Add")
     beta = beta if beta is not None and _constant_side(beta, value_of) is not None else None
     return [node for node in (epsilon, gamma, beta) if node is not None]
@@ -208,9 +208,9 @@ def _matmul_bias(matmul: ir.Node, value_of: ValueOf, rank: RankOf) -> list[ir.No
         return []  # bnfold makes MatMul + Add one Gemm itself (rules/matmul.py)
     add = _only_user(matmul.outputs[0], "Add")
     side = _constant_side(add, value_of) if add is not None else None
-    if side is None or side[1].ndim == 0 or any(d != 1 for d in side[1].shape[:-1]):
+    if add is None or side is None or side[1].ndim == 0 or any(d != 1 for d in side[1].shape[:-1]):
         return []
-    return [add]  # type: ignore[list-item]
+    return [add]
 
 
 RUNTIME_FUSED: tuple[FusedPattern, ...] = (

@@ -16,19 +16,45 @@ Constant nodes count as initializers (the session lists them as such, runnable.p
 The nudged copies are held while the run lasts, within NUDGE_BUDGET bytes, smallest first:
 on a model larger than that, the large weights keep their values and
 the inputs and the small constants (every BN's statistics) carry the noise.
+
+Weights (more than NUDGE_MAX_ELEMENTS values) keep their values: a constant fed at
+run time is not pre-packed by onnxruntime, which makes the run 2-3x slower.
+
+That noise comes from perturbations at the inputs and at the BN/bias constants; it
+reaches a value smoothly, through every layer between. A fold changes rounding inside
+every layer it rewrites, and rounding is white: independent per element. Where a
+layer cancels (a kernel whose taps nearly sum to zero, a channel far smaller than
+its inputs), white noise in its input is amplified far more than a smooth one, and a
+correct fold of a deep, reparameterized model (MobileOne) can exceed the first
+noise at such a channel. So when a site fails, the check measures again on a copy
+of the original where every layer with a constant weight (Conv, ConvTranspose,
+Gemm, MatMul, BatchNormalization) sees its input times 1 + u, u uniform in ±ε per
+element (RandomUniformLike, seeded): the white rounding noise of the layer before
+(`perturb_layer_inputs`), and judges again (equivalence.py). Only then: the extra
+nodes cost every run. Such a deviation is quantized: it is one rounding step of a
+large upstream value flipping or not, so one run can miss it (two runs' flips can
+even cancel). The white-noise run is made WHITE_RUNS times (the generator moves on
+each run, reproducibly), and each value takes, element by element, the run farthest
+from the plain one (`farthest`), the first noise run included.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from bnfold.sources import Source
+
+logger = logging.getLogger(__name__)
+
 NUDGE_BUDGET = 64 * 1024 * 1024
+WHITE_RUNS = 3
 # Larger tensors (weights) keep their values: a constant fed at run time is not pre-packed by onnxruntime,
 # which made every run of the original 2-3x slower on ResNet-50.
 NUDGE_MAX_ELEMENTS = 16 * 1024
@@ -117,6 +143,19 @@ def constant_tensors(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
     return found
 
 
+def nudged_runs(
+    session, constants: list[onnx.TensorProto], base_dir: Path | None, feeds: Sequence[Mapping], seed: int
+) -> list[dict[str, np.ndarray]] | None:
+    """The original once more on `session` (where `constants` are overridable), with its inputs and `constants`
+    nudged by a rounding step; None if that fails."""
+    try:
+        overrides = nudged_constants(constants, base_dir, seed)
+        return [session.run({**nudged_feeds(feed, seed), **overrides}) for feed in feeds]
+    except Exception as error:  # noqa: BLE001 - without it the fixed tolerances judge
+        logger.info("no noise run of the original (fixed tolerances instead): %s", str(error).splitlines()[0])
+        return None
+
+
 def nudged_constants(tensors: list[onnx.TensorProto], base_dir: Path | None, seed: int) -> dict[str, np.ndarray]:
     """Each tensor's values times 1 ± ε (ε of its own type)."""
     rng = np.random.default_rng(seed)
@@ -142,3 +181,73 @@ def _nudge(array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _nbytes(tensor: onnx.TensorProto) -> int:
     return int(np.prod(tensor.dims, dtype=np.int64)) * _FLOATS[int(tensor.data_type)].itemsize
+
+
+# Layers whose input 0 a fold's rounding reaches, when their input 1 (the weight, or BN's scale) is a constant.
+_LAYERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization"})
+
+
+def perturb_layer_inputs(graph: onnx.GraphProto, seed: int) -> None:
+    """Multiply input 0 of every layer of `graph` with a constant float weight by 1 + u, u uniform in ±ε of the
+    weight's type, drawn per element by a seeded RandomUniformLike node (a new one for every run)."""
+    weights = {tensor.name: tensor.data_type for tensor in graph.initializer if tensor.data_type in _FLOATS}
+    nodes: list[onnx.NodeProto] = []
+    for index, node in enumerate(graph.node):
+        dtype = weights.get(node.input[1]) if len(node.input) > 1 else None
+        if node.op_type in _LAYERS and node.domain in ("", "ai.onnx") and dtype is not None and node.input[0]:
+            nodes.extend(_perturbation(node, index, _FLOATS[dtype], seed))
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _perturbation(node: onnx.NodeProto, index: int, dtype: np.dtype, seed: int) -> list[onnx.NodeProto]:
+    """Nodes computing input 0 of `node` times 1 + u; `node` then reads that instead."""
+    prefix = f"bnfold_rounding_{index}"
+    epsilon = float(np.finfo(dtype).eps)
+    source, node.input[0] = node.input[0], f"{prefix}_x"
+    make = onnx.helper.make_node
+    return [
+        make("RandomUniformLike", [source], [f"{prefix}_u"], low=-epsilon, high=epsilon, seed=float(seed + index)),
+        make("Constant", [], [f"{prefix}_one"], value=numpy_helper.from_array(np.array(1, dtype))),
+        make("Add", [f"{prefix}_u", f"{prefix}_one"], [f"{prefix}_factor"]),
+        make("Mul", [source, f"{prefix}_factor"], [f"{prefix}_x"]),
+    ]
+
+
+Runs = list[dict[str, np.ndarray]]  # one dict of values per draw
+
+
+def farthest(expected: Runs, noise_runs: Sequence[Runs]) -> Runs:
+    """Per draw and value: element by element, the noise run's value farthest from the plain run's."""
+    combined: Runs = []
+    for index, plain in enumerate(expected):
+        merged: dict[str, np.ndarray] = {}
+        for name, value in plain.items():
+            best = noise_runs[0][index][name]
+            for other in noise_runs[1:]:
+                candidate = other[index][name]
+                if value.dtype.kind == "f" and candidate.shape == best.shape == value.shape:
+                    with np.errstate(invalid="ignore", over="ignore"):  # ±inf - ±inf: such positions keep `best`
+                        best = np.where(np.abs(candidate - value) > np.abs(best - value), candidate, best)
+            merged[name] = best
+        combined.append(merged)
+    return combined
+
+
+def with_white_noise(
+    source: Source, extra_outputs: list[str], feeds: Sequence[Mapping], seed: int, expected: Runs, noise: Runs
+) -> Runs:
+    """`noise` widened by WHITE_RUNS runs of the original with white rounding noise at every layer's input (and the
+    inputs and small constants nudged as before); `noise` itself when that cannot run."""
+    constants = nudgeable(source.proto)
+    try:
+        session = source.session(extra_outputs, constants, lambda graph: perturb_layer_inputs(graph, seed))
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises many types; the first noise stands
+        logger.info("no white-noise run of the original: %s", str(error).splitlines()[0])
+        return noise
+    try:
+        runs = [nudged_runs(session, constants, source.base_dir, feeds, seed) for _ in range(WHITE_RUNS)]
+    finally:
+        session.close()
+    return farthest(expected, [noise, *(run for run in runs if run is not None)])

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -80,15 +80,19 @@ def open_session(
     base_dir: Path | None,
     extra_outputs: Iterable[str] = (),
     overridable: Iterable[onnx.TensorProto] = (),
+    edit: Callable[[onnx.GraphProto], None] | None = None,
 ) -> Session:
     """A session of `model` (as loaded, external data not read) that also returns `extra_outputs`.
 
     The `overridable` initializers are also listed as graph inputs: a run may feed other values for them.
+    `edit`, when given, changes the session's copy of the main graph (never `model`).
     """
     import onnxruntime as ort
 
     skeleton, names, arrays = _skeleton(model, list(extra_outputs))
     _make_overridable(skeleton.graph, list(overridable))
+    if edit is not None:
+        edit(skeleton.graph)
     options = session_options()
     values = [ort.OrtValue.ortvalue_from_numpy(array) for array in arrays]
     if names:

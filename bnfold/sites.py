@@ -155,9 +155,9 @@ def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
 
 
 def _took_a_map(name: str, consumers: dict[str, list[onnx.NodeProto]], folded: dict[str, onnx.NodeProto]) -> bool:
-    """Whether `name` reaches, through layout nodes and Concats only and single uses, an affine node of the original that the
-    folded model no longer has: a fold moved that map into `name`'s producer (Gemm → Reshape → Transpose → BN),
-    so `name` holds other values now, and what the map computed is compared at its output."""
+    """Whether `name` reaches, through layout nodes and Concats only and single uses, an affine node of the
+    original that the folded model no longer has: a fold moved that map into `name`'s producer (Gemm → Reshape →
+    Transpose → BN), so `name` holds other values now, and what the map computed is compared at its output."""
     for _ in range(64):
         users = consumers.get(name, [])
         if len(users) != 1 or not users[0].output:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,8 +26,13 @@ class Source:
     proto: onnx.ModelProto
     base_dir: Path | None
 
-    def session(self, extra_outputs: Iterable[str] = (), overridable: Iterable[onnx.TensorProto] = ()) -> Session:
-        return open_session(self.proto, self.base_dir, extra_outputs, overridable)
+    def session(
+        self,
+        extra_outputs: Iterable[str] = (),
+        overridable: Iterable[onnx.TensorProto] = (),
+        edit: Callable[[onnx.GraphProto], None] | None = None,
+    ) -> Session:
+        return open_session(self.proto, self.base_dir, extra_outputs, overridable, edit)
 
     def with_data(self) -> onnx.ModelProto:
         """A copy with every tensor's data inline (for the float32 conversions)."""

@@ -218,7 +218,9 @@ RUNTIME_FUSED: tuple[FusedPattern, ...] = (
     FusedPattern("GELU (tanh form)", "Tanh", _gelu_tanh),
     FusedPattern("QuickGELU/Swish", "Sigmoid", _sigmoid_gate),
     FusedPattern("LayerNorm/RMSNorm", "Sqrt", _normalization),
-    FusedPattern("attention's score scaling", "Softmax", _attention_scaling),
+    FusedPattern(
+        "attention's score scaling", "Softmax", _attention_scaling, "{name} (runtime fuses it into the MatMul)"
+    ),
     FusedPattern("MatMul's bias", "MatMul", _matmul_bias, "{name} (runtime fuses MatMul+Add into Gemm)"),
 )
 

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
+from runtime_cost import assert_runtime_not_costlier
 
 import bnfold
 
@@ -173,12 +174,14 @@ def affine_node_total(model: onnx.ModelProto) -> int:
 
 
 def assert_never_costlier(original: onnx.ModelProto, folded: onnx.ModelProto) -> None:
-    """No more nodes, and no more per-channel affine nodes, than the original had."""
+    """No more nodes, and no more per-channel affine nodes, than the original had; and after onnxruntime's own
+    optimization, no more nodes and no fused op lost (runtime_cost.py)."""
     assert node_total(folded) <= node_total(original), (node_total(original), node_total(folded))
     assert affine_node_total(folded) <= affine_node_total(original), (
         affine_node_total(original),
         affine_node_total(folded),
     )
+    assert_runtime_not_costlier(original, folded)
 
 
 def only_record(records):

@@ -1,9 +1,8 @@
 """Activation and normalization patterns written out as ops, the way exporters emit them, between linear layers.
 
 Each `*_block` takes a Graph (builders.transformer) and a value, and returns the pattern's output.
-`pattern_net(name)` wraps one pattern as Linear → BN-like scale → pattern → Linear on a rank-3 input
-([batch, tokens, width]), so that bnfold has a neighbouring linear layer to fold the pattern's constants
-into and onnxruntime has the pattern to fuse.
+`pattern_net(name)` puts one pattern between two linear layers, so that bnfold has a neighbouring linear
+layer to fold the pattern's constants into and onnxruntime has the pattern to fuse.
 """
 
 from __future__ import annotations
@@ -74,16 +73,60 @@ PATTERNS = {
     "rms_norm": lambda g, x, w: rms_norm(g, x, "norm", w),
     "attention": lambda g, x, w: scaled_scores(g, x, "attn", w),
 }
+NORMS = ("layer_norm", "rms_norm")
 
 
-def pattern_net(name: str, width: int = 16, tokens: int = 5, batch: int = 2, seed: int = 0):
-    """Linear → per-feature Mul (a folded-away BN's kind of neighbour) → pattern → Linear, on [B, T, width]."""
+def conv1x1(g: Graph, x: str, name: str, cin: int, cout: int) -> str:
+    weight = g.weight(f"{name}.weight", (cout, cin, 1, 1), 1 / np.sqrt(cin))
+    return g.op("Conv", [x, weight, g.const(f"{name}.bias", g.rng.normal(0, 0.1, cout).astype(F32))])
+
+
+def pattern_net(name: str, width: int = 16, seed: int = 0):
+    """One pattern between two linear layers, each pattern where exporters put it: an activation between 1×1
+    Convs (ConvMlp, MBConv: [N, C, H, W], channel axis 1, a map folds forward into the next Conv), a norm over
+    the features of a rank-2 Linear ([N, C]), attention on tokens ([B, T, C])."""
     g = Graph(seed)
-    x = linear(g, "x", "fc1", 8, width)
-    x = g.op("Mul", [x, g.const("scale", g.rng.uniform(0.5, 1.5, width).astype(F32))])
-    x = PATTERNS[name](g, x, width)
-    y = linear(g, x, "fc2", width, 4)
+    if name in NORMS:
+        x = g.op("Gemm", ["x", g.weight("fc1.weight", (8, width), 0.3), g.const("fc1.bias", np.zeros(width, F32))])
+        y = g.op("Gemm", [PATTERNS[name](g, x, width), g.weight("fc2.weight", (width, 4), 0.3)])
+        shapes = ([2, 8], [2, 4])
+    elif name == "attention":
+        y = linear(g, PATTERNS[name](g, linear(g, "x", "fc1", 8, width), width), "fc2", width, 4)
+        shapes = ([2, 5, 8], [2, 5, 4])
+    else:
+        y = conv1x1(g, PATTERNS[name](g, conv1x1(g, "x", "fc1", 8, width), width), "fc2", width, 4)
+        shapes = ([1, 8, 4, 4], [1, 4, 4, 4])
     return g.model(
-        [helper.make_tensor_value_info("x", 1, [batch, tokens, 8])],
-        [helper.make_tensor_value_info(y, 1, [batch, tokens, 4])],
+        [helper.make_tensor_value_info("x", 1, shapes[0])],
+        [helper.make_tensor_value_info(y, 1, shapes[1])],
+    )
+
+
+def conv_gelu_bn_net(seed: int = 0):
+    """torch's Conv → GELU → BN → Conv(3×3, zero padding) → Hardswish → BN → Conv(1×1), GELU written out."""
+    g = Graph(seed)
+
+    def conv(x: str, name: str, cin: int, cout: int, kernel: int) -> str:
+        weight = g.weight(f"{name}.weight", (cout, cin, kernel, kernel), 1 / np.sqrt(cin * kernel * kernel))
+        bias = g.const(f"{name}.bias", g.rng.normal(0, 0.1, cout).astype(F32))
+        return g.op("Conv", [x, weight, bias], pads=[kernel // 2] * 4)
+
+    def bn(x: str, name: str, channels: int) -> str:
+        params = [
+            g.const(f"{name}.{part}", values.astype(F32))
+            for part, values in (
+                ("weight", g.rng.uniform(0.5, 1.5, channels)),
+                ("bias", g.rng.normal(0, 0.2, channels)),
+                ("running_mean", g.rng.normal(0, 0.2, channels)),
+                ("running_var", g.rng.uniform(0.5, 2.0, channels)),
+            )
+        ]
+        return g.op("BatchNormalization", [x, *params])
+
+    x = bn(gelu(g, conv("x", "c1", 3, 8, 3), "g"), "b1", 8)
+    x = bn(g.op("HardSwish", [conv(x, "c2", 8, 16, 3)]), "b2", 16)
+    y = conv(x, "c3", 16, 4, 1)
+    return g.model(
+        [helper.make_tensor_value_info("x", 1, [1, 3, 12, 12])],
+        [helper.make_tensor_value_info(y, 1, [1, 4, 12, 12])],
     )

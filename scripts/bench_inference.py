@@ -77,11 +77,13 @@ def inference_models(paths: list[Path], work: Path) -> list[tuple[str, Path, int
     from bench_models import BATCH, BUILDERS
 
     models = [(p.name, p, 1) for p in sorted((ROOT / "models").glob("*.onnx"))]
-    for name in ("resnet18", "preact_resnet", "densenet121", "mlp"):
-        build = BUILDERS[name]
+    from bench_transformers import BUILDERS as FUSED_PATTERN_BUILDERS
+
+    builders = {name: BUILDERS[name] for name in ("resnet18", "preact_resnet", "densenet121", "mlp")}
+    for name, build in {**builders, **FUSED_PATTERN_BUILDERS}.items():
         path = work / f"{name}.onnx"
         onnx.save(build(), path)
-        models.append((name, path, BATCH[name]))
+        models.append((name, path, BATCH.get(name, 1)))
     return models
 
 

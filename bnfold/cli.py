@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import traceback
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,8 @@ def run(
     bnfold a.onnx b.onnx models/ -o out/   batch; --jobs N for parallel processes
     """
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="bnfold: %(message)s")
+    if not debug:  # the process is ours: a library's warning (numpy's RuntimeWarning) is a detail for --debug
+        warnings.simplefilter("ignore")
     fmt = Format.json if json_out else output_format
     from bnfold.render import View
 

@@ -50,10 +50,13 @@ def _check_inline_extent(tensor: onnx.TensorProto, info: dict[str, str], path: P
     """A large inline tensor read by reference (wire.py): it must hold exactly as much data as its dims claim."""
     itemsize = itemsize_of(tensor.data_type)
     claimed = None if itemsize is None else math.prod(tensor.dims) * itemsize
-    held = int(info.get("length", "0"))
+    try:
+        held, offset = int(info.get("length", "0")), int(info.get("offset", "0"))
+    except ValueError:
+        raise InputError(f"{label}: tensor '{tensor.name}': offset/length are not integers") from None
     if claimed is not None and held != claimed:
         raise InputError(f"{label}: tensor '{tensor.name}' claims {claimed} bytes but holds {held}")
-    if int(info.get("offset", "0")) + held > path.stat().st_size:
+    if offset < 0 or held < 0 or offset + held > path.stat().st_size:
         raise InputError(f"{label}: tensor '{tensor.name}' lies past the end of the file")
 
 
@@ -61,16 +64,21 @@ def _checked_file_size(base: Path, location: str, where: str) -> int:
     """The size of the data file at `location`, once it is known to be a file inside `base`."""
     if not location:
         raise InputError(f"{where} has no location")
+    if any(ord(char) < 32 for char in location):
+        raise InputError(f"{where}: location {location!r} holds a control character")
     if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location:
         raise InputError(f"{where}: absolute location '{location}' is refused")
     if ".." in location.replace("\\", "/").split("/"):
         raise InputError(f"{where}: location '{location}' leaves the model's folder")
-    target = (base / location).resolve()
-    if base not in target.parents:
-        raise InputError(f"{where}: location '{location}' leads outside the model's folder")
-    if not target.is_file():
-        raise InputError(f"{where}: file '{location}' does not exist")
-    status = target.stat()
+    try:
+        target = (base / location).resolve()
+        if base not in target.parents:
+            raise InputError(f"{where}: location '{location}' leads outside the model's folder")
+        if not target.is_file():
+            raise InputError(f"{where}: file '{location}' does not exist")
+        status = target.stat()
+    except (OSError, ValueError) as error:  # a name too long, a loop of links
+        raise InputError(f"{where}: cannot read '{location}' ({getattr(error, 'strerror', None) or error})") from None
     if status.st_nlink > 1:  # onnx-ir refuses these too: the other name could be any file on the disk
         raise InputError(
             f"{where}: file '{location}' has {status.st_nlink} hard links, so it could be "

@@ -42,7 +42,7 @@ def bn_parameters(scale, shift, epsilon: float) -> tuple[np.ndarray, np.ndarray,
 
 def round_to(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Round float64 `values` once to `dtype`; refuse values the dtype cannot hold."""
-    with np.errstate(over="ignore"):  # overflow is detected and reported below
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected and reported below
         rounded = np.asarray(values).astype(dtype, copy=False)  # already `dtype`: rounded already
     if np.isfinite(rounded).all():  # the common case: one pass over the narrow result
         return rounded

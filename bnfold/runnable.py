@@ -64,6 +64,11 @@ class Session:
         self._keep_alive = []
 
 
+def lacks_kernel(error: BaseException | None) -> bool:
+    """Whether onnxruntime refused a model only for want of a kernel (NOT_IMPLEMENTED)."""
+    return error is not None and (type(error).__name__ == "NotImplemented" or "NOT_IMPLEMENTED" in str(error))
+
+
 def session_options():
     import onnxruntime as ort  # slow to import, and only the check needs it
 

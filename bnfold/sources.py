@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from bnfold.errors import InputError
-from bnfold.runnable import Session, open_session
+from bnfold.errors import InputError, first_line
+from bnfold.runnable import Session, lacks_kernel, open_session
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -33,6 +33,14 @@ class Source:
         edit: Callable[[onnx.GraphProto], None] | None = None,
     ) -> Session:
         return open_session(self.proto, self.base_dir, extra_outputs, overridable, edit)
+
+    def load_refusal(self) -> str | None:
+        """Why onnxruntime does not load this model as it is, other than a missing kernel; None when it loads."""
+        try:
+            self.session().close()
+        except Exception as error:  # noqa: BLE001 - onnxruntime raises many types
+            return None if lacks_kernel(error) else first_line(error)
+        return None
 
     def with_data(self) -> onnx.ModelProto:
         """A copy with every tensor's data inline (for the float32 conversions)."""

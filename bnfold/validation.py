@@ -14,6 +14,7 @@ from pathlib import Path
 import onnx
 
 from bnfold.errors import InputError, first_line
+from bnfold.node_schema import NodeChecker
 from bnfold.proto_walk import node_graphs
 
 # Types packed several elements to a byte: their element counts are not field lengths.
@@ -22,6 +23,12 @@ _SUB_BYTE_TYPES = frozenset(
     for name in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
     if hasattr(onnx.TensorProto, name)
 )
+_SUB_BYTE_BITS = {
+    getattr(onnx.TensorProto, name): bits
+    for name, bits in (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2))
+    if hasattr(onnx.TensorProto, name)
+}
+_KNOWN_TYPES = frozenset(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
 _TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
 _COMPLEX_TYPES = frozenset({onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128})
 _ITEMSIZES: dict[int, int] = {
@@ -115,16 +122,18 @@ def validate_proto(proto: onnx.ModelProto, label: str) -> list[onnx.TensorProto]
         if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type == 0:
             raise InputError(f"{label}: graph input or output '{value.name}' has no element type (elem_type 0)")
     tensors: list[onnx.TensorProto] = []
-    _check_graph_structure(proto.graph, set(), label, tensors)
+    _check_graph_structure(proto.graph, set(), label, tensors, NodeChecker(proto, label, default_opset))
     for function in proto.functions:
         where = f"{label}: function {function.name}"
-        _check_node_order(function.node, set(function.input), function.output, where, tensors)
+        _check_node_order(function.node, set(function.input), function.output, where, tensors, None)
     for tensor in tensors:
         _check_tensor(tensor, label)
     return [tensor for tensor in tensors if tensor.data_location == onnx.TensorProto.EXTERNAL]
 
 
-def _check_graph_structure(graph: onnx.GraphProto, outer: set[str], label: str, tensors: list) -> None:
+def _check_graph_structure(
+    graph: onnx.GraphProto, outer: set[str], label: str, tensors: list, nodes: NodeChecker | None
+) -> None:
     _check_text(
         [graph.name, graph.doc_string, *(v.name for v in (*graph.input, *graph.output, *graph.value_info))],
         label,
@@ -136,11 +145,16 @@ def _check_graph_structure(graph: onnx.GraphProto, outer: set[str], label: str, 
     defined.update(value.name for value in graph.input)
     defined.update(tensor.name for tensor in graph.initializer)
     defined.update(sparse.values.name for sparse in graph.sparse_initializer)
-    _check_node_order(graph.node, defined, [o.name for o in graph.output], label, tensors)
+    if nodes is not None:
+        nodes.add_constants(graph.initializer)
+    _check_node_order(graph.node, defined, [o.name for o in graph.output], label, tensors, nodes)
 
 
-def _check_node_order(nodes, defined: set[str], outputs: Iterable[str], label: str, tensors: list) -> None:
-    """Every input must be defined before use (or later, if the graph is merely unsorted); every text UTF-8.
+def _check_node_order(
+    nodes, defined: set[str], outputs: Iterable[str], label: str, tensors: list, checker: NodeChecker | None
+) -> None:
+    """Every input must be defined before use (or later, if the graph is merely unsorted); every text UTF-8;
+    every node as its schema says (`checker`, node_schema.py; function bodies: None).
 
     Also collects the tensors held in attributes into `tensors`.
     """
@@ -158,8 +172,10 @@ def _check_node_order(nodes, defined: set[str], outputs: Iterable[str], label: s
                 unsorted = True
         if node.attribute:
             _check_attributes(
-                node, defined | produced if unsorted and produced is not None else defined, label, tensors
+                node, defined | produced if unsorted and produced is not None else defined, label, tensors, checker
             )
+        if checker is not None:
+            checker.check(node)
         defined.update(node.output)
     _check_node_texts(nodes, defined, label)
     defined.discard("")
@@ -170,14 +186,16 @@ def _check_node_order(nodes, defined: set[str], outputs: Iterable[str], label: s
         _refuse_cycles(nodes, label)
 
 
-def _check_attributes(node: onnx.NodeProto, outer: set[str], label: str, tensors: list) -> None:
+def _check_attributes(
+    node: onnx.NodeProto, outer: set[str], label: str, tensors: list, checker: NodeChecker | None
+) -> None:
     _check_text([attribute.name for attribute in node.attribute], label, "a node's")
     for attribute in node.attribute:
         if attribute.HasField("t"):
             tensors.append(attribute.t)
         tensors.extend(attribute.tensors)
     for subgraph in node_graphs(node):
-        _check_graph_structure(subgraph, outer, label, tensors)
+        _check_graph_structure(subgraph, outer, label, tensors, checker)
 
 
 def _check_node_texts(nodes, defined: set[str], label: str) -> None:
@@ -241,7 +259,15 @@ def _check_tensor(tensor: onnx.TensorProto, label: str) -> None:
         _check_text([name], label, "a tensor's")
     if data_type == onnx.TensorProto.UNDEFINED:
         raise InputError(f"{label}: tensor '{name}' has no element type (data_type 0)")
-    if tensor.data_location != onnx.TensorProto.EXTERNAL and data_type not in _SUB_BYTE_TYPES:
+    if data_type not in _KNOWN_TYPES:
+        raise InputError(f"{label}: tensor '{name}' has an unknown element type (data_type {data_type})")
+    if any(d < 0 for d in tensor.dims):
+        raise InputError(f"{label}: tensor '{name}' has a negative dimension {list(tensor.dims)}")
+    if data_type == onnx.TensorProto.STRING and (
+        tensor.HasField("raw_data") or tensor.data_location == onnx.TensorProto.EXTERNAL
+    ):
+        raise InputError(f"{label}: tensor '{name}' of strings keeps raw bytes; strings live in string_data")
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
         _check_inline_size(tensor, label)
 
 
@@ -250,14 +276,23 @@ def _check_inline_size(tensor: onnx.TensorProto, label: str) -> None:
     elements = math.prod(tensor.dims)
     if tensor.HasField("raw_data"):
         itemsize = _ITEMSIZES.get(tensor.data_type) or itemsize_of(tensor.data_type)
+        claimed = elements * itemsize if itemsize is not None else _packed_bytes(tensor.data_type, elements)
         held = len(tensor.raw_data)
-        if itemsize is not None and elements * itemsize != held:
-            raise InputError(f"{label}: tensor '{tensor.name}' claims {elements * itemsize} bytes but holds {held}")
+        if claimed is not None and claimed != held:
+            raise InputError(f"{label}: tensor '{tensor.name}' claims {claimed} bytes but holds {held}")
         return
+    if tensor.data_type in _SUB_BYTE_TYPES:
+        return  # packed into int32_data: several elements a value
     held = sum(len(getattr(tensor, field)) for field in _TYPED_FIELDS)
     expected = elements * (2 if tensor.data_type in _COMPLEX_TYPES else 1)
     if held != expected:
         raise InputError(f"{label}: tensor '{tensor.name}' claims {elements} elements but holds {held} values")
+
+
+def _packed_bytes(data_type: int, elements: int) -> int | None:
+    """Bytes of `elements` values of a type packed several to a byte (INT4: two), rounded up."""
+    bits = _SUB_BYTE_BITS.get(data_type)
+    return None if bits is None else (elements * bits + 7) // 8
 
 
 def itemsize_of(data_type: int) -> int | None:

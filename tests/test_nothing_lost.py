@@ -355,11 +355,12 @@ def test_over_long_path_components_are_exit_2(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["--dry-run", "--explain"])
-def test_mismatched_parameter_shapes_are_explained_not_crashed_on(tmp_path, mode):
+def test_mismatched_parameter_shapes_are_refused_not_crashed_on(tmp_path, mode):
     source = hostile_bn(tmp_path, "mismatch.onnx", params=5)
     result = invoke(source, *(["--explain", "bn"] if mode == "--explain" else [mode]))
-    assert result.exit_code == 0, result.output
-    assert "parameter shapes differ: (4,), (5,), (5,), (5,)" in result.stdout
+    assert result.exit_code == 2, result.output
+    assert "BatchNormalization 'bn' is malformed: its parameters' shapes differ" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 # --- 10. the batch and the API --------------------------------------------------------------------

@@ -125,9 +125,11 @@ def test_parameter_shape_not_matching_a_stated_channel_count():
     _assert_untouched(model, None, "parameter shape (5,) does not match channel count 4")
 
 
-def test_parameter_shapes_that_differ():
+def test_parameter_shapes_that_differ_are_invalid_input():
+    # not merely unfoldable: no runtime runs it (issue 21), so it is refused with the reason
     model = conv_bn(inits={"bn.mean": np.zeros(3, F32)})
-    _assert_untouched(model, None, "parameter shapes differ: (4,), (4,), (3,), (4,)")
+    with pytest.raises(bnfold.InputError, match=r"BatchNormalization 'bn' is malformed: its parameters' shapes differ"):
+        bnfold.fold(model)
 
 
 def test_variance_plus_epsilon_not_positive():

@@ -10,6 +10,8 @@ Notation (per channel c):  s = γ / sqrt(σ² + ε),  t = β − μ·s,  so BN(x
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -40,14 +42,28 @@ def bn_parameters(scale, shift, epsilon: float) -> tuple[np.ndarray, np.ndarray,
     return gamma, shift64, np.zeros_like(scale64), np.ones_like(scale64)
 
 
+# float32/float64 weights folded to within this factor of the type's largest value are refused: the layer's sums
+# of their products overflow where the original's smaller products, scaled afterwards, did not.
+HEADROOM = 2.0**16
+
+
 def round_to(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Round float64 `values` once to `dtype`; refuse values the dtype cannot hold."""
+    """Round float64 `values` once to `dtype`; refuse values the dtype cannot hold (float32/float64: with
+    HEADROOM to spare)."""
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected and reported below
         rounded = np.asarray(values).astype(dtype, copy=False)  # already `dtype`: rounded already
-    if np.isfinite(rounded).all():  # the common case: one pass over the narrow result
+    if not rounded.size or rounded.dtype.kind != "f":
         return rounded
-    if (np.isfinite(rounded) != np.isfinite(values)).any():
+    largest = max(abs(float(rounded.max())), abs(float(rounded.min())))  # two passes, no temporary
+    wide = rounded.dtype in (np.float32, np.float64)
+    if math.isfinite(largest) and not (wide and largest > float(np.finfo(rounded.dtype).max) / HEADROOM):
+        return rounded  # the common case
+    finite = np.isfinite(rounded)
+    if (finite != np.isfinite(values)).any():
         raise FoldOverflowError(f"folded values overflow {np.dtype(dtype).name}")
+    largest = float(np.max(np.abs(rounded[finite]), initial=0.0))
+    if wide and largest > float(np.finfo(rounded.dtype).max) / HEADROOM:
+        raise FoldOverflowError(f"folded values reach {largest:.3g}, too close to {rounded.dtype.name}'s largest")
     return rounded
 
 

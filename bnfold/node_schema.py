@@ -6,7 +6,8 @@ nothing. So, once, at the boundary (validation.py walks every node and calls `ch
 
 * every node's domain is one the model imports (or a model-local function's);
 * every attribute a default-domain op's schema defines has the schema's type
-  (a `spatial` given as a list of floats, a `group` given as a string);
+  (a `spatial` given as a list of floats, a `group` given as a string), and the op
+  has as many inputs and outputs as its schema allows;
 * a BatchNormalization is well formed: the five inputs its schema takes, no attribute
   its schema (at the model's opset) does not define, and its four parameters, where
   their shapes are stated (initializers, Constant nodes), of one shape and, unless
@@ -42,6 +43,8 @@ class NodeChecker:
         self.shapes.update((tensor.name, tuple(tensor.dims)) for tensor in tensors)
 
     def check(self, node: onnx.NodeProto) -> None:
+        if not isinstance(node.op_type, str) or not isinstance(node.domain, str):
+            return  # not UTF-8: validation.py refuses it with the node's other texts
         if node.domain not in self.domains:
             self._refuse(node, f"its domain '{node.domain}' is not one the model imports")
         if node.domain not in _DEFAULT_DOMAINS:
@@ -54,6 +57,7 @@ class NodeChecker:
         if schema is None:
             return
         self._attribute_types(node, schema)
+        self._arity(node, schema)
         if node.op_type == "BatchNormalization":
             self._batch_norm(node, schema)
         elif node.op_type in ("Conv", "ConvTranspose"):
@@ -79,12 +83,17 @@ class NodeChecker:
                 wanted = onnx.AttributeProto.AttributeType.Name(wanted_type)
                 self._refuse(node, f"attribute '{attribute.name}' is {given}, its schema says {wanted}")
 
-    def _batch_norm(self, node: onnx.NodeProto, schema: onnx.defs.OpSchema) -> None:
-        inputs = len(node.input)
-        if inputs != 5 or not all(node.input):
-            self._refuse(node, f"it has {sum(bool(name) for name in node.input)} inputs; BatchNormalization takes 5")
+    def _arity(self, node: onnx.NodeProto, schema: onnx.defs.OpSchema) -> None:
+        given = len(node.input)
+        if not schema.min_input <= given <= schema.max_input:
+            most = "" if schema.max_input == schema.min_input else f" to {schema.max_input}"
+            self._refuse(node, f"it has {given} inputs; {node.op_type} takes {schema.min_input}{most}")
         if len(node.output) > schema.max_output:
-            self._refuse(node, f"it has {len(node.output)} outputs; BatchNormalization has at most {schema.max_output}")
+            self._refuse(node, f"it has {len(node.output)} outputs; {node.op_type} has at most {schema.max_output}")
+
+    def _batch_norm(self, node: onnx.NodeProto, schema: onnx.defs.OpSchema) -> None:
+        if not all(node.input):
+            self._refuse(node, f"it has {sum(bool(name) for name in node.input)} inputs; BatchNormalization takes 5")
         for attribute in node.attribute:
             if attribute.name not in schema.attributes:
                 known = ", ".join(sorted(schema.attributes))

@@ -121,6 +121,10 @@ def validate_proto(proto: onnx.ModelProto, label: str) -> list[onnx.TensorProto]
     for value in (*proto.graph.input, *proto.graph.output):
         if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type == 0:
             raise InputError(f"{label}: graph input or output '{value.name}' has no element type (elem_type 0)")
+    inputs = {value.name: value.type for value in proto.graph.input}
+    for value in proto.graph.output:  # one value, two declarations: a graph of values can keep only one
+        if value.name in inputs and value.HasField("type") and value.type != inputs[value.name]:
+            raise InputError(f"{label}: graph output '{value.name}' is also an input, declared with another type")
     tensors: list[onnx.TensorProto] = []
     _check_graph_structure(proto.graph, set(), label, tensors, NodeChecker(proto, label, default_opset))
     for function in proto.functions:
@@ -191,6 +195,11 @@ def _check_attributes(
 ) -> None:
     _check_text([attribute.name for attribute in node.attribute], label, "a node's")
     for attribute in node.attribute:
+        for text in (attribute.s, *attribute.strings):
+            try:
+                text.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError(f"{label}: attribute '{attribute.name}' holds text that is not UTF-8") from None
         if attribute.HasField("t"):
             tensors.append(attribute.t)
         tensors.extend(attribute.tensors)

@@ -28,7 +28,7 @@ its inputs), white noise in its input is amplified far more than a smooth one, a
 correct fold of a deep, reparameterized model (MobileOne) can exceed the first
 noise at such a channel. So when a site fails, the check measures again on a copy
 of the original where every layer with a constant weight (Conv, ConvTranspose,
-Gemm, MatMul, BatchNormalization) sees its input times 1 + u, u uniform in ±ε per
+Gemm, MatMul, BatchNormalization) sees its input times 1 + u, u uniform in ±ε/2 per
 element (RandomUniformLike, seeded): the white rounding noise of the layer before
 (`perturb_layer_inputs`), and judges again (equivalence.py). Only then: the extra
 nodes cost every run. Such a deviation is quantized: it is one rounding step of a
@@ -188,7 +188,7 @@ _LAYERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalizat
 
 
 def perturb_layer_inputs(graph: onnx.GraphProto, seed: int) -> None:
-    """Multiply input 0 of every layer of `graph` with a constant float weight by 1 + u, u uniform in ±ε of the
+    """Multiply input 0 of every layer of `graph` with a constant float weight by 1 + u, u uniform in ±ε/2 of the
     weight's type, drawn per element by a seeded RandomUniformLike node (a new one for every run)."""
     weights = {tensor.name: tensor.data_type for tensor in graph.initializer if tensor.data_type in _FLOATS}
     nodes: list[onnx.NodeProto] = []
@@ -204,7 +204,7 @@ def perturb_layer_inputs(graph: onnx.GraphProto, seed: int) -> None:
 def _perturbation(node: onnx.NodeProto, index: int, dtype: np.dtype, seed: int) -> list[onnx.NodeProto]:
     """Nodes computing input 0 of `node` times 1 + u; `node` then reads that instead."""
     prefix = f"bnfold_rounding_{index}"
-    epsilon = float(np.finfo(dtype).eps)
+    epsilon = float(np.finfo(dtype).eps) / 2  # a rounding moves a value by at most half a step
     source, node.input[0] = node.input[0], f"{prefix}_x"
     make = onnx.helper.make_node
     return [

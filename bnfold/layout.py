@@ -228,20 +228,26 @@ def remove_passed(trace: Trace) -> None:
 
 
 def remove_cancelling_pair(trace: Trace, value: ir.Value) -> ir.Value:
-    """Once the affine node between them is gone, a Transpose of the walk and the Transpose after it that
-    cancel go too (flax's and Keras's `Transpose → BN → Transpose` on a rank-3 Dense output). Returns the
-    value that now carries what `value` led to: the second Transpose's output, or `value` itself."""
+    """Once the affine node between them is gone, a layout node of the walk and the one after it that undo it
+    go too: a Transpose pair that cancels (flax's and Keras's `Transpose → BN → Transpose` on a rank-3 Dense
+    output), or a Flatten/Reshape followed by a Reshape back to `Shape` of its own input (timm LeViT's
+    `MatMul → Flatten → BN → Reshape(Shape(MatMul))`: regrouping dims and restoring them is the identity).
+    Returns the value that now carries what `value` led to: the pair's output, or `value` itself."""
     from bnfold.rewire import retire_node
 
     first = value.producer()
     uses = list(value.uses())
-    if first is None or first not in trace.passed or len(uses) != 1 or not _pair_cancels(first, uses[0].node):
+    if first is None or first not in trace.passed or len(uses) != 1:
         return value
     second = uses[0].node
     inner = data_input(first)
-    if inner.is_graph_input() or inner.is_graph_output() or use_count(inner) != 1:
+    restores = _restores_shape_of(second, inner)
+    if not (_pair_cancels(first, second) or (restores is not None and _regroups(first, second))):
         return value
-    retire_node(second, value)
+    others = [use.node for use in inner.uses() if use.node is not first]
+    if inner.is_graph_input() or inner.is_graph_output() or others not in ([], [restores]):
+        return value
+    retire_node(second, value)  # its dead Shape input goes with it
     retire_node(first, inner)
     return inner
 
@@ -266,6 +272,41 @@ def _retire_safely(node: ir.Node) -> None:
     data = node.inputs[0]
     if data is not None and not data.is_graph_input() and not data.is_graph_output():
         retire_node(node, data)
+
+
+def restores_shape(trace: Trace, output: ir.Value) -> bool:
+    """Whether the walk's last layout node (a Flatten or Reshape) is undone by the only reader of `output`, the
+    affine map's output: Reshape(·, Shape(the walk's value before that node))."""
+    if not trace.passed or trace.passed[0].op_type not in ("Flatten", "Reshape"):
+        return False
+    uses = list(output.uses())
+    if len(uses) != 1 or output.is_graph_output():
+        return False
+    return _restores_shape_of(uses[0].node, data_input(trace.passed[0])) is not None
+
+
+def _restores_shape_of(node: ir.Node, value: ir.Value) -> ir.Node | None:
+    """The Shape node when `node` is Reshape(·, Shape(value)) (the whole shape: no start/end), else None."""
+    if node.op_type != "Reshape" or not in_default_domain(node) or len(node.inputs) < 2:
+        return None
+    shape = node.inputs[1].producer() if node.inputs[1] is not None else None
+    if shape is None or shape.op_type != "Shape" or not in_default_domain(shape) or shape.inputs[0] is not value:
+        return None
+    return None if "start" in shape.attributes or "end" in shape.attributes else shape
+
+
+def _regroups(first: ir.Node, second: ir.Node) -> bool:
+    """`first` is a Flatten or Reshape that only regroups dims, and only `second` reads its output."""
+    between = first.outputs[0]
+    return (
+        first.op_type in ("Flatten", "Reshape")
+        and in_default_domain(first)
+        and first.graph is not None
+        and second.graph is first.graph
+        and second.inputs[0] is between
+        and not between.is_graph_output()
+        and use_count(between) == 1
+    )
 
 
 def _pair_cancels(first: ir.Node, second: ir.Node) -> bool:

@@ -28,6 +28,7 @@ from bnfold.layout import (
     remove_cancelling_pair,
     remove_cancelling_transposes,
     remove_passed,
+    restores_shape,
     trace_back,
 )
 from bnfold.node_attrs import in_default_domain, int_attr
@@ -87,10 +88,13 @@ def fold_backward(ctx: FoldContext, affine: AffineNode) -> Folded:
         return _fold_into_concat(ctx, affine, producer)
     user = trace.passed[-1] if trace.passed else affine.node
     bias_add = _bias_add(ctx, producer, user, trace)
+    # a Shape reading the folded value is no reader of its values when the path is undone after the map
+    # (layout.remove_cancelling_pair: `Flatten → BN → Reshape(Shape(·))`)
+    shapes_read = restores_shape(trace, affine.output)
     if bias_add is not None:  # its output changes too: nothing but the path to the map may read it
-        _read_only_by_path(bias_add, _output_read_by(user, bias_add))
+        _read_only_by_path(bias_add, _output_read_by(user, bias_add), shapes_read)
         user, producer = bias_add, bias_add_producer(ctx, bias_add)
-    output, producer = _foldable_producer(user, _output_read_by(user, producer), producer)
+    output, producer = _foldable_producer(user, _output_read_by(user, producer), producer, shapes_read)
     _check_feature_axis(ctx, producer, trace.axis)
     if bias_add is not None:
         commit = matmul.prepare(ctx, producer, affine.params, bias_add)
@@ -159,23 +163,29 @@ def _check_feature_axis(ctx: FoldContext, producer: ir.Node, axis: int | None) -
         )
 
 
-def _foldable_producer(user: ir.Node, value: ir.Value | None, producer: ir.Node | None) -> tuple[ir.Value, ir.Node]:
-    """`value` must come from a rule's producer, in the same graph, and feed nothing but `user`: (value, producer)."""
+def _foldable_producer(
+    user: ir.Node, value: ir.Value | None, producer: ir.Node | None, shapes_read: bool = False
+) -> tuple[ir.Value, ir.Node]:
+    """`value` must come from a rule's producer, in the same graph, and feed nothing but `user` (and, with
+    `shapes_read`, Shape nodes): (value, producer)."""
     if value is None or producer is None or not in_default_domain(producer) or producer.op_type not in PRODUCER_RULES:
         raise Skip(f"no {PRODUCER_NAMES} before it")
     if producer.graph is not user.graph:
         raise Skip(f"{describe(producer)} is in an outer graph")
-    _read_only_by_path(producer, value)
+    _read_only_by_path(producer, value, shapes_read)
     return value, producer
 
 
-def _read_only_by_path(node: ir.Node, value: ir.Value | None) -> None:
-    """A value a fold changes must feed the fold's path alone: no other consumer and no graph output."""
+def _read_only_by_path(node: ir.Node, value: ir.Value | None, shapes_read: bool = False) -> None:
+    """A value a fold changes must feed the fold's path alone: no other consumer (but, with `shapes_read`, a
+    Shape: a fold changes no shape) and no graph output."""
     if value is None:
         raise Skip(f"no output of {describe(node)} on the path")
     if value.is_graph_output():
         raise Skip(f"output of {describe(node)} is also a graph output")
-    consumers = use_count(value)
+    consumers = sum(
+        not (shapes_read and use.node.op_type == "Shape" and in_default_domain(use.node)) for use in value.uses()
+    )
     if consumers > 1:
         raise Skip(f"output of {describe(node)} has {consumers} consumers")
 

@@ -7,7 +7,8 @@ FastGelu, QuickGelu, FusedConv, FusedMatMul, SimplifiedLayerNormalization, ...),
 makes (LayerNormalization, Gemm from MatMul + Add) that the optimized original holds more
 of than the original itself. Counting nodes alone misses a lost fusion whose pieces
 another fold happens to remove. A fused op that a larger fusion took in counts as that
-one's kind (FAMILY: a Gemm that became a FusedGemm with its Relu is not lost).
+one's kind (FAMILY: a Gemm that became a FusedGemm with its Relu is not lost, nor a MatMul
+that onnxruntime fused with a Transpose and now fuses with its new bias Add into a Gemm).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ _FUSION_MADE = frozenset(
 )
 FAMILY = {
     "FusedGemm": "Gemm",
+    "FusedMatMul": "Gemm",  # one matrix-multiply kernel with something fused in (α, a transpose; Gemm: a bias)
     "SkipLayerNormalization": "LayerNormalization",
     "SkipSimplifiedLayerNormalization": "SimplifiedLayerNormalization",
     "BiasGelu": "Gelu",

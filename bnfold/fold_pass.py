@@ -259,10 +259,12 @@ class _Run:
                 continue
             self.ledger.settle()
             context = self.contexts[state.scope.graph]
-            if self._scale_forward(context, bn, state):
-                continue
             if self.options.standalone == "bn":
+                # whole, not its scale into the next Conv and an Add in its place: the same node count, and at
+                # ORT_ENABLE_ALL onnxruntime runs a BN inside its NCHWc layout but reorders around an Add
                 state.final = self.ledger.kept(state)
+                continue
+            if self._scale_forward(context, bn, state):
                 continue
             try:
                 mul, add = standalone.rewrite_as_mul_add(context, bn, state.map)

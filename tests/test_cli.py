@@ -42,9 +42,10 @@ def test_fold_writes_a_checked_model_and_report(sample, tmp_path):
     out, report = tmp_path / "out.onnx", tmp_path / "report.json"
     result = invoke(sample, out, "--report", report)
     assert result.exit_code == 0, result.output
-    assert op_counts(onnx.load(out))["BatchNormalization"] == 1  # bn3: nothing to fold into, kept as one node
+    # bn3 (nothing to fold into) and input_norm (before a zero-padding Conv) are kept, each one node
+    assert op_counts(onnx.load(out))["BatchNormalization"] == 2
     data = json.loads(report.read_text())
-    assert {r["action"] for r in data["nodes"]} == {"folded", "kept", "converted"}
+    assert {r["action"] for r in data["nodes"]} == {"folded", "kept"}
     for record in data["nodes"]:
         assert set(record) >= {"name", "action", "into", "reason"}
     assert data["check"]["passed"] is True
@@ -64,7 +65,7 @@ def test_dry_run_writes_nothing(sample, tmp_path):
         for line in lines
     ), result.stdout
     assert not any(line.startswith("bn1 ") for line in lines)  # folded BNs are listed with --all only
-    assert "8 BatchNormalization: 6 folded, 1 kept, 1 converted, 0 skipped (planned)" in lines
+    assert "8 BatchNormalization: 6 folded, 2 kept, 0 converted, 0 skipped (planned)" in lines
     assert "diagnostics: ε dominates σ² in 0 channels" in result.stdout
 
 
@@ -117,7 +118,7 @@ def test_a_wrong_fold_fails_the_check_and_writes_nothing_under_strict(sample, tm
     out, report = tmp_path / "out.onnx", tmp_path / "r.json"
     result = invoke(sample, out, "--report", report, "--strict")
     # The first value that diverges is conv1's output, where bn1 folded (and input_norm's scale went forward).
-    assert_error(result, 1, "check failed at BatchNormalization bn1, input_norm, site 'bn1' channel")
+    assert_error(result, 1, "check failed at BatchNormalization bn1, site 'bn1' channel")
     assert not out.exists()
     assert sample.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".bnfold")] == []
@@ -127,7 +128,7 @@ def test_a_wrong_fold_fails_the_check_and_writes_nothing_under_strict(sample, tm
     first = data["check"]["sites"][0]
     assert (first["name"], first["bn"], first["passed"], first["informative"]) == (
         "bn1",
-        "bn1, input_norm",
+        "bn1",
         False,
         True,
     )

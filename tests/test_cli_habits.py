@@ -293,12 +293,12 @@ def test_the_summary_shows_ops_sizes_and_time(sample, tmp_path):
     def row(first: str) -> str:
         return next(line for line in lines if line.startswith(first))
 
-    assert re.fullmatch(r"BatchNormalization +8 +1", row("BatchNormalization"))
+    assert re.fullmatch(r"BatchNormalization +8 +2", row("BatchNormalization"))
     assert re.fullmatch(r"total +23 +17", row("total"))
     assert re.fullmatch(r"size +\d+\.\d KiB +\d+\.\d KiB", row("size"))
     assert re.fullmatch(rf"wrote {re.escape(str(out))} in \d+\.\d\d s", lines[-1])
     data = json.loads((tmp_path / "r.json").read_text())
-    assert data["ops"]["BatchNormalization"] == [8, 1] and data["output"] == str(out)
+    assert data["ops"]["BatchNormalization"] == [8, 2] and data["output"] == str(out)
     assert data["size"]["before"] == sample.stat().st_size and data["size"]["after"] == out.stat().st_size
     assert data["seconds"] > 0 and data["error"] is None and data["exit_code"] == 0
 
@@ -309,7 +309,7 @@ def test_dry_run_lists_what_does_not_fold_and_all_lists_everything(sample):
     named = [line.split()[0] for line in short[3:-2]]
     assert named == ["input_norm", "bn3"]
     assert [line.split()[0] for line in every[3:-2]][:4] == ["input_norm", "bn1", "bn2", "bn2b"]
-    assert short[-2] == every[-2] == "8 BatchNormalization: 6 folded, 1 kept, 1 converted, 0 skipped (planned)"
+    assert short[-2] == every[-2] == "8 BatchNormalization: 6 folded, 2 kept, 0 converted, 0 skipped (planned)"
 
 
 @pytest.mark.parametrize("fmt", ["md", "json", "text"])
@@ -318,7 +318,7 @@ def test_format_applies_to_the_plan_the_summary_and_the_batch(sample, tmp_path, 
     summary = invoke(sample, tmp_path / "o.onnx", "--format", fmt)
     batch = invoke(sample, "-o", tmp_path / "b", "--format", fmt)
     if fmt == "json":
-        assert json.loads(plan.stdout)["summary"]["kept"] == 1
+        assert json.loads(plan.stdout)["summary"]["kept"] == 2
         assert json.loads(summary.stdout)["check"]["verdict"] == "passed"
         assert json.loads(batch.stdout)["models"][0]["exit_code"] == 0
         assert plan.stderr == summary.stderr == batch.stderr == ""
@@ -382,11 +382,11 @@ def test_progress_counts_the_seconds_of_a_long_step(monkeypatch):
 def test_short_reprs(sample, tmp_path):
     report = bnfold.fold_file(sample, tmp_path / "o.onnx")
     assert repr(report) == (
-        f"FoldReport({str(sample)!r}: 8 BatchNormalization: 6 folded, 1 kept, 1 converted, 0 skipped; check passed)"
+        f"FoldReport({str(sample)!r}: 8 BatchNormalization: 6 folded, 2 kept, 0 converted, 0 skipped; check passed)"
     )
     assert re.fullmatch(r"CheckResult\(passed: 1 outputs, 5 sites, max rel err \d\.\de-\d\d\)", repr(report.check))
     assert repr(bnfold.fold(onnx.load(sample))) == (
-        "FoldResult(ModelProto: 8 BatchNormalization: 6 folded, 1 kept, 1 converted, 0 skipped)"
+        "FoldResult(ModelProto: 8 BatchNormalization: 6 folded, 2 kept, 0 converted, 0 skipped)"
     )
     assert str(report) == repr(report)
 

@@ -296,7 +296,7 @@ def test_graphsurgeon_graph_in_graphsurgeon_graph_out():
     graph = gs.import_onnx(onnx.load(SAMPLE))
     result = bnfold.fold(graph)
     assert isinstance(result.model, gs.Graph)
-    assert [node.name for node in result.model.nodes if node.op == "BatchNormalization"] == ["bn3"]
+    assert [node.name for node in result.model.nodes if node.op == "BatchNormalization"] == ["input_norm", "bn3"]
     assert_same_outputs(onnx.load(SAMPLE), gs.export_onnx(result.model))
     assert [r.action for r in result.records].count("folded") == 6
 

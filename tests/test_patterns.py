@@ -49,17 +49,18 @@ def test_bn_folds_forward_into_an_unpadded_conv(spatial, group, cin, cout, bias,
 
 
 @pytest.mark.parametrize(("pads", "auto_pad"), [(1, None), (None, "SAME_UPPER")])
-def test_padded_conv_after_bn_keeps_the_shift_with_reason_padding(pads, auto_pad):
-    folded, records = fold_and_check(bn_conv_model(pads=pads, auto_pad=auto_pad))
+def test_padded_conv_after_bn_keeps_the_bn_whole_with_reason_padding(pads, auto_pad):
+    model = bn_conv_model(pads=pads, auto_pad=auto_pad)
+    folded, records = fold_and_check(model)
     record = records_by_name(records)["bn"]
-    assert record.action == "converted"
+    assert record.action == "kept"
     assert record.reason == (
         "no Conv, ConvTranspose, DeformConv, Gemm or MatMul before it; "
         "padding: Conv 'conv' pads its input with zeros, which the shift would not reach"
     )
-    # Its pure scale still folds into the padded Conv: only an Add is left.
-    assert (record.into, record.pattern) == ("Add (Mul folded into Conv 'conv' (forward))", "scale-forward")
-    assert op_counts(folded) == {"Add": 1, "Conv": 1}
+    # Its scale alone could fold into the padded Conv, leaving an Add: no fewer nodes, and slower at
+    # ORT_ENABLE_ALL, where onnxruntime runs the BN inside its NCHWc layout but reorders around an Add.
+    assert op_counts(folded) == op_counts(model)
 
 
 def test_bn_feeding_two_convs_folds_into_both():

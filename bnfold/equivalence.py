@@ -117,6 +117,7 @@ class Check:
         self.expected: list[dict[str, np.ndarray]] = []
         self.reference: list[dict[str, np.ndarray]] | None = None
         self.noise: list[dict[str, np.ndarray]] | None = None  # the original's nudged run (nudge.py)
+        self.nudged: list[onnx.TensorProto] = []  # the constants its noise run nudges
         self.white_noise = False
         self.stand_in: tuple[frozenset[int], dict] | None = None  # float types converted to float32, tolerances
         self.half = "bfloat16" if has_float_type(original.proto, TensorProto.BFLOAT16) else "float16"
@@ -156,8 +157,8 @@ class Check:
         result = self._result(actual)
         if result.verdict == "failed" and self.noise is not None and not self.white_noise:
             self.white_noise = True  # only now: its extra nodes would cost every run
-            feeds = self._draws().feeds
-            self.noise = with_white_noise(self.source, self.extra_outputs, feeds, self.seed, self.expected, self.noise)
+            feeds, runs = self._draws().feeds, (self.expected, self.noise)
+            self.noise = with_white_noise(self.source, self.nudged, self.extra_outputs, feeds, self.seed, runs)
             result = self._result(actual)
         return result
 
@@ -168,7 +169,7 @@ class Check:
     ) -> list[dict[str, np.ndarray]]:
         """The original's runs on the draws; with `nudge`, also its nudged run (self.noise) on the same session."""
         source = Source(proto, base_dir)
-        constants = nudgeable(proto) if nudge else []
+        constants = self.nudged = nudgeable(proto) if nudge else []
         try:
             session = source.session(self.extra_outputs, constants)
         except Exception as error:  # onnxruntime raises many types

@@ -54,15 +54,16 @@ def round_to(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
         rounded = np.asarray(values).astype(dtype, copy=False)  # already `dtype`: rounded already
     if not rounded.size or rounded.dtype.kind != "f":
         return rounded
-    largest = max(abs(float(rounded.max())), abs(float(rounded.min())))  # two passes, no temporary
     wide = rounded.dtype in (np.float32, np.float64)
-    if math.isfinite(largest) and not (wide and largest > float(np.finfo(rounded.dtype).max) / HEADROOM):
-        return rounded  # the common case
+    limit = float(np.finfo(rounded.dtype).max) / HEADROOM if wide else math.inf
+    largest = max(abs(float(rounded.max())), abs(float(rounded.min())))  # two passes, no temporary
+    if math.isfinite(largest) and largest <= limit:  # the common case
+        return rounded
     finite = np.isfinite(rounded)
     if (finite != np.isfinite(values)).any():
         raise FoldOverflowError(f"folded values overflow {np.dtype(dtype).name}")
     largest = float(np.max(np.abs(rounded[finite]), initial=0.0))
-    if wide and largest > float(np.finfo(rounded.dtype).max) / HEADROOM:
+    if largest > limit:
         raise FoldOverflowError(f"folded values reach {largest:.3g}, too close to {rounded.dtype.name}'s largest")
     return rounded
 

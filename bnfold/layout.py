@@ -297,11 +297,14 @@ def _restores_shape_of(node: ir.Node, value: ir.Value) -> ir.Node | None:
 
 def _regroups(first: ir.Node, second: ir.Node) -> bool:
     """`first` is a Flatten or Reshape that only regroups dims, and only `second` reads its output."""
+    return first.op_type in ("Flatten", "Reshape") and in_default_domain(first) and _linked_alone(first, second)
+
+
+def _linked_alone(first: ir.Node, second: ir.Node) -> bool:
+    """`second` reads `first`'s output as its data, in the same graph, and nothing else does (nor a graph output)."""
     between = first.outputs[0]
     return (
-        first.op_type in ("Flatten", "Reshape")
-        and in_default_domain(first)
-        and first.graph is not None
+        first.graph is not None
         and second.graph is first.graph
         and second.inputs[0] is between
         and not between.is_graph_output()
@@ -312,16 +315,11 @@ def _regroups(first: ir.Node, second: ir.Node) -> bool:
 def _pair_cancels(first: ir.Node, second: ir.Node) -> bool:
     """`first` → `second`: two Transposes of one graph that undo each other, joined by an edge nothing else
     reads (and no graph output)."""
-    between = first.outputs[0]
     return (
-        first.graph is not None
-        and second.graph is first.graph
-        and first.op_type == second.op_type == "Transpose"
+        first.op_type == second.op_type == "Transpose"
         and in_default_domain(first)
         and in_default_domain(second)
-        and second.inputs[0] is between
-        and not between.is_graph_output()
-        and use_count(between) == 1
+        and _linked_alone(first, second)
         and _cancel(first, second)
     )
 

@@ -49,6 +49,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from bnfold.errors import first_line
 from bnfold.sources import Source
 
 logger = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ def nudged_runs(
         overrides = nudged_constants(constants, base_dir, seed)
         return [session.run({**nudged_feeds(feed, seed), **overrides}) for feed in feeds]
     except Exception as error:  # noqa: BLE001 - without it the fixed tolerances judge
-        logger.info("no noise run of the original (fixed tolerances instead): %s", str(error).splitlines()[0])
+        logger.info("no noise run of the original (fixed tolerances instead): %s", first_line(error))
         return None
 
 
@@ -236,18 +237,24 @@ def farthest(expected: Runs, noise_runs: Sequence[Runs]) -> Runs:
 
 
 def with_white_noise(
-    source: Source, extra_outputs: list[str], feeds: Sequence[Mapping], seed: int, expected: Runs, noise: Runs
+    source: Source,
+    constants: list[onnx.TensorProto],
+    extra_outputs: list[str],
+    feeds: Sequence[Mapping],
+    seed: int,
+    runs: tuple[Runs, Runs],
 ) -> Runs:
-    """`noise` widened by WHITE_RUNS runs of the original with white rounding noise at every layer's input (and the
-    inputs and small constants nudged as before); `noise` itself when that cannot run."""
-    constants = nudgeable(source.proto)
+    """The first noise run widened by WHITE_RUNS runs of the original with white rounding noise at every layer's
+    input, its inputs and `constants` (the first run's, `nudgeable`) nudged as before; `runs`: the plain runs and
+    the first noise run, which stands when the white runs cannot run."""
+    expected, noise = runs
     try:
         session = source.session(extra_outputs, constants, lambda graph: perturb_layer_inputs(graph, seed))
     except Exception as error:  # noqa: BLE001 - onnxruntime raises many types; the first noise stands
-        logger.info("no white-noise run of the original: %s", str(error).splitlines()[0])
+        logger.info("no white-noise run of the original: %s", first_line(error))
         return noise
     try:
-        runs = [nudged_runs(session, constants, source.base_dir, feeds, seed) for _ in range(WHITE_RUNS)]
+        white = [nudged_runs(session, constants, source.base_dir, feeds, seed) for _ in range(WHITE_RUNS)]
     finally:
         session.close()
-    return farthest(expected, [noise, *(run for run in runs if run is not None)])
+    return farthest(expected, [noise, *(run for run in white if run is not None)])

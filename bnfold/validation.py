@@ -18,16 +18,12 @@ from bnfold.node_schema import NodeChecker
 from bnfold.proto_walk import node_graphs
 
 # Types packed several elements to a byte: their element counts are not field lengths.
-_SUB_BYTE_TYPES = frozenset(
-    getattr(onnx.TensorProto, name)
-    for name in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
-    if hasattr(onnx.TensorProto, name)
-)
 _SUB_BYTE_BITS = {
     getattr(onnx.TensorProto, name): bits
     for name, bits in (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2))
     if hasattr(onnx.TensorProto, name)
 }
+_SUB_BYTE_TYPES = frozenset(_SUB_BYTE_BITS)
 _KNOWN_TYPES = frozenset(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
 _TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
 _COMPLEX_TYPES = frozenset({onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128})

@@ -61,6 +61,13 @@ class FoldContext:
         value = node.inputs[index] if index < len(node.inputs) else None
         return constant_input(self.resolver, value, f"{role} of {describe(node)}", refuse_quantized=True)
 
+    def bias(self, node: ir.Node, index: int, channels: int) -> np.ndarray | None:
+        """The optional constant bias at input `index`, one value per output channel; Skip otherwise."""
+        bias = self.optional_weight(node, index, "bias")
+        if bias is not None and bias.shape != (channels,):
+            raise Skip(f"bias of {describe(node)} has shape {bias.shape}, expected ({channels},)")
+        return bias
+
     def optional_weight(self, node: ir.Node, index: int, role: str) -> np.ndarray | None:
         if index >= len(node.inputs) or node.inputs[index] is None:
             return None

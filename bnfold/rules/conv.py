@@ -15,7 +15,6 @@ import onnx_ir as ir
 from bnfold import fold_math
 from bnfold.affine import AffineParams
 from bnfold.rules.base import Commit, FoldContext, ProducerRule, describe, folded_commit
-from bnfold.skip import Skip
 
 
 def output_channels(ctx: FoldContext, conv: ir.Node) -> int:
@@ -25,10 +24,8 @@ def output_channels(ctx: FoldContext, conv: ir.Node) -> int:
 def prepare(ctx: FoldContext, conv: ir.Node, params: AffineParams, bias_input: int = 2) -> Commit:
     """The fold into a convolution whose output channel o owns W[o] and the bias at input `bias_input`."""
     weight = ctx.kernel(conv)
-    bias = ctx.optional_weight(conv, bias_input, "bias")
+    bias = ctx.bias(conv, bias_input, weight.shape[0])
     scale, shift = params.for_channels(weight.shape[0], f"output of {describe(conv)}")
-    if bias is not None and bias.shape != (weight.shape[0],):
-        raise Skip(f"bias of {describe(conv)} has shape {bias.shape}, expected ({weight.shape[0]},)")
     return folded_commit(
         ctx,
         conv,

@@ -34,11 +34,9 @@ def output_channels(ctx: FoldContext, conv_t: ir.Node) -> int:
 
 def prepare(ctx: FoldContext, conv_t: ir.Node, params: AffineParams) -> Commit:
     weight, group = _weight_and_group(ctx, conv_t)
-    bias = ctx.optional_weight(conv_t, 2, "bias")
     out_channels = weight.shape[1] * group
+    bias = ctx.bias(conv_t, 2, out_channels)
     scale, shift = params.for_channels(out_channels, f"output of {describe(conv_t)}")
-    if bias is not None and bias.shape != (out_channels,):
-        raise Skip(f"bias of {describe(conv_t)} has shape {bias.shape}, expected ({out_channels},)")
     return folded_commit(
         ctx,
         conv_t,

@@ -28,10 +28,8 @@ from bnfold.skip import Skip
 
 def prepare_conv(ctx: FoldContext, conv: ir.Node, params: AffineParams) -> Commit:
     weight = ctx.kernel(conv)
-    bias = ctx.optional_weight(conv, 2, "bias")
+    bias = ctx.bias(conv, 2, weight.shape[0])
     group = int_attr(conv, "group", 1)
-    if bias is not None and bias.shape != (weight.shape[0],):
-        raise Skip(f"bias of {describe(conv)} has shape {bias.shape}, expected ({weight.shape[0]},)")
     if group < 1 or weight.shape[0] % group:
         raise Skip(f"{describe(conv)} has {weight.shape[0]} output channels, not divisible by group {group}")
     scale, shift = params.for_channels(weight.shape[1] * group, f"input of {describe(conv)}")

@@ -200,3 +200,53 @@ def test_a_concat_of_forward_folds_is_compared_where_the_map_went(tmp_path):
     verified = bnfold.verify(original, folded)
     assert verified.verdict == "passed"
     assert {site.name for site in verified.sites} == {site.name for site in result.check.sites}
+
+
+# --- the white-noise measurement (nudge.perturb_layer_inputs, with_white_noise): only when a site fails ---------
+
+
+def test_white_rounding_noise_is_one_half_step_per_element_seeded_and_moving_on():
+    from bnfold.nudge import perturb_layer_inputs
+    from bnfold.sources import Source
+
+    model = onnx.load(SAMPLE)
+    layers = [
+        n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization")
+    ]
+    feeds = {"image": np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(F32)}
+    plain = Source(model, None).session().run(feeds)
+    edited = onnx.ModelProto.FromString(model.SerializeToString())
+    perturb_layer_inputs(edited.graph, seed=0)
+    assert sum(n.op_type == "RandomUniformLike" for n in edited.graph.node) == len(layers)
+    first, second = (Source(model, None).session([], [], lambda g: perturb_layer_inputs(g, 0)) for _ in range(2))
+    runs = [first.run(feeds) for _ in range(2)]
+    again = second.run(feeds)
+    (name,) = plain
+    assert not np.array_equal(runs[0][name], runs[1][name])  # the generator moves on from run to run
+    assert np.array_equal(runs[0][name], again[name])  # and is seeded: a new session repeats it
+    assert np.max(np.abs(runs[0][name] - plain[name])) <= 1e-4 * np.max(np.abs(plain[name]))
+
+
+def test_farthest_takes_each_element_from_the_run_farthest_from_the_plain_one():
+    from bnfold.nudge import farthest
+
+    plain = [{"v": np.array([1.0, 1.0, 1.0], F32)}]
+    one = [{"v": np.array([1.5, 1.0, 0.9], F32)}]
+    two = [{"v": np.array([1.1, 0.2, 1.0], F32)}]
+    np.testing.assert_array_equal(farthest(plain, [one, two])[0]["v"], np.array([1.5, 0.2, 0.9], F32))
+
+
+def test_the_white_noise_runs_only_when_a_site_fails_and_a_tamper_still_fails(tmp_path, monkeypatch):
+    import bnfold.equivalence as equivalence
+
+    calls = []
+    real = equivalence.with_white_noise
+    monkeypatch.setattr(equivalence, "with_white_noise", lambda *a, **k: calls.append(1) or real(*a, **k))
+    original, folded = _folded_sample(tmp_path)
+    assert bnfold.verify(original, folded).verdict == "passed" and not calls
+    before = {t.name: t.SerializeToString() for t in original.graph.initializer}
+    weight = next(
+        t.name for t in folded.graph.initializer if len(t.dims) == 4 and before.get(t.name) != t.SerializeToString()
+    )
+    assert bnfold.verify(original, spoil(folded, weight, 0, 1.01)).verdict == "failed"
+    assert calls == [1]

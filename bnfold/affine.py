@@ -15,6 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold.node_attrs import in_default_domain
+from bnfold.op_types import ELEMENTWISE_AFFINE
 from bnfold.skip import Skip
 
 if TYPE_CHECKING:
@@ -69,9 +70,6 @@ class AffineParams:
         return replace(self, scale=np.repeat(self.scale, times), shift=np.repeat(self.shift, times))
 
 
-ELEMENTWISE_OPS = frozenset({"Mul", "Add", "Sub", "Div"})
-
-
 @dataclass(frozen=True)
 class ElementwiseAffine:
     data_index: int
@@ -85,7 +83,7 @@ def read_elementwise(node: ir.Node, constant_of, rank_of, dim_of) -> Elementwise
     `constant_of(value)` gives a constant's array or None; `rank_of(value)` the data's
     rank and `dim_of(value, axis)` one of its dims, or None when unknown.
     """
-    if node.op_type not in ELEMENTWISE_OPS or not in_default_domain(node) or len(node.inputs) != 2:
+    if node.op_type not in ELEMENTWISE_AFFINE or not in_default_domain(node) or len(node.inputs) != 2:
         raise Skip(f"{node.op_type} is not an elementwise affine op")
     arrays = [constant_of(value) for value in node.inputs]
     if (arrays[0] is None) == (arrays[1] is None):

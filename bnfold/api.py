@@ -22,7 +22,8 @@ import numpy as np
 import onnx
 
 from bnfold.errors import BnfoldError, InputError, first_line
-from bnfold.report import CheckResult, FoldReport, NodeRecord, totals
+from bnfold.report import CheckResult, FoldReport, NodeRecord
+from bnfold.words import totals
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -85,10 +86,10 @@ def fold(
     if _is_graphsurgeon_graph(model):
         return _fold_graphsurgeon(model, standalone, bn_only, check)
     from bnfold.compare import Tolerance
-    from bnfold.fold_pass import PassOptions, check_standalone, run_pass
+    from bnfold.fold_pass import PassOptions, run_pass
     from bnfold.in_memory_check import check_in_memory
 
-    options = PassOptions(check_standalone(standalone), bn_only)
+    options = PassOptions(standalone, bn_only)
     source = _model_file(model, base_dir)
     outcome = run_pass(source.load(), options)
     if not check or not outcome.sites:

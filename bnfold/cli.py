@@ -12,7 +12,6 @@ closed stdout (`| head`) ends the run quietly, exit 0.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import math
 import os
@@ -239,14 +238,14 @@ def _single(paths: list[Path], dry_run: bool, options: dict, report_path, view) 
     else:
         view.show_fold(result)
         if result.backed_out:
-            from bnfold.report import backed_out_line
+            from bnfold.words import backed_out
 
-            sys.stderr.write(f"bnfold: warning: {backed_out_line(result.backed_out)}\n")
+            sys.stderr.write(f"bnfold: warning: {backed_out(result.backed_out)}\n")
 
 
 def _batch(paths: list[Path], output_dir: Path, jobs: int, options: dict, report_path, view) -> None:
     from bnfold.files import write_atomically
-    from bnfold.many import check_batch_report, fold_many, plan_outputs, worst_exit_code
+    from bnfold.many import batch_json, check_batch_report, fold_many, plan_outputs, worst_exit_code
     from bnfold.progress import TerminalProgress
 
     try:
@@ -259,16 +258,7 @@ def _batch(paths: list[Path], output_dir: Path, jobs: int, options: dict, report
     progress = TerminalProgress(enabled=view.progress)
     items = fold_many(planned, jobs=jobs, progress=progress, **options)
     progress.close()
-    reports = [
-        {
-            **(item.report.to_dict() if item.report else {"model": str(item.source)}),
-            "output": str(item.destination) if item.exit_code == 0 else None,
-            "exit_code": item.exit_code,
-            "error": item.error,
-        }
-        for item in items
-    ]
-    text = json.dumps({"models": reports, "exit_code": worst_exit_code(items), "error": None}, indent=2)
+    text = batch_json(items)
     if report_path is not None:
         write_atomically(report_path, text + "\n")
     view.show_batch(items, text)
@@ -296,10 +286,12 @@ def _report_early_failure(report_path: Path | None, paths: list[Path], error: Bn
     from bnfold.file_run import write_failure_report
     from bnfold.report import FoldReport
 
-    message, code = first_line(error, 500), error.exit_code
     if batch:
-        text = json.dumps({"models": [], "exit_code": code, "error": message}, indent=2)
+        from bnfold.many import batch_json
+
+        text = batch_json([], error)
     else:
+        message, code = first_line(error, 500), error.exit_code
         text = FoldReport(model=str(paths[0]) if paths else None, error=message, exit_code=code).to_json()
     write_failure_report(report_path, text, paths)
 

@@ -11,15 +11,10 @@ import onnx_ir as ir
 
 from bnfold.errors import InputError
 from bnfold.node_attrs import in_default_domain
+from bnfold.op_types import NONDETERMINISTIC, QUANTIZATION
 from bnfold.skip import Skip
 
 logger = logging.getLogger(__name__)
-
-# Ops whose output is not a function of their inputs alone.
-_NONDETERMINISTIC_OPS = frozenset(
-    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
-)
-
 
 # Inputs that an op reads only for their type ("type") or type and shape ("shape"),
 # never their values: a placeholder of that type/shape evaluates the op exactly.
@@ -36,9 +31,6 @@ _HOSTILE_OUTPUT_BYTES = 2 << 30
 
 # Inputs this small are given to shape inference with their values (shapes, axes, repeats, ranges).
 _SHAPE_DATA_ELEMENTS = 4096
-
-
-QUANTIZATION_OPS = frozenset({"DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear"})
 
 
 class ConstantResolver:
@@ -107,7 +99,7 @@ class ConstantResolver:
         return array
 
     def _evaluable(self, node: ir.Node) -> bool:
-        if not in_default_domain(node) or node.op_type in _NONDETERMINISTIC_OPS:
+        if not in_default_domain(node) or node.op_type in NONDETERMINISTIC:
             return False
         return not any(
             attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values()
@@ -167,7 +159,7 @@ def constant_input(
     if resolver.is_overridable_initializer(value):
         raise Skip(f"{label} is a graph input (can be overridden at run time)")
     if refuse_quantized:
-        quantization = sorted(resolver.ops_behind(value) & QUANTIZATION_OPS)
+        quantization = sorted(resolver.ops_behind(value) & QUANTIZATION)
         if quantization:
             raise Skip(f"{label} is quantized ({quantization[0]}); fold before quantizing")
     array = resolver.value_of(value)

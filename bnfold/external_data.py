@@ -9,9 +9,9 @@ from pathlib import Path
 
 import onnx
 
+from bnfold.element_sizes import itemsize_of
 from bnfold.errors import InputError
 from bnfold.proto_walk import proto_tensors
-from bnfold.validation import itemsize_of
 
 
 def uses_external_data(proto: onnx.ModelProto) -> bool:

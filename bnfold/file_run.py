@@ -24,22 +24,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from bnfold import __version__
+from bnfold import __version__, words
 from bnfold.compare import Tolerance
 from bnfold.errors import BnfoldError, CheckFailedError, InputError
 from bnfold.files import same_file, write_atomically
-from bnfold.pass_options import PassOptions, check_standalone, refusal_key, refused_nodes, sandwiches_refused
-from bnfold.passthrough import copy_through, op_counts, self_contained
+from bnfold.model_file import ModelFile
+from bnfold.pass_options import PassOptions, refusal_key, refused_nodes, sandwiches_refused
+from bnfold.passthrough import op_counts
 from bnfold.report import CheckResult, FoldReport, Site
-from bnfold.scan import may_fold
 from bnfold.staging import Stage, check_output_path, check_report_path, data_token, refuse_clobbering
-from bnfold.validation import load_checked, load_proto
 
 if TYPE_CHECKING:  # onnx-ir and the pass load only when there is something to fold
     import onnx_ir as ir
 
     from bnfold.fold_pass import FoldOutcome
-    from bnfold.model_file import ModelFile
 
 logger = logging.getLogger(__name__)
 
@@ -68,20 +66,16 @@ class FileRun:
     outcome: FoldOutcome | None = None  # the current fold; dropped once written (one model in memory)
 
     def run(self, result: FoldReport) -> None:
-        check_standalone(self.options.standalone)
         self._check_paths()
         self._step("loading")
-        proto, externals = load_checked(self.source, by_reference=True)
+        source = ModelFile.open(self.source)
         if self.check:
             from bnfold.draws import check_user_inputs, input_specs
 
-            check_user_inputs(input_specs(proto), self.checks.inputs, self.checks.shapes)
-        if self.external_data != "always" and self_contained(externals, self.source) and not may_fold(proto):
-            self._copy_through(result, proto)  # nothing to fold: onnx-ir is not even imported
+            check_user_inputs(input_specs(source.structure), self.checks.inputs, self.checks.shapes)
+        if source.copyable(self.external_data) and not source.may_fold():
+            self._copy_through(result, source)  # nothing to fold: onnx-ir is not even imported
             return
-        from bnfold.model_file import ModelFile
-
-        source = ModelFile.open(self.source, proto=proto, external=bool(externals))
         model = source.load(self.external_data)
         token = source.token(__version__, self.options.standalone, str(self.options.bn_only))
         self._refuse_clobbering(
@@ -95,9 +89,9 @@ class FileRun:
         del model
         if self.dry_run:
             return
-        if result.unchanged and self.external_data != "always" and self_contained(externals, self.source):
+        if result.unchanged and source.copyable(self.external_data):
             self.outcome = None  # the pass kept every BN as it was: the same bytes, not a re-serialization
-            self._copy_through(result, proto)
+            self._copy_through(result, source)
             return
         destination = self._destination()
         before = source.size()
@@ -106,16 +100,17 @@ class FileRun:
             self._fold(source.load(self.external_data), result, source)
         result.output, result.size = os.fspath(destination), (before, written)
 
-    def _copy_through(self, result: FoldReport, proto: onnx.ModelProto) -> None:
+    def _copy_through(self, result: FoldReport, source: ModelFile) -> None:
         logger.info("%s: nothing to fold; copied through", self.source)
-        result.ops, result.unchanged = op_counts(proto), True
+        result.ops, result.unchanged = op_counts(source.structure), True
         if self.dry_run:
             result.diagnostics = {}
             self._refuse_clobbering([self.source], None)
             return
         token = data_token([self.source], __version__, self.options.standalone, str(self.options.bn_only), "None")
         self._refuse_clobbering([self.source], None)
-        copy_through(self.source, self._destination(), token, result)
+        size = source.copy_through(self._destination(), token)
+        result.output, result.size = os.fspath(self._destination()), (size, size)
 
     def _step(self, name: str) -> None:
         if self.progress is not None:
@@ -205,7 +200,8 @@ def _check_staged(
     from bnfold.sources import Source
 
     checker.original()
-    result.check = checker.folded(Source(load_proto(stage.model, by_reference=True), stage.path))
+    staged = ModelFile.open(stage.model)
+    result.check = checker.folded(Source(staged.structure, staged.base_dir))
     return refusals_or_judge(result, checker.sites, sandwiches, strict, already)
 
 
@@ -233,7 +229,7 @@ def failing_folds(check: CheckResult, sites: list[Site], already: Mapping[str, s
         for node in owners.get(failing.name, ()):
             key = refusal_key(node)
             if key not in already:
-                refusals.setdefault(key, f"fails the check at '{failing.name}' ({failing.measured()}); left as it was")
+                refusals.setdefault(key, words.fails_the_check(failing.name, failing.measured()))
     return refusals
 
 
@@ -252,8 +248,7 @@ def _sandwich_refusals(check: CheckResult, sandwiches: Mapping[str, list[str]]) 
         first = next(output for output in check.outputs if not output.passed)
         blamed = {key: first for keys in sandwiches.values() for key in keys}
     return {
-        key: f"folding it across its Casts fails the check at '{where.name}' (max abs err "
-        f"{where.max_abs_err:.3e}, allowed {where.tolerance:.3e}); left as it was"
+        key: words.sandwich_fails_the_check(where.name, where.max_abs_err, where.tolerance)
         for key, where in blamed.items()
     }
 
@@ -285,17 +280,10 @@ def judge(report: FoldReport, strict: bool) -> None:
         return
     failure = check.first_failure()
     if check.failed and failure is not None:
-        where = f"at BatchNormalization {failure.bn}, " if failure.bn else ""
         kind = "site" if failure in check.sites else "output"
-        channel = f" channel {failure.channel}" if failure.channel is not None else ""
-        raise CheckFailedError(
-            f"check failed {where}{kind} '{failure.name}'{channel} differs (max abs err {failure.max_abs_err:.3e}, "
-            f"max rel err {failure.max_rel_err:.3e}); nothing written",
-            report,
+        message = words.check_failed(
+            failure.bn, kind, failure.name, failure.channel, failure.max_abs_err, failure.max_rel_err
         )
+        raise CheckFailedError(message, report)
     if check.verdict == "inconclusive" and strict:
-        raise CheckFailedError(
-            "check inconclusive: no value a fold changed held evidence (all NaN/Inf, constant "
-            "or never reached); nothing written (--strict)",
-            report,
-        )
+        raise CheckFailedError(words.CHECK_INCONCLUSIVE_STRICT, report)

@@ -15,7 +15,7 @@ model-local function body (folded in place, never inlined).
    tree sums become one Conv (reparam.py), and the fixpoint runs again; repeated
    while merges happen (a merged Conv may take a Mul, then join an outer sum).
 4. Collapse: a BN that no move could take absorbs the affine nodes joined to it by
-   single-use edges on either side (collapse.py).
+   single-use edges on either side (standalone.py).
 5. Convert: when the consumers take a pure scale (a Conv that pads with zeros
    does, the shift it does not), the scale folds forward and the BN becomes one
    Add. Otherwise the BN stays one node (standalone="bn", the default: BN is the one
@@ -38,24 +38,24 @@ from typing import NamedTuple
 import numpy as np
 import onnx_ir as ir
 
-from bnfold import reparam
-from bnfold.affine import ELEMENTWISE_OPS, AffineParams, read_elementwise
+from bnfold import reparam, standalone, words
+from bnfold.affine import AffineParams, read_elementwise
+from bnfold.affine_runs import affine_run
 from bnfold.batchnorm import read_params, training_reason
-from bnfold.chains import affine_run
-from bnfold.collapse import collapse_leftovers
 from bnfold.constants import ConstantResolver
+from bnfold.fold_context import FoldContext
 from bnfold.fusions import runtime_fused
 from bnfold.ir_walk import ir_graphs
 from bnfold.ledger import BnState, Ledger, Scope
 from bnfold.moves import AffineNode, Folded, fold_backward, fold_forward, prepare_forward
 from bnfold.names import NameAuthority
 from bnfold.node_attrs import in_default_domain, opset_of
-from bnfold.pass_options import PassOptions, check_standalone, refusal_key
+from bnfold.op_types import ELEMENTWISE_AFFINE
+from bnfold.pass_options import PassOptions, refusal_key
 from bnfold.report import NodeRecord, Site
-from bnfold.rules import standalone
-from bnfold.rules.base import FoldContext, describe
 from bnfold.skip import Skip
 from bnfold.value_types import ValueTypes
+from bnfold.words import describe
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,6 @@ class FoldOutcome(NamedTuple):
 
 def run_pass(model: ir.Model, options: PassOptions = PassOptions(), progress: Progress | None = None) -> FoldOutcome:
     """Fold `model` in place; the records, sites and Cast sandwich folds come back with it."""
-    check_standalone(options.standalone)
     run = _Run(model, options, progress)
     run.execute()
     return FoldOutcome(model, *run.results())
@@ -93,7 +92,7 @@ class BatchNormFoldPass(ir.passes.InPlacePass):
         refused: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
-        self.options = PassOptions(check_standalone(standalone), bn_only, dict(refused or {}))
+        self.options = PassOptions(standalone, bn_only, dict(refused or {}))
         self.progress = progress  # called as progress("folding", done, total)
         self.records: list[NodeRecord] = []
         self.sites: list[Site] = []
@@ -136,7 +135,7 @@ class _Run:
         self._fixpoint()
         while self._reparameterize():  # a merged Conv may take a Mul, then join an outer sum
             self._fixpoint()
-        if collapse_leftovers(self.ledger, self.contexts):
+        if standalone.collapse_leftovers(self.ledger, self.contexts):
             self._fixpoint()
         self._convert_leftovers()
         next(iter(self.contexts.values())).types.invalidate()  # shared: the conversions added values
@@ -169,7 +168,7 @@ class _Run:
         state = self.ledger.bns.get(node)
         if state is not None:
             return state.pending and self._fold_bn(context, node, state)
-        if node.op_type in ELEMENTWISE_OPS and (not self.options.bn_only or self._in_chain(context, node)):
+        if node.op_type in ELEMENTWISE_AFFINE and (not self.options.bn_only or self._in_chain(context, node)):
             return self._fold_elementwise(context, node, scope)
         return False
 
@@ -199,7 +198,13 @@ class _Run:
             self.ledger.left[node] = (scope, reason)
             return False
         self.ledger.elementwise_gone(
-            node, scope, f"{folded.into} ({folded.pattern})", folded.into, folded.pattern, folded.sites, folded.sandwich
+            node,
+            scope,
+            words.with_pattern(folded.into, folded.pattern),
+            folded.into,
+            folded.pattern,
+            folded.sites,
+            folded.sandwich,
         )
         self.ledger.supersede(folded.superseded, folded.sites[0])
         return True
@@ -234,7 +239,7 @@ class _Run:
                 producer = leaf.producer()
                 state = self.ledger.bns.get(producer) if producer is not None else None
                 if state is not None and state.pending:
-                    state.reason = f"{state.reason}; its branch cannot merge with the others: {skip.reason}"
+                    state.reason = words.branch_cannot_merge(state.reason, skip.reason)
             return False
         if merged is None:
             return False
@@ -242,7 +247,7 @@ class _Run:
         self.ledger.merged(merged.removed, merged.output, target)
         for bn in merged.bns:
             state = self.ledger.bns[bn]
-            self.ledger.bn_folded(state, Folded(f"{target} (identity branch)", "reparameterized", (merged.output,)))
+            self.ledger.bn_folded(state, Folded(words.identity_branch(target), "reparameterized", (merged.output,)))
         return True
 
     def _pending_params(self, bn: ir.Node) -> AffineParams | None:
@@ -269,7 +274,7 @@ class _Run:
             try:
                 mul, add = standalone.rewrite_as_mul_add(context, bn, state.map)
             except Skip as skip:
-                state.final = self.ledger.kept(state, f"; cannot rewrite it as Mul+Add: {skip.reason}")
+                state.final = self.ledger.kept(state, words.cannot_rewrite_as_mul_add(state.reason, skip.reason))
                 continue
             self.ledger.created(state, mul, add)
             state.sites = [add.outputs[0]]
@@ -287,7 +292,7 @@ class _Run:
             return False
         commit()
         self.ledger.created(state, add)
-        state.elsewhere["Mul"] = f"{into} (forward)"
+        state.elsewhere["Mul"] = words.forward(into)
         state.sites = list(consumers)  # not the Add's output: without the scale it is not the BN's output
         return True
 
@@ -316,10 +321,8 @@ def _scopes(model: ir.Model):
     opsets = dict(model.opset_imports)
     for graph, function in ir_graphs(model):
         if function is None:
-            label = "main" if graph is model.graph else f"subgraph {graph.name or '(unnamed)'}"
+            label = words.main_scope() if graph is model.graph else words.subgraph_scope(graph.name)
             yield Scope(graph, label, opsets, False)
             continue
-        label = f"function {function.domain}::{function.name}"
-        if graph is not function.graph:
-            label += f" subgraph {graph.name or '(unnamed)'}"
+        label = words.function_scope(function.domain, function.name, graph.name, graph is not function.graph)
         yield Scope(graph, label, dict(function.opset_imports) or opsets, True)

@@ -41,8 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from bnfold.affine import ELEMENTWISE_OPS
 from bnfold.node_attrs import in_default_domain
+from bnfold.op_types import ELEMENTWISE_AFFINE
 
 ValueOf = Callable[[ir.Value | None], np.ndarray | None]
 RankOf = Callable[[ir.Value], int | None]
@@ -235,6 +235,6 @@ def runtime_fused(graphs: Iterable[ir.Graph], value_of: ValueOf, rank: RankOf) -
         for node in graph:
             for pattern in by_anchor.get(node.op_type, ()) if in_default_domain(node) else ():
                 for member in pattern.match(node, value_of, rank):
-                    if member.op_type in ELEMENTWISE_OPS:
+                    if member.op_type in ELEMENTWISE_AFFINE:
                         found.setdefault(member, pattern.reason.format(name=pattern.name))
     return found

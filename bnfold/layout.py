@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from bnfold import words
 from bnfold.node_attrs import float_attr, in_default_domain, int_attr, str_attr
+from bnfold.op_types import LAYOUT
 from bnfold.rewire import data_input, use_count
 from bnfold.skip import Skip
-
-LAYOUT_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
+from bnfold.words import describe
 
 
 @dataclass
@@ -49,8 +50,8 @@ class Trace:
     @property
     def through(self) -> str:
         """' (through Squeeze 'sq', Transpose 't')' for the report, or ''."""
-        kept = [node for node in self.passed if node.op_type in LAYOUT_OPS]
-        return "" if not kept else " (through " + ", ".join(_describe(n) for n in reversed(kept)) + ")"
+        kept = [node for node in self.passed if node.op_type in LAYOUT]
+        return words.through(kept[::-1])
 
 
 def trace_back(ctx, value: ir.Value, axis: int | None) -> Trace:
@@ -64,7 +65,7 @@ def trace_back(ctx, value: ir.Value, axis: int | None) -> Trace:
         if kind is None:
             return Trace(node, axis, passed)
         if value.is_graph_output() or use_count(value) != 1 or node.outputs[0] is not value:
-            raise Skip(f"output of {_describe(node)} is used elsewhere too")
+            raise Skip(f"output of {describe(node)} is used elsewhere too")
         if axis is not None:
             axis = _axis_before(ctx, node, axis)
         passed.append(node)
@@ -73,7 +74,7 @@ def trace_back(ctx, value: ir.Value, axis: int | None) -> Trace:
 
 def layout_kind(ctx, node: ir.Node) -> str | None:
     """ "transparent", "layout", or None for a node the walk stops at."""
-    if node.op_type in LAYOUT_OPS and node.inputs and node.inputs[0] is not None:
+    if node.op_type in LAYOUT and node.inputs and node.inputs[0] is not None:
         return "layout"
     return "transparent" if is_transparent(ctx, node) else None
 
@@ -103,19 +104,16 @@ def _constant_false(ctx, value: ir.Value) -> bool:
 def _axis_before(ctx, node: ir.Node, axis: int) -> int:
     """The input axis of `node` that its output axis `axis` comes from; Skip when that is not provable."""
     op = node.op_type
-    if op not in LAYOUT_OPS:
+    if op not in LAYOUT:
         return axis
     if op == "Transpose":
         order = _permutation(ctx, node)
         if axis >= len(order):
-            raise Skip(f"the permutation of {_describe(node)} is unknown")
+            raise Skip(f"the permutation of {describe(node)} is unknown")
         return order[axis]
     if op in ("Squeeze", "Unsqueeze"):
         return _axis_through_axes(ctx, node, axis)
     return _axis_through_reshape(ctx, node, axis)
-
-
-FORWARD_OPS = frozenset({"Transpose", "Pad"})
 
 
 def axis_after(ctx, node: ir.Node, axis: int | None, params) -> int | None:
@@ -128,13 +126,13 @@ def axis_after(ctx, node: ir.Node, axis: int | None, params) -> int | None:
             return None
         order = _permutation(ctx, node)
         if axis not in order:
-            raise Skip(f"the permutation of {_describe(node)} is unknown")
+            raise Skip(f"the permutation of {describe(node)} is unknown")
         return order.index(axis)
     mode, pads, fill = _pad_kind(ctx, node)
     if axis is not None and (pads[axis] != 0 or pads[axis + len(pads) // 2] != 0):
-        raise Skip(f"{_describe(node)} pads the channel axis {axis}")
+        raise Skip(f"{describe(node)} pads the channel axis {axis}")
     if mode == "constant" and not np.all(params.scale * fill + params.shift == fill):
-        raise Skip(f"padding: {_describe(node)} fills with {fill:g}, which the map would not keep")
+        raise Skip(f"padding: {describe(node)} fills with {fill:g}, which the map would not keep")
     return axis
 
 
@@ -145,7 +143,7 @@ def _permutation(ctx, node: ir.Node) -> list[int]:
         return [int(axis) for axis in perm.value]
     rank = ctx.types.rank(node.inputs[0])
     if not rank:
-        raise Skip(f"the permutation of {_describe(node)} is unknown")
+        raise Skip(f"the permutation of {describe(node)} is unknown")
     return list(reversed(range(rank)))
 
 
@@ -153,14 +151,14 @@ def _pad_kind(ctx, node: ir.Node) -> tuple[str, list[int], float]:
     """A Pad's mode, its pads for every axis, and its fill value; Skip when they are not constant."""
     mode = str_attr(node, "mode", "constant")
     if mode not in ("constant", "edge", "reflect", "wrap"):
-        raise Skip(f"{_describe(node)} pads in mode {mode!r}")
+        raise Skip(f"{describe(node)} pads in mode {mode!r}")
     if "pads" in node.attributes:  # opset < 11
         return mode, [int(p) for p in node.attributes["pads"].value], float_attr(node, "value", 0.0)
     pads = ctx.resolver.value_of(node.inputs[1]) if len(node.inputs) > 1 else None
     has_fill = len(node.inputs) > 2 and node.inputs[2] is not None
     fill = ctx.resolver.value_of(node.inputs[2]) if has_fill else np.zeros(1)
     if pads is None or fill is None or (len(node.inputs) > 3 and node.inputs[3] is not None):
-        raise Skip(f"the pads of {_describe(node)} are not constant")
+        raise Skip(f"the pads of {describe(node)} are not constant")
     return mode, [int(p) for p in np.asarray(pads).reshape(-1)], float(np.asarray(fill).reshape(-1)[0])
 
 
@@ -168,16 +166,16 @@ def _axis_through_axes(ctx, node: ir.Node, axis: int) -> int:
     rank_in = ctx.types.rank(node.inputs[0])
     axes = _axes(ctx, node)
     if rank_in is None or axes is None:
-        raise Skip(f"the axes or input rank of {_describe(node)} are unknown, so the channel axis is too")
+        raise Skip(f"the axes or input rank of {describe(node)} are unknown, so the channel axis is too")
     if node.op_type == "Squeeze":
         kept = [a for a in range(rank_in) if a not in {a % rank_in for a in axes}]
         if axis >= len(kept):
-            raise Skip(f"{_describe(node)} does not keep axis {axis}")
+            raise Skip(f"{describe(node)} does not keep axis {axis}")
         return kept[axis]
     rank_out = rank_in + len(axes)
     added = {a % rank_out for a in axes}
     if axis in added:
-        raise Skip(f"the channel axis is one {_describe(node)} adds")
+        raise Skip(f"the channel axis is one {describe(node)} adds")
     return [a for a in range(rank_out) if a not in added].index(axis)
 
 
@@ -197,12 +195,12 @@ def _axes(ctx, node: ir.Node) -> list[int] | None:
 def _axis_through_reshape(ctx, node: ir.Node, axis: int) -> int:
     before, after = ctx.types.shape(node.inputs[0]), ctx.types.shape(node.outputs[0])
     if before is None or after is None or axis >= len(after) or after[axis] is None:
-        raise Skip(f"the shapes around {_describe(node)} are unknown, so where the channel goes is too")
+        raise Skip(f"the shapes around {describe(node)} are unknown, so where the channel goes is too")
     inner = _product(after[axis + 1 :])
     for candidate, size in enumerate(before):
         if size == after[axis] and inner is not None and _product(before[candidate + 1 :]) == inner:
             return candidate
-    raise Skip(f"{_describe(node)} does not provably keep the channel axis as one axis")
+    raise Skip(f"{describe(node)} does not provably keep the channel axis as one axis")
 
 
 def _product(dims) -> int | None:
@@ -216,7 +214,7 @@ def remove_passed(trace: Trace) -> None:
     for node in trace.passed:
         if node.graph is None:
             continue
-        if node.op_type not in LAYOUT_OPS:
+        if node.op_type not in LAYOUT:
             _retire_safely(node)
             continue
         source = data_input(node).producer()
@@ -329,7 +327,3 @@ def _cancel(first: ir.Node, second: ir.Node) -> bool:
     if a is None or b is None or len(a.value) != len(b.value):
         return False
     return [list(a.value)[i] for i in b.value] == list(range(len(a.value)))
-
-
-def _describe(node: ir.Node) -> str:
-    return f"{node.op_type} '{node.name}'" if node.name else f"{node.op_type} (unnamed)"

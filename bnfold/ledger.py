@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterable
 
 import onnx_ir as ir
 
+from bnfold import words
 from bnfold.affine import AffineParams
 from bnfold.moves import Folded
 from bnfold.report import NodeRecord, Site
-from bnfold.sites import SiteLocator
+from bnfold.site_locator import SiteLocator
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ class Ledger:
             owner.elsewhere[node.op_type] = where
             owner.sites.extend(sites)
             return
-        folded = record(node.name or f"({node.op_type})", "folded", into, None, scope, pattern=pattern, op=node.op_type)
+        folded = record(words.record_name(node), "folded", into, None, scope, pattern=pattern, op=node.op_type)
         self.changed.append(_Changed(folded, list(sites), scope, sandwich))
 
     def created(self, state: BnState, *nodes: ir.Node) -> None:
@@ -133,7 +134,7 @@ class Ledger:
 
     def absorbed(self, node: ir.Node, into: BnState, site: ir.Value) -> None:
         """`node` (another BN, or a Mul/Add/Sub/Div) became part of the BN of `into`."""
-        target = f"BatchNormalization '{into.name}'"
+        target = words.batch_norm(into.name)
         state = self.bns.get(node)
         if state is None:
             self.elementwise_gone(node, into.scope, target, target, "collapsed", [site])
@@ -148,15 +149,15 @@ class Ledger:
             self.superseded[value] = output
             for state in self.folded_at.get(value, []):
                 if state.final is not None:
-                    state.final = dataclasses.replace(state.final, into=f"{state.final.into}, merged into {target}")
+                    state.final = dataclasses.replace(state.final, into=words.merged_into(state.final.into, target))
 
-    def kept(self, state: BnState, note: str = "") -> NodeRecord:
-        into = "BatchNormalization" + (f" (absorbed {', '.join(state.absorbed)})" if state.absorbed else "")
+    def kept(self, state: BnState, reason: str | None = None) -> NodeRecord:
+        """The record of a BN that stays one: why (its own reason unless `reason` says more)."""
         return record(
             state.name,
             "kept",
-            into,
-            f"{state.reason}{note}",
+            words.kept_batch_norm(state.absorbed),
+            reason or state.reason,
             state.scope,
             pattern="collapsed" if state.absorbed else None,
         )
@@ -183,12 +184,12 @@ class Ledger:
                 for site in found:
                     sandwiches.setdefault(site.name, []).append(item.sandwich)
         records += [
-            record(node.name or f"({node.op_type})", "skipped", reason=reason, scope=scope, op=node.op_type)
+            record(words.record_name(node), "skipped", reason=reason, scope=scope, op=node.op_type)
             for node, (scope, reason) in self.left.items()
             if node.graph is not None and node not in self.created_by and still_in_chain(scope, node)
         ]
         records += [
-            record(node.name or f"({node.op_type})", "kept", node.op_type, reason, scope, op=node.op_type)
+            record(words.record_name(node), "kept", node.op_type, reason, scope, op=node.op_type)
             for node, (scope, reason) in self.kept_for_runtime.items()
         ]
         return records, _attributed(claims), sandwiches
@@ -210,12 +211,16 @@ class Ledger:
         pattern = "mul-add" if "Mul" in state.created else "scale-forward"
         remaining = [op for op in state.created if op not in state.elsewhere]
         if not remaining:  # everything it became folded away too
-            into = "; ".join(f"{op} into {where}" for op, where in sorted(state.elsewhere.items(), reverse=True))
+            into = words.all_folded_elsewhere(state.elsewhere)
             return record(state.name, "folded", into, state.reason, state.scope, pattern=pattern)
-        into = "+".join(remaining)
-        if state.elsewhere:
-            into += " (" + "; ".join(f"{op} folded into {where}" for op, where in state.elsewhere.items()) + ")"
-        return record(state.name, "converted", into, state.reason, state.scope, pattern=pattern)
+        return record(
+            state.name,
+            "converted",
+            words.converted(remaining, state.elsewhere),
+            state.reason,
+            state.scope,
+            pattern=pattern,
+        )
 
 
 def _attributed(claims: list[tuple[Site, str, bool]]) -> list[Site]:

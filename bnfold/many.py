@@ -8,6 +8,7 @@ worst of its models' (0 done, 1 check failed, 2 bad input or a worker that died)
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 from dataclasses import dataclass
 from multiprocessing import connection
@@ -146,3 +147,20 @@ def _fold_one(item: BatchItem, options: dict) -> BatchItem:
 
 def worst_exit_code(items: list[BatchItem]) -> int:
     return max((item.exit_code for item in items), default=0)
+
+
+def batch_json(items: list[BatchItem], error: BnfoldError | None = None) -> str:
+    """The batch report: one entry per model (its fold report, where it went, its exit code), and the batch's
+    exit code; a batch that failed before any model was read has no models and names its error."""
+    if error is not None:
+        return json.dumps({"models": [], "exit_code": error.exit_code, "error": first_line(error, 500)}, indent=2)
+    models = [
+        {
+            **(item.report.to_dict() if item.report else {"model": str(item.source)}),
+            "output": str(item.destination) if item.exit_code == 0 else None,
+            "exit_code": item.exit_code,
+            "error": item.error,
+        }
+        for item in items
+    ]
+    return json.dumps({"models": models, "exit_code": worst_exit_code(items), "error": None}, indent=2)

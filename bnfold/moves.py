@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
+from bnfold import words
 from bnfold.affine import AffineParams
 from bnfold.casts import find_sandwich, remove_narrowing, remove_widening, set_path_dtype
-from bnfold.constants import QUANTIZATION_OPS
+from bnfold.fold_context import FoldContext
 from bnfold.layout import (
-    FORWARD_OPS,
     axis_after,
     is_transparent,
     remove_cancelling_pair,
@@ -32,14 +32,19 @@ from bnfold.layout import (
     trace_back,
 )
 from bnfold.node_attrs import in_default_domain, int_attr
+from bnfold.op_types import (
+    CONSUMER_NAMES,
+    FLATTENING,
+    FORWARD_LAYOUT,
+    PRODUCER_NAMES,
+    QUANTIZATION,
+    QUANTIZED_PRODUCERS,
+)
 from bnfold.rewire import bypass_node, retire_node, use_count
-from bnfold.rules import CONSUMER_NAMES, CONSUMER_RULES, PRODUCER_NAMES, PRODUCER_RULES, matmul
-from bnfold.rules.base import Commit, FoldContext, describe
+from bnfold.rules import CONSUMER_RULES, PRODUCER_RULES, matmul
+from bnfold.rules.base import Commit
 from bnfold.skip import Skip
-
-# Integer-arithmetic producers: their weights are quantized, nothing folds into them.
-QUANTIZED_PRODUCERS = frozenset({"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm"})
-FLATTENING_OPS = frozenset({"Flatten", "Reshape"})
+from bnfold.words import describe
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,7 @@ def fold_backward(ctx: FoldContext, affine: AffineNode) -> Folded:
     if sandwich is not None:
         trace = trace.beyond(trace_back(ctx, sandwich.source, trace.axis))
     producer = trace.producer
-    if producer is not None and producer.op_type in QUANTIZATION_OPS | QUANTIZED_PRODUCERS:
+    if producer is not None and producer.op_type in QUANTIZATION | QUANTIZED_PRODUCERS:
         raise Skip(f"its input comes from {describe(producer)}, a quantized op; fold before quantizing")
     if producer is not None and producer.op_type == "Concat" and in_default_domain(producer) and not trace.passed:
         return _fold_into_concat(ctx, affine, producer)
@@ -100,7 +105,7 @@ def fold_backward(ctx: FoldContext, affine: AffineNode) -> Folded:
         commit = matmul.prepare(ctx, producer, affine.params, bias_add)
     else:
         commit = PRODUCER_RULES[producer.op_type].prepare(ctx, producer, affine.params)
-    target = describe(producer) + (f" (and its bias {describe(bias_add)})" if bias_add else "") + trace.through
+    target = words.backward_target(producer, bias_add, trace.through)
     on_the_way = [output, *(node.outputs[0] for node in trace.passed[1:])]
     commit()
     if sandwich is not None:
@@ -211,7 +216,7 @@ def _fold_into_concat(ctx: FoldContext, affine: AffineNode, concat: ir.Node) -> 
         rule = PRODUCER_RULES[producer.op_type]
         stop = start + rule.output_channels(ctx, producer)
         commits.append(rule.prepare(ctx, producer, affine.params.sliced(start, stop)))
-        targets.append(f"{describe(producer)}[{start}:{stop}]")
+        targets.append(words.concat_slice(producer, start, stop))
         start = stop
     if affine.params.channels not in (1, start):
         raise Skip(f"{describe(concat)} joins {start} channels, the affine map has {affine.params.channels}")
@@ -266,17 +271,17 @@ def prepare_forward(ctx: FoldContext, affine: AffineNode) -> tuple[Commit, str, 
 def _prepare_consumer(ctx: FoldContext, affine: AffineNode, consumer: ir.Node, index: int):
     params, axis, path = affine.params, affine.axis, []
     consumer, index = _past_transparent(ctx, consumer, index)
-    while index == 0 and consumer.op_type in FORWARD_OPS and in_default_domain(consumer):
+    while index == 0 and consumer.op_type in FORWARD_LAYOUT and in_default_domain(consumer):
         axis = axis_after(ctx, consumer, axis, params)
         path.append(consumer)
         consumer, index = _past_transparent(ctx, *_only_consumer(consumer))
     if axis not in (1, None):
         raise Skip(f"it runs along axis {axis}; a consumer can take a map along axis 1 only")
-    if consumer.op_type in FLATTENING_OPS and index == 0 and in_default_domain(consumer) and not path:
+    if consumer.op_type in FLATTENING and index == 0 and in_default_domain(consumer) and not path:
         params = params.repeated(_features_per_channel(ctx, affine, consumer))
         path.append(consumer)
         consumer, index = _past_transparent(ctx, *_only_consumer(consumer))
-    through = f" (through {', '.join(describe(node) for node in path)})" if path else ""
+    through = words.through(path)
     rule = CONSUMER_RULES.get(consumer.op_type) if in_default_domain(consumer) else None
     if rule is None:
         raise Skip(f"its output feeds {describe(consumer)}, not a {CONSUMER_NAMES}")

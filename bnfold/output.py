@@ -26,8 +26,8 @@ import onnx
 import onnx_ir as ir
 
 from bnfold.errors import OutputError
+from bnfold.ir_convert import relist_initializer_inputs, to_proto
 from bnfold.ir_walk import tensor_slots
-from bnfold.model_file import relist_initializer_inputs, to_proto
 from bnfold.wire import length_delimited
 
 logger = logging.getLogger(__name__)

@@ -10,18 +10,17 @@ from bnfold.errors import InputError
 STANDALONE_FORMS = ("bn", "mul-add")
 
 
-def check_standalone(form: str) -> str:
-    if form not in STANDALONE_FORMS:
-        raise InputError(f"standalone must be one of {', '.join(STANDALONE_FORMS)}, not '{form}'")
-    return form
-
-
 @dataclass(frozen=True)
 class PassOptions:
     standalone: str = "bn"  # what a BN with nothing to fold into becomes: "bn" or "mul-add"
     bn_only: bool = False  # fold only BNs and the per-channel nodes of their chains
     # folds a check refused, key -> reason: a Cast sandwich's key, or refusal_key(node name)
     refused: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # The one place --standalone / standalone= is judged: every way into the pass builds PassOptions.
+        if self.standalone not in STANDALONE_FORMS:
+            raise InputError(f"standalone must be one of {', '.join(STANDALONE_FORMS)}, not '{self.standalone}'")
 
 
 _NODE = "node:"

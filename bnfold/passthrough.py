@@ -17,7 +17,6 @@ from pathlib import Path
 import onnx
 
 from bnfold.errors import OutputError
-from bnfold.report import FoldReport
 from bnfold.staging import Stage
 
 
@@ -37,8 +36,8 @@ def op_counts(proto: onnx.ModelProto) -> dict[str, tuple[int, int]]:
     return {op: (n, n) for op, n in sorted(counts.items())}
 
 
-def copy_through(source: Path, destination: Path, token: str, result: FoldReport) -> None:
-    """Write `source`'s bytes to `destination` (staged, durable, atomic) and fill the report."""
+def copy_through(source: Path, destination: Path, token: str) -> int:
+    """Write `source`'s bytes to `destination` (staged, durable, atomic); the bytes written."""
     with Stage(destination, token) as stage:
         try:
             with open(source, "rb") as src, open(stage.model, "wb") as dst:
@@ -48,5 +47,4 @@ def copy_through(source: Path, destination: Path, token: str, result: FoldReport
         except OSError as error:
             raise OutputError(f"{destination}: cannot write it ({error.strerror or error})") from error
         stage.commit()
-    size = source.stat().st_size
-    result.output, result.size, result.unchanged = os.fspath(destination), (size, size), True
+    return source.stat().st_size

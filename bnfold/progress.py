@@ -5,7 +5,9 @@ The library reports progress through a callback `progress(step, done, total)`
 renderer draws it on stderr when stderr is a terminal, at most ten times a
 second, and only once the run has lasted half a second. A timer redraws the current
 step while the library is busy inside it (loading a large model, running the
-check), with the seconds it has taken so far.
+check), with the seconds it has taken so far. The clock and that timer are the
+caller's to replace (`clock=`, `background=False` and `tick()`), so a test can
+move time on without waiting for it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 DELAY_SECONDS = 0.5  # nothing is drawn for runs shorter than this
@@ -21,10 +24,23 @@ TICK_SECONDS = 0.2  # redraws of a step the library is busy inside
 
 
 class TerminalProgress:
-    def __init__(self, stream: TextIO | None = None, enabled: bool | None = None) -> None:
+    """`progress(step, done, total)` drawn on `stream` (stderr); `enabled` None: only when it is a terminal.
+
+    `clock`: seconds, monotonic. `background`: a timer thread calls `tick()` while a step runs.
+    """
+
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        enabled: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        background: bool = True,
+    ) -> None:
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
-        self._started = time.monotonic()
+        self._clock = clock
+        self._background = background
+        self._started = clock()
         self._last = 0.0
         self._drawn = False
         self._closed = False
@@ -39,22 +55,26 @@ class TerminalProgress:
             return
         with self._lock:
             if self._current is None or self._current[0] != step:
-                self._step_started = time.monotonic()
+                self._step_started = self._clock()
             self._current = (step, done, total)
-            if self._ticker is None:
+            if self._ticker is None and self._background:
                 self._ticker = threading.Thread(target=self._tick, daemon=True)
                 self._ticker.start()
-            now = time.monotonic()
+            now = self._clock()
             if now - self._started >= DELAY_SECONDS and (now - self._last >= INTERVAL_SECONDS or done >= total):
                 self._draw(now)
 
-    def _tick(self) -> None:
+    def tick(self) -> None:
         """Redraw the current step while the library is busy inside it, so its seconds keep counting."""
+        with self._lock:
+            now = self._clock()
+            if not self._closed and self._current is not None and now - self._started >= DELAY_SECONDS:
+                self._draw(now)
+
+    def _tick(self) -> None:
         self._stop.wait(DELAY_SECONDS)
         while not self._stop.is_set():
-            with self._lock:
-                if not self._closed and self._current is not None:
-                    self._draw(time.monotonic())
+            self.tick()
             self._stop.wait(TICK_SECONDS)
 
     def _draw(self, now: float) -> None:

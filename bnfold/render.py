@@ -15,7 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from bnfold.report import CheckResult, FoldReport, OutputCheck, totals
+from bnfold import words
+from bnfold.report import CheckResult, FoldReport, OutputCheck
+from bnfold.words import totals
 
 FORMATS = ("text", "md", "json")
 
@@ -235,7 +237,7 @@ def check_lines(check: CheckResult | None, unchanged: bool = False) -> list[Line
         return [Line(f"check: passed ({counted}{detail})", "green")]
     if check.verdict == "inconclusive":
         unreached = [c.name for c in check.sites if not c.exercised]
-        reason = "no value a fold changed held evidence: each was all NaN/Inf or the same for every input draw"
+        reason = words.NO_EVIDENCE
         if unreached:
             reason += f"; never reached: {', '.join(unreached[:5])}"
         return [Line(f"check: INCONCLUSIVE ({counted}): {reason} (written; --strict refuses)", "yellow")]
@@ -265,7 +267,7 @@ def _op_table(report: FoldReport) -> Table:
 
 def _bn_lines(report: FoldReport) -> list[Block]:
     bns = report.batch_norms()
-    folded_into = Counter(_target_kind(r.pattern, r.into) for r in bns if r.action == "folded")
+    folded_into = Counter(words.target_kind(r.pattern, r.into) for r in bns if r.action == "folded")
     targets = ", ".join(f"{n} {kind}" for kind, n in sorted(folded_into.items()))
     blocks: list[Block] = [Line(totals(len(bns), report.counts(), targets) + _others(report))]
     left = [r for r in bns if r.action != "folded"]
@@ -285,34 +287,18 @@ def _others(report: FoldReport) -> str:
     return "; also folded: " + ", ".join(f"{n} {op}" for op, n in sorted(others.items()))
 
 
-def _target_kind(pattern: str | None, into: str | None) -> str:
-    """'into Conv', 'forward into Gemm', 'into producers behind a Concat', 'as Mul+Add, both folded'."""
-    op = (into or "").split(" ")[0]
-    kinds = {
-        "forward": f"forward into {op}",
-        "concat": "into producers behind a Concat",
-        "mul-add": "as Mul+Add, both folded",
-        "scale-forward": "as Mul+Add, both folded",
-        "collapsed": "into a neighbouring BN",
-        "reparameterized": "into a Conv of its branches",
-    }
-    return kinds.get(pattern or "", f"into {op}")
-
-
 def _short_check(check: CheckResult | None) -> str:
     if check is None:
         return "–"
     value, _ = check.largest_errors()
     worst = check.first_failure() if check.failed else value
     detail = "" if worst is None else f" ({(worst.max_rel_err if check.failed else worst.value_rel_err):.1e})"
-    return {"passed": "passed", "failed": "FAILED", "inconclusive": "INCONCLUSIVE"}[check.verdict] + detail
+    return words.VERDICTS[check.verdict] + detail
 
 
 def _failure_line(kind: str, value: OutputCheck) -> str:
-    where = f" (BatchNormalization {value.bn})" if value.bn else ""
-    channel = f" channel {value.channel}" if value.channel is not None else ""
-    note = f" ({value.note})" if value.note else ""
-    return f"{kind} {value.name}{where}{channel}: {value.measured()}, max rel err {value.max_rel_err:.3e}{note}"
+    line = words.failure_line(kind, value.name, value.bn, value.channel, value.measured(), value.max_rel_err)
+    return line + (f" ({value.note})" if value.note else "")
 
 
 def _diagnostics_line(diagnostics: dict) -> str:

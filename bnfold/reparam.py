@@ -41,12 +41,13 @@ import onnx_ir as ir
 
 from bnfold import fold_math
 from bnfold.affine import AffineParams
+from bnfold.fold_context import FoldContext
 from bnfold.node_attrs import in_default_domain, int_attr, str_attr
+from bnfold.op_types import BRANCH_SUMS
 from bnfold.rewire import remove_if_dead, take_over_output, use_count
-from bnfold.rules.base import FoldContext, describe, rounded
+from bnfold.rules.base import rounded
 from bnfold.skip import Skip
-
-SUM_OPS = frozenset({"Add", "Sum", "Sub"})
+from bnfold.words import describe
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class _Geometry:
 
 def is_root(node: ir.Node) -> bool:
     """An Add/Sum/Sub whose output does not feed only another of them (which would be the tree's root)."""
-    if node.op_type not in SUM_OPS or not in_default_domain(node):
+    if node.op_type not in BRANCH_SUMS or not in_default_domain(node):
         return False
     output = node.outputs[0]
     uses = list(output.uses())
@@ -224,7 +225,7 @@ def _children(node: ir.Node) -> list[ir.Node]:
 
 
 def _is_sum(node: ir.Node, graph: ir.Graph | None) -> bool:
-    return node.op_type in SUM_OPS and in_default_domain(node) and node.graph is graph and len(node.outputs) == 1
+    return node.op_type in BRANCH_SUMS and in_default_domain(node) and node.graph is graph and len(node.outputs) == 1
 
 
 def _only_use(value: ir.Value) -> bool:

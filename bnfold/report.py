@@ -1,4 +1,4 @@
-"""Per-BN records, the check result, and their JSON and text renderings."""
+"""Per-BN records and the check result, and their JSON (their words come from words.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
+from bnfold import words
+from bnfold.words import ACTIONS
+
 Action = Literal["folded", "kept", "converted", "skipped"]
-ACTIONS: tuple[Action, ...] = ("folded", "kept", "converted", "skipped")
 
 
 @dataclass(frozen=True)
@@ -72,9 +74,7 @@ class OutputCheck:
 
     def measured(self) -> str:
         """What the comparison measured: the error, what was allowed, the noise it was judged against."""
-        noise = "" if self.noise is None else f", the original's own noise {self.noise:.3e}"
-        needed = "" if not self.needed_atol else f"; passes with --atol {self.needed_atol:.3e}"
-        return f"max abs err {self.max_abs_err:.3e}, allowed {self.tolerance:.3e}{noise}{needed}"
+        return words.measured(self.max_abs_err, self.tolerance, self.noise, self.needed_atol)
 
 
 Verdict = Literal["passed", "failed", "inconclusive"]
@@ -192,20 +192,6 @@ class FoldReport:
     def __repr__(self) -> str:
         check = "" if self.check is None else f"; check {self.check.verdict}"
         error = "" if self.error is None else f"; error: {self.error}"
-        return f"FoldReport({self.model!r}: {totals(len(self.batch_norms()), self.counts())}{check}{error})"
+        return f"FoldReport({self.model!r}: {words.totals(len(self.batch_norms()), self.counts())}{check}{error})"
 
     __str__ = __repr__
-
-
-def totals(count: int, counts: Counter, targets: str = "") -> str:
-    """'8 BatchNormalization: 6 folded (…), 1 kept, 1 converted, 0 skipped'."""
-    folded = f"{counts.get('folded', 0)} folded" + (f" ({targets})" if targets else "")
-    rest = ", ".join(f"{counts.get(action, 0)} {action}" for action in ACTIONS[1:])
-    return f"{count} BatchNormalization: {folded}, {rest}"
-
-
-def backed_out_line(names: list[str]) -> str:
-    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    return (
-        f"{len(names)} fold(s) failed the check and were backed out ({shown}); the rest was written (--strict refuses)"
-    )

@@ -8,7 +8,7 @@ towards "maybe": it knows no rule, only which shapes of graph a rule could act o
 
 * possibly constant: an initializer (not a graph input), a Constant's output, or
   the output of a deterministic default-domain node whose inputs all are;
-* a weighted node: an op a rule folds into (the registry, rules/__init__.py: Conv,
+* a weighted node: an op a rule folds into (the registry, op_types.py: Conv,
   ConvTranspose, DeformConv, Gemm, MatMul) with a possibly constant input other
   than its first;
 * next to: reached through Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Pad,
@@ -23,25 +23,17 @@ from collections.abc import Iterable, Iterator
 
 import onnx
 
+from bnfold.op_types import BATCH_NORM, BRANCH_SUMS, ELEMENTWISE_AFFINE, NONDETERMINISTIC, PASS_THROUGH, WEIGHTED
 from bnfold.proto_walk import node_graphs, proto_graphs
-
-AFFINE_OPS = frozenset({"Mul", "Add", "Sub", "Div"})
-SUM_OPS = frozenset({"Add", "Sum", "Sub"})
-PASS_THROUGH = frozenset(
-    {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Dropout", "Cast", "Pad"}
-)
-_NOT_CONSTANT = frozenset(
-    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
-)
 
 
 def may_fold(model: onnx.ModelProto) -> bool:
     """False only when the pass certainly finds nothing to fold in any graph, subgraph or function."""
     node_lists = list(_node_lists(model))
     op_types = {node.op_type for nodes in node_lists for node in nodes}
-    if "BatchNormalization" in op_types:
+    if BATCH_NORM in op_types:
         return True
-    if not op_types & (AFFINE_OPS | SUM_OPS):
+    if not op_types & (ELEMENTWISE_AFFINE | BRANCH_SUMS):
         return False  # no Mul/Add/Sub/Div/Sum at all: settled by op types alone
     constants = {t.name for graph in proto_graphs(model) for t in graph.initializer}
     constants -= {i.name for graph in proto_graphs(model) for i in graph.input}
@@ -80,27 +72,19 @@ def _may_fold(nodes: list[_Node], outer_constants: set[str]) -> bool:
         for name in node.inputs:
             consumers.setdefault(name, []).append(node)
     constants = _constants(nodes, outer_constants)
-    linear = _linear_ops()
     weighted = {
         id(node)
         for node in nodes
-        if node.op in linear and node.standard and any(name in constants for name in node.inputs[1:])
+        if node.op in WEIGHTED and node.standard and any(name in constants for name in node.inputs[1:])
     }
     for node in nodes:
         if not node.standard:
             continue
-        if node.op in AFFINE_OPS and _affine_next_to_weights(node, constants, producer, consumers, weighted):
+        if node.op in ELEMENTWISE_AFFINE and _affine_next_to_weights(node, constants, producer, consumers, weighted):
             return True
-        if node.op in SUM_OPS and _sums_weighted_branches(node, producer, weighted):
+        if node.op in BRANCH_SUMS and _sums_weighted_branches(node, producer, weighted):
             return True
     return False
-
-
-def _linear_ops() -> frozenset[str]:
-    """The ops the rules fold into, from their registry (imported only for models with Mul/Add/Sub/Div/Sum)."""
-    from bnfold.rules import CONSUMER_RULES, PRODUCER_RULES
-
-    return frozenset(PRODUCER_RULES) | frozenset(CONSUMER_RULES)
 
 
 def _constants(nodes: list[_Node], outer: set[str]) -> set[str]:
@@ -121,7 +105,7 @@ def _constant_node(node: _Node, constants: set[str]) -> bool:
         return node.standard
     if not node.inputs or not all(not name or name in constants for name in node.inputs):
         return False
-    return node.standard and node.op not in _NOT_CONSTANT and not node.subgraphs
+    return node.standard and node.op not in NONDETERMINISTIC and not node.subgraphs
 
 
 def _affine_next_to_weights(node: _Node, constants, producer, consumers, weighted) -> bool:

@@ -71,7 +71,7 @@ def source_of(
     import onnx_ir as ir
 
     if isinstance(model, ir.Model):
-        from bnfold.model_file import to_proto
+        from bnfold.ir_convert import to_proto
 
         external = [t for t in ir_tensors(model) if isinstance(t, ir.ExternalTensor)]
         folder = Path(external[0].base_dir) if external else None

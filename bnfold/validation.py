@@ -13,31 +13,16 @@ from pathlib import Path
 
 import onnx
 
+from bnfold.element_sizes import SUB_BYTE_TYPES, itemsize_of, packed_bytes
 from bnfold.errors import InputError, first_line
+from bnfold.external_data import check_external_data
 from bnfold.node_schema import NodeChecker
 from bnfold.proto_walk import node_graphs
+from bnfold.wire import WireError, strip_large_tensors
 
-# Types packed several elements to a byte: their element counts are not field lengths.
-_SUB_BYTE_BITS = {
-    getattr(onnx.TensorProto, name): bits
-    for name, bits in (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2))
-    if hasattr(onnx.TensorProto, name)
-}
-_SUB_BYTE_TYPES = frozenset(_SUB_BYTE_BITS)
 _KNOWN_TYPES = frozenset(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
 _TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
 _COMPLEX_TYPES = frozenset({onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128})
-_ITEMSIZES: dict[int, int] = {
-    onnx.TensorProto.FLOAT: 4,
-    onnx.TensorProto.FLOAT16: 2,
-    onnx.TensorProto.BFLOAT16: 2,
-    onnx.TensorProto.DOUBLE: 8,
-    onnx.TensorProto.INT64: 8,
-    onnx.TensorProto.INT32: 4,
-    onnx.TensorProto.INT8: 1,
-    onnx.TensorProto.UINT8: 1,
-    onnx.TensorProto.BOOL: 1,
-}
 
 
 # Below this size a file is parsed as a whole (protobuf's C++ parser does it in milliseconds); above it, its
@@ -72,16 +57,12 @@ def load_checked(path: Path, *, by_reference: bool = False) -> tuple[onnx.ModelP
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as error:  # protobuf raises several types for garbage
             raise InputError(f"{path}: not an ONNX model ({first_line(error)})") from error
-    from bnfold.external_data import check_external_data
-
     externals = validate_proto(proto, str(path))
     check_external_data(proto, path.parent, model_file=path, externals=externals)
     return proto, externals
 
 
 def _by_reference(path: Path) -> onnx.ModelProto | None:
-    from bnfold.wire import WireError, strip_large_tensors
-
     try:
         return strip_large_tensors(path)[0]
     except (WireError, OSError, ValueError):
@@ -280,31 +261,15 @@ def _check_inline_size(tensor: onnx.TensorProto, label: str) -> None:
     """An inline tensor must hold exactly as much data as its dims claim."""
     elements = math.prod(tensor.dims)
     if tensor.HasField("raw_data"):
-        itemsize = _ITEMSIZES.get(tensor.data_type) or itemsize_of(tensor.data_type)
-        claimed = elements * itemsize if itemsize is not None else _packed_bytes(tensor.data_type, elements)
+        itemsize = itemsize_of(tensor.data_type)
+        claimed = elements * itemsize if itemsize is not None else packed_bytes(tensor.data_type, elements)
         held = len(tensor.raw_data)
         if claimed is not None and claimed != held:
             raise InputError(f"{label}: tensor '{tensor.name}' claims {claimed} bytes but holds {held}")
         return
-    if tensor.data_type in _SUB_BYTE_TYPES:
+    if tensor.data_type in SUB_BYTE_TYPES:
         return  # packed into int32_data: several elements a value
     held = sum(len(getattr(tensor, field)) for field in _TYPED_FIELDS)
     expected = elements * (2 if tensor.data_type in _COMPLEX_TYPES else 1)
     if held != expected:
         raise InputError(f"{label}: tensor '{tensor.name}' claims {elements} elements but holds {held} values")
-
-
-def _packed_bytes(data_type: int, elements: int) -> int | None:
-    """Bytes of `elements` values of a type packed several to a byte (INT4: two), rounded up."""
-    bits = _SUB_BYTE_BITS.get(data_type)
-    return None if bits is None else (elements * bits + 7) // 8
-
-
-def itemsize_of(data_type: int) -> int | None:
-    """Bytes per element of an ONNX data type, or None where that is not a fixed whole number."""
-    if data_type in _SUB_BYTE_TYPES or data_type == onnx.TensorProto.STRING:
-        return None
-    try:
-        return onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize
-    except (KeyError, ValueError, TypeError):
-        return None

@@ -216,11 +216,11 @@ def test_a_branch_never_taken_is_listed_as_not_exercised(tmp_path):
 
 def test_verify_finds_the_sites_the_pass_reports():
     from bnfold.fold_pass import run_pass
-    from bnfold.model_file import to_ir
+    from bnfold.ir_convert import to_ir
 
     model = onnx.load(__file__.replace("tests/test_check.py", "models/sample_cnn.onnx"))
     folded, _, sites, _ = run_pass(to_ir(model, "sample"))
-    from bnfold.model_file import to_proto
+    from bnfold.ir_convert import to_proto
 
     found = bnfold.verify(model, to_proto(folded)).sites
     assert {s.name for s in found} == {s.name for s in sites}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import make_model
+from helpers import FakeClock, make_model
 from onnx import helper, numpy_helper
 from typer.testing import CliRunner
 
@@ -361,19 +361,20 @@ def test_plain_text_tables_are_aligned_and_never_wrapped():
     assert len(lines) == 4 and lines[2].startswith("bn1  a reason") and lines[3].startswith("b    short")
 
 
-def test_progress_counts_the_seconds_of_a_long_step(monkeypatch):
-    import time
-
-    from bnfold import progress
-
-    monkeypatch.setattr(progress, "DELAY_SECONDS", 0.0)
-    monkeypatch.setattr(progress, "TICK_SECONDS", 0.05)
+def test_progress_counts_the_seconds_of_a_long_step():
+    clock = FakeClock()
     stream = _Terminal()
-    shown = TerminalProgress(stream, enabled=True)
+    shown = TerminalProgress(stream, enabled=True, clock=clock, background=False)
     shown("checking", 0, 1)
-    time.sleep(0.3)
+    clock.now += 0.3  # within the first half second of the run: nothing is drawn
+    shown.tick()
+    clock.now += 0.3  # past it: the timer's redraws count the step's seconds
+    shown.tick()
+    clock.now += 0.4
+    shown.tick()
     shown.close()
-    assert re.search(r"bnfold: checking 0\.[1-9] s", stream.getvalue()), stream.getvalue()
+    drawn = stream.getvalue()
+    assert "0.3 s" not in drawn and "bnfold: checking 0.6 s" in drawn and "bnfold: checking 1.0 s" in drawn
 
 
 # --- 5. the API -----------------------------------------------------------------------------------

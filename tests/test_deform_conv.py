@@ -5,7 +5,8 @@ import pytest
 from helpers import bn_arrays, bn_node, fold_and_check, make_model, op_counts
 from onnx import helper
 
-from bnfold.rules import PRODUCER_NAMES, PRODUCER_RULES
+from bnfold.op_types import PRODUCER_NAMES
+from bnfold.rules import PRODUCER_RULES
 
 F32 = np.float32
 

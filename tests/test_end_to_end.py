@@ -167,9 +167,9 @@ def test_compare_output_shape_and_integer_outputs():
 
 
 def test_a_model_past_the_protobuf_limit_gets_external_data_automatically(tmp_path, monkeypatch):
-    from bnfold import model_file
+    from bnfold import output_layout
 
-    monkeypatch.setattr(model_file, "_INLINE_BUDGET", 1000)  # stands in for 2 GB
+    monkeypatch.setattr(output_layout, "_INLINE_BUDGET", 1000)  # stands in for 2 GB
     out = tmp_path / "big.onnx"
     bnfold.fold_file(SAMPLES[0], out)
     assert data_file(out).exists()

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from helpers import assert_same_outputs, assert_sample_folded, bn_arrays, bn_node, make_model
+from helpers import FakeClock, assert_same_outputs, assert_sample_folded, bn_arrays, bn_node, make_model
 from onnx import helper
 from typer.testing import CliRunner
 
@@ -245,15 +245,16 @@ def test_progress_draws_on_a_terminal_only(monkeypatch):
     assert pipe.getvalue() == ""
 
 
-def test_progress_shows_a_long_step_while_it_runs(monkeypatch):
-    import time
-
-    monkeypatch.setattr("bnfold.progress.DELAY_SECONDS", 0.05)
+def test_progress_shows_a_long_step_while_it_runs():
+    clock = FakeClock()
     terminal = FakeTerminal()
-    progress = TerminalProgress(terminal)
+    progress = TerminalProgress(terminal, clock=clock, background=False)
     progress("loading", 0, 1)
-    time.sleep(0.3)  # the library is busy loading: no further call comes
-    assert "bnfold: loading" in terminal.getvalue()
+    progress.tick()
+    assert terminal.getvalue() == ""  # within the first half second nothing is drawn
+    clock.now += 1.0  # the library is busy loading: no further call comes, the timer redraws
+    progress.tick()
+    assert "bnfold: loading 1.0 s" in terminal.getvalue()
     progress.close()
 
 

@@ -1,41 +1,36 @@
-"""The rules, one module per op family, and the registry the moves look them up in.
+"""The rules, one module per op family, loaded from the registry in op_types.py.
 
 A producer rule folds an affine map that follows its node into it (the backward
 move); a consumer rule folds one that precedes it (the forward move). Each rule's
 `prepare` checks and computes without touching the graph and returns the Commit
-that writes (rules/base.py). Adding a producer is one module defining `RULE` (a
-ProducerRule) and one entry in PRODUCERS; the moves, the report's wording and
-`--explain` derive from this table.
+that writes (rules/base.py). Adding a producer is one module here defining `RULE`
+(a ProducerRule) and one entry in op_types.PRODUCER_RULES; the quick look at a file,
+the moves, the report's wording and `--explain` derive from that table.
 """
 
 from __future__ import annotations
 
-from bnfold.rules import conv, conv_transpose, deform_conv, forward, gemm, matmul, standalone
+from importlib import import_module
+
+from bnfold import op_types
 from bnfold.rules.base import ConsumerRule, ProducerRule
 
-PRODUCERS: tuple[ProducerRule, ...] = (conv.RULE, conv_transpose.RULE, deform_conv.RULE, gemm.RULE, matmul.RULE)
-CONSUMERS: tuple[ConsumerRule, ...] = forward.RULES
 
-PRODUCER_RULES: dict[str, ProducerRule] = {op: rule for rule in PRODUCERS for op in rule.op_types}
-CONSUMER_RULES: dict[str, ConsumerRule] = {op: rule for rule in CONSUMERS for op in rule.op_types}
-
-
-def _either(ops: list[str]) -> str:
-    """'Conv, Gemm or MatMul'."""
-    return ops[0] if len(ops) == 1 else f"{', '.join(ops[:-1])} or {ops[-1]}"
+def _producer(op: str, module: str) -> ProducerRule:
+    rule = import_module(f"{__name__}.{module}").RULE
+    if not isinstance(rule, ProducerRule) or op not in rule.op_types:
+        raise TypeError(f"op_types.PRODUCER_RULES: {module}.RULE is no ProducerRule for {op}")
+    return rule
 
 
-PRODUCER_NAMES = _either(list(PRODUCER_RULES))  # in the refusals: "no Conv, ConvTranspose, … or MatMul before it"
-CONSUMER_NAMES = _either(list(CONSUMER_RULES))
+def _consumer(op: str, module: str) -> ConsumerRule:
+    rules = [rule for rule in import_module(f"{__name__}.{module}").RULES if op in rule.op_types]
+    if len(rules) != 1 or not isinstance(rules[0], ConsumerRule):
+        raise TypeError(f"op_types.CONSUMER_RULES: {module}.RULES holds no one ConsumerRule for {op}")
+    return rules[0]
 
-__all__ = [
-    "CONSUMERS",
-    "CONSUMER_NAMES",
-    "CONSUMER_RULES",
-    "PRODUCERS",
-    "PRODUCER_NAMES",
-    "PRODUCER_RULES",
-    "ConsumerRule",
-    "ProducerRule",
-    "standalone",
-]
+
+PRODUCER_RULES: dict[str, ProducerRule] = {op: _producer(op, m) for op, m in op_types.PRODUCER_RULES.items()}
+CONSUMER_RULES: dict[str, ConsumerRule] = {op: _consumer(op, m) for op, m in op_types.CONSUMER_RULES.items()}
+
+__all__ = ["CONSUMER_RULES", "PRODUCER_RULES", "ConsumerRule", "ProducerRule"]

@@ -14,7 +14,9 @@ import onnx_ir as ir
 
 from bnfold import fold_math
 from bnfold.affine import AffineParams
-from bnfold.rules.base import Commit, FoldContext, ProducerRule, describe, folded_commit
+from bnfold.fold_context import FoldContext
+from bnfold.rules.base import Commit, ProducerRule, folded_commit
+from bnfold.words import describe
 
 
 def output_channels(ctx: FoldContext, conv: ir.Node) -> int:

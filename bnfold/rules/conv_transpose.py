@@ -14,9 +14,11 @@ import onnx_ir as ir
 
 from bnfold import fold_math
 from bnfold.affine import AffineParams
+from bnfold.fold_context import FoldContext
 from bnfold.node_attrs import int_attr
-from bnfold.rules.base import Commit, FoldContext, ProducerRule, describe, folded_commit
+from bnfold.rules.base import Commit, ProducerRule, folded_commit
 from bnfold.skip import Skip
+from bnfold.words import describe
 
 
 def _weight_and_group(ctx: FoldContext, conv_t: ir.Node):

@@ -13,8 +13,9 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from bnfold.affine import AffineParams
+from bnfold.fold_context import FoldContext
 from bnfold.rules import conv
-from bnfold.rules.base import Commit, FoldContext, ProducerRule
+from bnfold.rules.base import Commit, ProducerRule
 
 
 def prepare(ctx: FoldContext, node: ir.Node, params: AffineParams) -> Commit:

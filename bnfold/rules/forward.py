@@ -19,11 +19,13 @@ import onnx_ir as ir
 
 from bnfold import fold_math
 from bnfold.affine import AffineParams
+from bnfold.fold_context import FoldContext
 from bnfold.node_attrs import float_attr, int_attr, str_attr
-from bnfold.rules.base import Commit, ConsumerRule, FoldContext, describe, folded_commit
+from bnfold.rules.base import Commit, ConsumerRule, folded_commit
 from bnfold.rules.gemm import check_c_broadcast, set_beta_to_one
 from bnfold.rules.matmul import become_gemm
 from bnfold.skip import Skip
+from bnfold.words import describe
 
 
 def prepare_conv(ctx: FoldContext, conv: ir.Node, params: AffineParams) -> Commit:

@@ -19,9 +19,11 @@ import onnx_ir as ir
 
 from bnfold import fold_math
 from bnfold.affine import AffineParams
+from bnfold.fold_context import FoldContext
 from bnfold.rewire import graph_of, replace_input
-from bnfold.rules.base import Commit, FoldContext, ProducerRule, describe, folded_commit, rounded
+from bnfold.rules.base import Commit, ProducerRule, folded_commit, rounded
 from bnfold.skip import Skip
+from bnfold.words import describe
 
 
 def feature_axis(ctx: FoldContext, matmul: ir.Node) -> int | None:

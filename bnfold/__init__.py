@@ -22,13 +22,13 @@ _EXPORTS = {
     "InputError": "bnfold.errors",
     "OutputError": "bnfold.errors",
     "RuntimeUnavailableError": "bnfold.errors",
-    "BatchNormFoldPass": "bnfold.fold_pass",
+    "BatchNormFoldPass": "bnfold.folding.fold_pass",
     "BnRecord": "bnfold.report",
     "NodeRecord": "bnfold.report",
     "CheckResult": "bnfold.report",
     "FoldReport": "bnfold.report",
     "OutputCheck": "bnfold.report",
-    "verify": "bnfold.equivalence",
+    "verify": "bnfold.check.equivalence",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]

@@ -85,9 +85,9 @@ def fold(
     """
     if _is_graphsurgeon_graph(model):
         return _fold_graphsurgeon(model, standalone, bn_only, check)
-    from bnfold.compare import Tolerance
-    from bnfold.fold_pass import PassOptions, run_pass
-    from bnfold.in_memory_check import check_in_memory
+    from bnfold.check.comparison import Tolerance
+    from bnfold.folding.fold_pass import PassOptions, run_pass
+    from bnfold.runs.in_memory import check_in_memory
 
     options = PassOptions(standalone, bn_only)
     source = _model_file(model, base_dir)
@@ -101,7 +101,7 @@ def fold(
 
 
 def _model_file(model, base_dir: str | os.PathLike | None):
-    from bnfold.model_file import ModelFile
+    from bnfold.model_io.model_file import ModelFile
 
     if isinstance(model, onnx.ModelProto):
         return ModelFile.from_proto(model, base_dir)
@@ -159,9 +159,9 @@ def fold_file(
     checking. Raises InputError (a missing or broken file, bad options),
     CheckFailedError or OutputError.
     """
-    from bnfold.compare import Tolerance
-    from bnfold.file_run import CheckRequest, FileRun, write_failure_report, write_report
-    from bnfold.pass_options import PassOptions
+    from bnfold.check.comparison import Tolerance
+    from bnfold.folding.options import PassOptions
+    from bnfold.runs.file_run import CheckRequest, FileRun, write_failure_report, write_report
 
     result = FoldReport(model=os.fspath(src))
     started = time.perf_counter()

@@ -43,6 +43,17 @@ class Terminated(BaseException):
     exit_code = 143  # 128 + SIGTERM
 
 
+def terminate_on_sigterm() -> None:
+    """SIGTERM raises Terminated in a process bnfold owns (the CLI's, a batch worker), so the run unwinds and
+    removes what it staged."""
+    import signal
+
+    def handler(signum, frame) -> None:
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def first_line(error: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message, for one-line error reports."""
     text = str(error).strip() or type(error).__name__

@@ -64,7 +64,7 @@ class OutputCheck:
     bn: str | None = None  # for a site: the BatchNormalizations whose folds changed it
     exercised: bool = True  # False for a site the inputs never reached (an If branch not taken)
     value_rel_err: float = 0.0  # max_abs_err relative to the largest |value| of the whole value
-    # the original's own rounding noise in the worst channel (compare.py), when it was measured
+    # the original's own rounding noise in the worst channel (check/comparison.py), when it was measured
     noise: float | None = None
     # the smallest --atol that would have passed it (0 when it passed as it is)
     needed_atol: float | None = None

@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
-from bnfold.proto_walk import proto_tensors
+from bnfold.graph.proto_walk import proto_tensors
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +34,7 @@ else:
 ROUND_TRIP = """
 import gc, sys
 gc.disable()
-from bnfold._startup import defer_sympy
+from bnfold.cli.process import defer_sympy
 defer_sympy()
 import onnx, onnx_ir as ir
 model = ir.serde.deserialize_model(onnx.load(sys.argv[1]))

@@ -82,7 +82,7 @@ def _spread(values: list[float]) -> float:
 # cProfile in the CLI process, on one model; the entries from bnfold and onnx-ir with the most cumulative time.
 PROFILE = """
 import cProfile, pstats, sys
-from bnfold.cli import main
+from bnfold.cli.app import main
 top = int(sys.argv[3])
 sys.argv = ["bnfold", sys.argv[1], sys.argv[2], "--no-check", "--quiet"]
 profile = cProfile.Profile()
@@ -95,7 +95,7 @@ total = max(entry[3] for entry in stats.values())
 rows = []
 for (path, line, name), (calls, _, own, cumulative, _) in stats.items():
     package = next((p for p in ("bnfold/", "onnx_ir/") if p in path), None)
-    if package is None or name.startswith("<") or name == "wrapper" or "/cli.py" in path:
+    if package is None or name.startswith("<") or name == "wrapper" or "/bnfold/cli/" in path:
         continue
     where = path[path.rindex(package):]
     rows.append((cumulative, own, calls, f"{where}:{line}({name})"))

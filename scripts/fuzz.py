@@ -1,4 +1,4 @@
-"""The longer run of the mutation fuzzer (tests/fuzz.py): N seeded mutants, each folded with the CLI and judged
+"""The longer run of the mutation fuzzer (tests/builders/fuzz.py): N seeded mutants, each folded with the CLI and judged
 against its contract (exit 0/1/2, one error line, no traceback or internal error, no output after a refusal, the
 input untouched, an exit-0 output that onnxruntime loads and that computes what the input computes).
 
@@ -18,7 +18,7 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from fuzz import mutant, run_mutant, seed_models
+from builders.fuzz import mutant, run_mutant, seed_models
 
 
 def main() -> None:

@@ -198,13 +198,3 @@ def spoil(model, name, channel, factor):
     array[channel] *= factor
     tensor.CopyFrom(numpy_helper.from_array(array, name))
     return spoiled
-
-
-class FakeClock:
-    """A monotonic clock that moves only when a test moves it (`clock.now += 0.5`)."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now

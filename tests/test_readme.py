@@ -29,8 +29,8 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 FENCE = re.compile(r"^```([\w-]*)[ \t]*([\w ,-]*)\n(.*?)^```[ \t]*$", re.M | re.S)
 EXIT = re.compile(r"#\s*exit (\d+)\s*$")

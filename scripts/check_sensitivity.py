@@ -2,7 +2,8 @@
 
 For every model: fold it without the check, then
 * false alarms: `bnfold.verify(original, folded)` must pass (a failure is a false alarm);
-* sensitivity: scale one output channel of one folded weight by 1 + δ (δ = 1% and 0.1%),
+* sensitivity: scale one output channel of one folded weight by 1 + δ (δ = 1% and 0.1%; the
+  channel axis of its layer: 0 for a Conv, 1 for a ConvTranspose, a MatMul or a Gemm without transB),
   or move one channel of one folded bias by δ·max|bias|, and count how often
   `verify(original, tampered)` fails.
 
@@ -64,14 +65,32 @@ def folded_tensors(original: onnx.ModelProto, folded: onnx.ModelProto) -> tuple[
     return weights, biases
 
 
+def output_axis(model: onnx.ModelProto, name: str) -> int:
+    """The axis of weight `name` that runs along its layer's output channels (Conv [Cout, …]: 0;
+    ConvTranspose [Cin, Cout/g, …], MatMul [K, N] and Gemm without transB: 1)."""
+    for node in model.graph.node:
+        if len(node.input) > 1 and node.input[1] == name:
+            if node.op_type in ("ConvTranspose", "MatMul"):
+                return 1
+            if node.op_type == "Gemm":
+                trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+                return 0 if trans_b else 1
+    return 0
+
+
 def tampered(folded: onnx.ModelProto, name: str, delta: float, rng: np.random.Generator) -> onnx.ModelProto:
+    """One output channel of a folded weight scaled by 1 + δ, or one channel of a folded bias moved by
+    δ·max|bias|."""
     model = onnx.ModelProto.FromString(folded.SerializeToString())
     tensor = next(t for t in model.graph.initializer if t.name == name)
     array = numpy_helper.to_array(tensor).copy()
-    channel = int(rng.integers(array.shape[0]))
     if array.ndim >= 2:
-        array[channel] *= 1 + delta
+        axis = output_axis(model, name)
+        index = [slice(None)] * array.ndim
+        index[axis] = int(rng.integers(array.shape[axis]))
+        array[tuple(index)] *= 1 + delta
     else:
+        channel = int(rng.integers(array.shape[0]))
         array[channel] += delta * max(float(np.max(np.abs(array))), 1e-12)
     tensor.CopyFrom(numpy_helper.from_array(array, name))
     return model

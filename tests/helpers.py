@@ -190,11 +190,13 @@ def only_record(records):
     return records[0]
 
 
-def spoil(model, name, channel, factor):
-    """Multiply output channel `channel` of initializer `name` by `factor`."""
+def spoil(model, name, channel, factor, axis=0):
+    """Multiply channel `channel` of initializer `name` along `axis` (0: a Conv's output channels) by `factor`."""
     spoiled = onnx.ModelProto.FromString(model.SerializeToString())
     tensor = next(t for t in spoiled.graph.initializer if t.name == name)
     array = numpy_helper.to_array(tensor).copy()
-    array[channel] *= factor
+    index = [slice(None)] * array.ndim
+    index[axis] = channel
+    array[tuple(index)] *= factor
     tensor.CopyFrom(numpy_helper.from_array(array, name))
     return spoiled

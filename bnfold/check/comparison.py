@@ -21,8 +21,10 @@ channel whose values are large.
   zero with probability 3/8: mnasnet's dynamo export had such a false alarm). A fold wrong by 0.1% in one
   channel is ~1e-3·max|a_c|, far above 8·ε·max|a_c| ≈ 1e-6·max|a_c|, so it fails
   unless the computation's own noise is that large there.
-  The smallest atol that would have passed is reported (`needed_atol`), with the
-  noise it was judged against.
+  A channel must also not have moved as a whole: its mean deviation is held to what
+  rounding gives a mean (systematic.py), which catches a wrong bias where a deep net's
+  noise hides it from the largest deviation. The smallest atol that would have passed
+  is reported (`needed_atol`), with the noise it was judged against.
 * float32/float64, fixed (no noise measured: the float32 stand-in, or the noise run
   failed): channel c passes when its error is within both atol + rtol·G and
   atol + CHANNEL_FACTOR·rtol·max|a_c| (1% of the channel's own values in float32).
@@ -46,6 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bnfold.check.systematic import shifts
 from bnfold.errors import InputError
 from bnfold.report import OutputCheck
 
@@ -153,9 +156,10 @@ def _calibrated(
     a, b, nudged = values
     nudged = _split_specials(a, nudged)[2]  # NaN/Inf where the nudge moved them: no noise to measure there
     scale = _channel_magnitude(a)
-    error = _channel_max(np.abs(a - b))
-    noise = _channel_max(np.abs(a - nudged))
-    noise = _pooled(a, noise)
+    dead = _channel_max(a) == _channel_min(a)
+    difference, nudge = np.subtract(b, a), np.subtract(nudged, a)
+    error = _channel_magnitude(difference)
+    noise = _pooled(a, _channel_magnitude(nudge), dead)
     rtol, atol = tolerance.rtol or 0.0, tolerance.atol or 0.0
     whole = float(np.max(scale, initial=0.0))
     ulp = float(np.finfo(a.dtype).eps)
@@ -164,17 +168,25 @@ def _calibrated(
     worst = _worst(error, allowed)
     needed = float(np.max(np.maximum(error - own - rtol * whole, 0.0), initial=0.0))
     checked = _check(name, error, scale, allowed, error, special_equal, note)
-    return checked.with_context(noise=float(noise[worst]) if noise.size else 0.0, needed_atol=needed)
+    shift, shift_allowed = shifts(difference, nudge, scale, dead, atol + rtol * whole)
+    needed = max(needed, float(np.max(np.maximum(shift - shift_allowed + atol, 0.0), initial=0.0)))
+    checked = checked.with_context(noise=float(noise[worst]) if noise.size else 0.0, needed_atol=needed)
+    moved = _worst(shift, shift_allowed)
+    if not checked.passed or shift.size == 0 or shift[moved] <= shift_allowed[moved]:
+        return checked
+    channel = moved if error.size > 1 else None
+    shifted = f"its values moved together by {shift[moved]:.3e} on average; rounding allows {shift_allowed[moved]:.3e}"
+    return checked.with_context(passed=False, channel=channel, tolerance=float(shift_allowed[moved]), note=shifted)
 
 
-def _pooled(a: np.ndarray, noise: np.ndarray) -> np.ndarray:
+def _pooled(a: np.ndarray, noise: np.ndarray, dead: np.ndarray) -> np.ndarray:
     """Each channel's noise; a channel that is a poor sample of its own (fewer than POOL_BELOW values, or one
     value throughout: a dead channel, where a few nudges of its constants can cancel exactly) takes the median
     channel's noise when that is larger."""
     if not noise.size:
         return noise
     few = a.ndim >= 2 and a.size // max(a.shape[1], 1) < POOL_BELOW
-    poor = np.ones_like(noise, dtype=bool) if few else _channel_max(a) == _channel_min(a)
+    poor = np.ones_like(noise, dtype=bool) if few else dead
     return np.where(poor, np.maximum(noise, np.median(noise)), noise)
 
 

@@ -3,9 +3,11 @@
 Given only two models, `find_sites` compares them: every value name present in
 both whose producing node, its attributes (subgraphs included) or its constant
 inputs differ, and every output of a node calling a function whose body differs.
-Not compared: a value that only reaches, through layout nodes and Concats, an affine
-node the folded model lost (its map now sits in that value's producer, so the value holds
-something else; the map's own output is compared instead). The pass names the same
+Not compared: a value that only reaches an affine node the folded model lost, through
+layout nodes, Concats and affine nodes whose constants changed (a MatMul's bias Add that
+took the map too); a Shape reading the value does not count. The map now sits in that
+value's producer, so the value holds something else; the map's own output is compared
+instead. The pass names the same
 sites itself (folding/sites.py), and a test holds the two to the same answer.
 """
 
@@ -42,8 +44,8 @@ def find_sites(
         branch = _branch_changed(node, twin)
         if node.op_type in _COMPUTE_NOTHING and _only_inputs_renamed(node, twin, constants):
             continue  # a layout node on a fold's path: the value after the fold is compared where it is computed
-        if any(_took_a_map(name, nearest.consumers, producers) for name in node.output if name):
-            continue  # a map folded back into it through layout nodes: compared where the map was
+        if any(_took_a_map(name, nearest.consumers, producers, constants) for name in node.output if name):
+            continue  # a map folded back into it: compared where the map was
         if branch is not None or _differs(node, twin, constants) or (node.domain, node.op_type) in changed_functions:
             inside = None if branch is None else ("then_branch" if branch[1] else "else_branch")
             found += [Site(name, nearest(node, inside), branch) for name in node.output if name and name in producers]
@@ -63,22 +65,32 @@ def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return found
 
 
-def _took_a_map(name: str, consumers: dict[str, list[onnx.NodeProto]], folded: dict[str, onnx.NodeProto]) -> bool:
-    """Whether `name` reaches, through layout nodes and Concats only and single uses, an affine node of the
-    original that the folded model no longer has: a fold moved that map into `name`'s producer (Gemm → Reshape →
-    Transpose → BN), so `name` holds other values now, and what the map computed is compared at its output."""
+def _took_a_map(
+    name: str, consumers: dict[str, list[onnx.NodeProto]], folded: dict[str, onnx.NodeProto], constants
+) -> bool:
+    """Whether `name` reaches an affine node of the original that the folded model no longer has, through
+    single uses of layout nodes, Concats and affine nodes whose constants changed (a MatMul's bias Add took the
+    map too): a fold moved that map into `name`'s producer (Gemm → Reshape → Transpose → BN, MatMul → Add → Mul),
+    so `name` holds other values now, and what the map computed is compared at its output. A Shape or Size
+    reading `name` is no use of its values."""
     for _ in range(64):
-        users = consumers.get(name, [])
+        users = [user for user in consumers.get(name, []) if user.op_type not in _METADATA_READERS]
         if len(users) != 1 or not users[0].output:
             return False
         user = users[0]
         if user.op_type in AFFINE:
             twin = folded.get(user.output[0])
-            return twin is None or twin.op_type != user.op_type
-        if user.op_type not in _COMPUTE_NOTHING and user.op_type != "Concat":
+            if twin is None or twin.op_type != user.op_type:
+                return True
+            if not _differs(user, twin, constants):
+                return False
+        elif user.op_type not in _COMPUTE_NOTHING and user.op_type != "Concat":
             return False
         name = user.output[0]  # a Concat's input took its slice of a map folded back behind the Concat
     return False
+
+
+_METADATA_READERS = frozenset({"Shape", "Size"})
 
 
 def _only_inputs_renamed(node: onnx.NodeProto, twin: onnx.NodeProto, constants: _Constants) -> bool:

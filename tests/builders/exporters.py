@@ -402,3 +402,44 @@ def mobileone_block():
         helper.make_node("Relu", ["add_32"], ["output"], name="node_relu"),
     ]
     return make_model(nodes, [("input", F32, ["batch", channels, 6, 6])], [("output", F32, None)], inits, opset=18)
+
+
+def levit_linear_norm_torchscript(restore_from: str = "h", bias: bool = False, width: int = 6):
+    """timm LeViT's LinearNorm as torch.onnx.export (TorchScript) writes it: MatMul on tokens, Flatten(0, 1) for
+    BatchNorm1d, and a Reshape back to Shape(MatMul output)."""
+    rng = np.random.default_rng(31)
+    arrays = {**bn_arrays(rng, width), "w": rng.normal(size=(4, width)).astype(F32)}
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="linear")]
+    if bias:
+        arrays["b"] = rng.normal(size=width).astype(F32)
+        nodes = [
+            helper.make_node("MatMul", ["x", "w"], ["m"], name="linear"),
+            helper.make_node("Add", ["m", "b"], ["h"]),
+        ]
+    nodes += [
+        helper.make_node("Shape", [restore_from], ["shape"]),
+        helper.make_node("Flatten", ["h"], ["flat"], axis=2),
+        bn_node("flat", "normed"),
+        helper.make_node("Reshape", ["normed", "shape"], ["y"]),
+    ]
+    return make_model(nodes, [("x", F32, [2, 5, 4])], [("y", F32, [2, 5, width])], arrays)
+
+
+def convnext_layer_scale():
+    """torchvision ConvNeXt's block tail: MatMul on channels-last tokens, its bias Add, the Permute back to
+    channels first, the layer scale γ as a Mul, and the residual Add that reads it."""
+    rng = np.random.default_rng(32)
+    arrays = {
+        "w": rng.normal(size=(4, 6)).astype(F32),
+        "b": rng.normal(size=6).astype(F32),
+        "gamma": rng.uniform(0.1, 1.0, (6, 1)).astype(F32),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["m"], name="pwconv2"),
+        helper.make_node("Add", ["m", "b"], ["h"], name="pwconv2_bias"),
+        helper.make_node("Transpose", ["h"], ["t"], name="permute", perm=[0, 2, 1]),
+        helper.make_node("Mul", ["t", "gamma"], ["scaled"], name="layer_scale"),
+        helper.make_node("Add", ["scaled", "shortcut"], ["y"], name="residual"),
+    ]
+    inputs = [("x", F32, [2, 5, 4]), ("shortcut", F32, [2, 6, 5])]
+    return make_model(nodes, inputs, [("y", F32, [2, 6, 5])], arrays)

@@ -241,6 +241,30 @@ def test_verify_alone_compares_a_fold_through_layout_nodes_where_the_bn_was(spoi
         assert check.first_failure().name == "BatchNormOut_0"
 
 
+@pytest.mark.parametrize("spoiled", [False, True])
+@pytest.mark.parametrize("pattern", ["layer scale", "LinearNorm", "LinearNorm with bias"])
+def test_verify_alone_skips_a_value_whose_map_came_back_through_a_bias_add_or_past_a_shape(pattern, spoiled):
+    """ConvNeXt's MatMul → Add(bias) → Mul(γ): γ goes into the MatMul and its bias, so both their outputs hold
+    other values; TorchScript LeViT's MatMul output also feeds a Shape, which reads no value. verify without the
+    pass compared them under their old names and failed correct folds; it compares where the map was, and still
+    catches a wrong weight there."""
+    from builders.exporters import convnext_layer_scale, levit_linear_norm_torchscript
+
+    model = {
+        "layer scale": convnext_layer_scale,
+        "LinearNorm": levit_linear_norm_torchscript,
+        "LinearNorm with bias": lambda: levit_linear_norm_torchscript(bias=True),
+    }[pattern]()
+    folded = bnfold.fold(model).model
+    assert len(folded.graph.node) < len(model.graph.node)
+    matmul = next(n for n in folded.graph.node if n.op_type == "MatMul")
+    if spoiled:
+        folded = spoil(folded, matmul.input[1], 0, 1.01, axis=1)  # output feature 0
+    check = bnfold.verify(model, folded)
+    assert not {"m", "h", "t"} & {site.name for site in check.sites}
+    assert check.verdict == ("failed" if spoiled else "passed"), check
+
+
 def test_free_dimensions_are_retried_larger_when_onnxruntime_rejects_them(tmp_path):
     """Five valid stride-2 convolutions need H, W ≥ 63: 16 and 32 fail, 64 works."""
     rng = np.random.default_rng(4)

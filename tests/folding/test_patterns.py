@@ -6,6 +6,7 @@ each has a negative twin whose reason is asserted exactly.
 
 import numpy as np
 import pytest
+from builders.exporters import levit_linear_norm_torchscript
 from helpers import assert_same_outputs, bn_arrays, bn_node, fold_and_check, make_model, only_record, op_counts
 from onnx import helper
 
@@ -420,30 +421,9 @@ def test_conv1d_net_ending_in_bn1d_then_pointwise_conv_has_no_bn_mul_or_add():
     assert records[-1].into == "Conv 'head'" and records[-1].pattern == "forward"
 
 
-def _linear_norm(restore_from: str = "h", bias: bool = False, width: int = 6):
-    """timm LeViT's LinearNorm as torch.onnx.export (TorchScript) writes it: MatMul on tokens, Flatten(0, 1) for
-    BatchNorm1d, and a Reshape back to Shape(MatMul output)."""
-    rng = np.random.default_rng(31)
-    arrays = {**bn_arrays(rng, width), "w": rng.normal(size=(4, width)).astype(F32)}
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="linear")]
-    if bias:
-        arrays["b"] = rng.normal(size=width).astype(F32)
-        nodes = [
-            helper.make_node("MatMul", ["x", "w"], ["m"], name="linear"),
-            helper.make_node("Add", ["m", "b"], ["h"]),
-        ]
-    nodes += [
-        helper.make_node("Shape", [restore_from], ["shape"]),
-        helper.make_node("Flatten", ["h"], ["flat"], axis=2),
-        bn_node("flat", "normed"),
-        helper.make_node("Reshape", ["normed", "shape"], ["y"]),
-    ]
-    return make_model(nodes, [("x", F32, [2, 5, 4])], [("y", F32, [2, 5, width])], arrays)
-
-
 @pytest.mark.parametrize("bias", [False, True])
 def test_levit_linear_norm_folds_and_its_flatten_and_reshape_cancel(bias):
-    model = _linear_norm(bias=bias)
+    model = levit_linear_norm_torchscript(bias=bias)
     folded, records = fold_and_check(model)  # independent comparison; onnxruntime's optimizer loses nothing
     assert only_record([r for r in records if r.op == "BatchNormalization"]).action == "folded"
     assert op_counts(folded) == {"MatMul": 1, "Add": 1}  # the Shape read only the shape; the pair undid itself
@@ -454,7 +434,7 @@ def test_a_reshape_to_another_values_shape_does_not_cancel():
     # BN folds as into any MatMul of rank 3 (its shift in a new bias Add). Not fold_and_check: with this graph's
     # static shapes onnxruntime makes that MatMul + Add a Reshape → Gemm → Reshape, one node more than MatMul +
     # BN (a known leftover; exporters' graphs do not have this form: see issue 20's closing note)
-    model = _linear_norm(restore_from="x", width=4)
+    model = levit_linear_norm_torchscript(restore_from="x", width=4)
     folded = bnfold.fold(model).model
     assert_same_outputs(model, folded)
     assert {"Flatten", "Reshape", "Shape"} <= set(op_counts(folded))

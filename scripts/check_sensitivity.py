@@ -13,9 +13,9 @@ For every model: fold it without the check, then
 
 A missed tamper is also measured: how far it moves its layer's output on seeded inputs of the
 check's shapes, in rounding steps of each channel's largest value (steps of float16 or bfloat16 when
-the model computes in one). One that moves it by fewer than
-64 steps is counted "below rounding" (a channel whose input is dead on every draw, or values so large
-that the tamper is a few rounding steps of them): no comparison at float precision can see it.
+the model computes in one). One that moves it by fewer than 64 steps is counted "below rounding" (a
+channel whose input is dead on every draw, or values so large that the tamper is a few rounding steps
+of them): no comparison at float precision can see it.
 
 With no paths: the sample models in models/, the benchmark's whole nets (scripts/bench_models.py)
 and the exporter-style transformer encoder of the tests. Paths may add any model (for example
@@ -35,6 +35,7 @@ import onnx
 from onnx import numpy_helper
 
 import bnfold
+from bnfold.check.float_types import has_float_type
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -71,7 +72,7 @@ def folded_tensors(original: onnx.ModelProto, folded: onnx.ModelProto) -> tuple[
             continue
         if not tensor.dims or not np.any(numpy_helper.to_array(tensor)):  # a scalar, empty or all zero:
             continue  # scaling it, or moving it by a fraction of its largest value, changes nothing
-        (weights if len(tensor.dims) >= 2 else biases if len(tensor.dims) == 1 else []).append(tensor.name)
+        (weights if len(tensor.dims) >= 2 else biases).append(tensor.name)
     return weights, biases
 
 
@@ -146,11 +147,13 @@ def effect_in_steps(folded: onnx.ModelProto, bad: onnx.ModelProto, name: str, sh
 
 def computing_epsilon(model: onnx.ModelProto) -> float:
     """The rounding step of the lowest float precision the model computes in: float16 or bfloat16 when
-    it holds such a constant or casts to one (the values a later float32 layer reads were rounded there)."""
-    half = {onnx.TensorProto.FLOAT16: 2.0**-10, onnx.TensorProto.BFLOAT16: 2.0**-7}
-    types = {t.data_type for t in model.graph.initializer}
-    types |= {a.i for n in model.graph.node if n.op_type == "Cast" for a in n.attribute if a.name == "to"}
-    return max([half[t] for t in types if t in half], default=float(np.finfo(np.float32).eps))
+    its inputs, outputs or constants are of that type or it casts to one (the values a later float32 layer
+    reads were rounded there)."""
+    casts = {a.i for n in model.graph.node if n.op_type == "Cast" for a in n.attribute if a.name == "to"}
+    for data_type, step in ((onnx.TensorProto.BFLOAT16, 2.0**-7), (onnx.TensorProto.FLOAT16, 2.0**-10)):
+        if data_type in casts or has_float_type(model, data_type):
+            return step
+    return float(np.finfo(np.float32).eps)
 
 
 def measure(path: Path, work: Path, trials: int, seed: int) -> dict:
